@@ -1,0 +1,241 @@
+//! The command line: flags as the user types them, turned into [`Settings`].
+//!
+//! Every mistake a user can make on the command line is caught here and
+//! reported as one line that names the flag and says what was expected.
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+
+use crate::error::StartupError;
+use crate::settings::{
+    self, Backend, CertSource, ListenAddr, Settings, TlsMin, parse_backend, parse_duration,
+    parse_listen,
+};
+
+/// Accept TLS (wss://, https://, any TCP) on its own port and pipe the raw
+/// bytes to a plain backend (ws://). No HTTP is parsed.
+#[derive(FromArgs, Debug)]
+#[argh(
+    example = "Put wss://localhost:9300 in front of a ws:// server on port 9200,\nwith a self-signed development certificate:\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200",
+    example = "Serve a real certificate on 443 to a backend found by name:\n  $ {command_name} --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem --idle-timeout 1d",
+    note = "Durations read like 90s, 5m, 1h, 1d, 250ms or plain seconds. RUST_LOG=debug shows more.\nSIGTERM or SIGINT drains open connections for --drain-timeout; a second signal exits at once."
+)]
+pub struct Args {
+    /// where to accept TLS: a port (all interfaces, IPv4 and IPv6), IP:PORT
+    /// or [IPv6]:PORT; repeatable; required
+    #[argh(option, short = 'l', arg_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// the plain backend, HOST:PORT (a name is resolved at each connect);
+    /// required
+    #[argh(option, short = 't', arg_name = "HOST:PORT")]
+    pub to: Option<String>,
+
+    /// PEM certificate chain, leaf first (default: an in-memory self-signed
+    /// certificate for localhost, for development only)
+    #[argh(option, arg_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key for --cert (PKCS#8, PKCS#1 RSA or SEC1 EC)
+    #[argh(option, arg_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// close a connection after this long with no byte moving either way;
+    /// 0 = never (default: 1h)
+    #[argh(option, arg_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+
+    /// limit on a client's TLS handshake (default: 10s)
+    #[argh(option, arg_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+
+    /// limit on connecting to the backend (default: 5s)
+    #[argh(option, arg_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+
+    /// on SIGTERM/SIGINT, how long open connections may finish (default: 30s)
+    #[argh(option, arg_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+
+    /// most connections at once; more wait to be accepted (default: half the
+    /// open-file limit, as each connection uses two descriptors)
+    #[argh(option, arg_name = "N")]
+    pub max_conns: Option<String>,
+
+    /// oldest TLS version to accept: 1.2 or 1.3 (default: 1.2)
+    #[argh(option, arg_name = "VERSION")]
+    pub tls_min: Option<String>,
+
+    /// ALPN protocol to offer, e.g. http/1.1; repeatable, in order of
+    /// preference (default: none, so browsers use http/1.1 as WebSocket needs)
+    #[argh(option, arg_name = "PROTO")]
+    pub alpn: Vec<String>,
+
+    /// worker threads (default: the cores available)
+    #[argh(option, arg_name = "N")]
+    pub threads: Option<String>,
+
+    /// print the version and exit
+    #[argh(switch, short = 'V')]
+    pub version: bool,
+}
+
+impl Args {
+    /// Checks every flag and builds the settings, or says which flag is wrong.
+    pub fn into_settings(self) -> Result<Settings, StartupError> {
+        if self.listen.is_empty() {
+            return Err(StartupError::new(
+                "--listen is required: give the port to accept TLS on, e.g. --listen 9300",
+            ));
+        }
+        let listen = self
+            .listen
+            .iter()
+            .map(|text| {
+                parse_listen(text).map_err(|why| flag_error("--listen", text, &why))
+            })
+            .collect::<Result<Vec<ListenAddr>, _>>()?;
+
+        let Some(to) = self.to.as_deref() else {
+            return Err(StartupError::new(
+                "--to is required: give the plain backend to forward to, e.g. --to 127.0.0.1:9200",
+            ));
+        };
+        let backend: Backend = parse_backend(to).map_err(|why| flag_error("--to", to, &why))?;
+        if backend.port == 0 {
+            return Err(flag_error("--to", to, "port 0 cannot be connected to"));
+        }
+
+        let mut settings = Settings::new(listen, backend);
+
+        settings.certificate = match (self.cert, self.key) {
+            (None, None) => CertSource::SelfSigned,
+            (Some(cert), Some(key)) => CertSource::Files { cert, key },
+            (Some(_), None) => {
+                return Err(StartupError::new(
+                    "--cert was given without --key: give both (the private key of that certificate), or neither for a self-signed development certificate",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(StartupError::new(
+                    "--key was given without --cert: give both (the certificate chain for that key), or neither for a self-signed development certificate",
+                ));
+            }
+        };
+
+        if let Some(text) = &self.idle_timeout {
+            let idle = duration_flag("--idle-timeout", text)?;
+            settings.idle_timeout = (!idle.is_zero()).then_some(idle);
+        }
+        if let Some(text) = &self.handshake_timeout {
+            settings.handshake_timeout = positive_duration_flag("--handshake-timeout", text)?;
+        }
+        if let Some(text) = &self.connect_timeout {
+            settings.connect_timeout = positive_duration_flag("--connect-timeout", text)?;
+        }
+        if let Some(text) = &self.drain_timeout {
+            settings.drain_timeout = duration_flag("--drain-timeout", text)?;
+        }
+        if let Some(text) = &self.max_conns {
+            settings.max_conns = Some(count_flag("--max-conns", text)?);
+        }
+        if let Some(text) = &self.threads {
+            settings.threads = count_flag("--threads", text)?;
+        }
+        if let Some(text) = &self.tls_min {
+            settings.tls_min = match text.trim() {
+                "1.2" => TlsMin::V1_2,
+                "1.3" => TlsMin::V1_3,
+                _ => return Err(flag_error("--tls-min", text, "expected 1.2 or 1.3")),
+            };
+        }
+        for proto in &self.alpn {
+            if proto.is_empty() || proto.len() > 255 {
+                return Err(flag_error(
+                    "--alpn",
+                    proto,
+                    "a protocol name is 1 to 255 bytes, e.g. http/1.1",
+                ));
+            }
+            settings.alpn.push(proto.as_bytes().to_vec());
+        }
+        Ok(settings)
+    }
+}
+
+fn flag_error(flag: &str, value: &str, why: &str) -> StartupError {
+    StartupError::new(format!("{flag} '{value}': {why}"))
+}
+
+fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duration, StartupError> {
+    parse_duration(text).map_err(|why| flag_error(flag, text, &why))
+}
+
+fn positive_duration_flag(flag: &str, text: &str) -> Result<std::time::Duration, StartupError> {
+    let duration = duration_flag(flag, text)?;
+    if duration.is_zero() {
+        return Err(flag_error(flag, text, "must be more than 0, e.g. 10s"));
+    }
+    Ok(duration)
+}
+
+fn count_flag(flag: &str, text: &str) -> Result<usize, StartupError> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(flag_error(flag, text, "expected a whole number above 0")),
+    }
+}
+
+/// The version line printed by `--version`.
+pub fn version_line() -> String {
+    format!("wssify {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Re-exported for the binary: the settings' default thread count.
+pub use settings::default_threads;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, StartupError> {
+        let args = Args::from_args(&["wssify"], args).map_err(|e| StartupError::new(e.output))?;
+        args.into_settings()
+    }
+
+    #[test]
+    fn the_one_liner_works() {
+        let s = parse(&["--listen", "9300", "--to", "127.0.0.1:9200"]).unwrap();
+        assert_eq!(s.listen, vec![ListenAddr::AllInterfaces(9300)]);
+        assert_eq!(s.backend.to_string(), "127.0.0.1:9200");
+        assert_eq!(s.certificate, CertSource::SelfSigned);
+        assert_eq!(s.idle_timeout, Some(settings::DEFAULT_IDLE_TIMEOUT));
+    }
+
+    #[test]
+    fn idle_zero_means_never() {
+        let s = parse(&["-l", "1", "-t", "h:1", "--idle-timeout", "0"]).unwrap();
+        assert_eq!(s.idle_timeout, None);
+    }
+
+    #[test]
+    fn mistakes_name_their_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--to", "h:1"], "--listen is required"),
+            (&["-l", "1"], "--to is required"),
+            (&["-l", "x", "-t", "h:1"], "--listen 'x'"),
+            (&["-l", "1", "-t", "h"], "--to 'h'"),
+            (&["-l", "1", "-t", "h:1", "--cert", "c"], "--cert was given without --key"),
+            (&["-l", "1", "-t", "h:1", "--key", "k"], "--key was given without --cert"),
+            (&["-l", "1", "-t", "h:1", "--idle-timeout", "x"], "--idle-timeout 'x'"),
+            (&["-l", "1", "-t", "h:1", "--handshake-timeout", "0"], "--handshake-timeout '0'"),
+            (&["-l", "1", "-t", "h:1", "--max-conns", "-3"], "--max-conns '-3'"),
+            (&["-l", "1", "-t", "h:1", "--tls-min", "1.1"], "--tls-min '1.1'"),
+        ];
+        for (args, expected) in cases {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! One connection's life, start to finish: first-bytes sniff, TLS handshake,
+//! backend connect, proxying, and the one log line that says how it went.
+//!
+//! Every failure here ends this connection only; it becomes the `end=`
+//! reason in the log line, never an error for the process.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use rustls::ServerConfig;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsAcceptor;
+
+use crate::proxy::{self, End};
+use crate::settings::{Backend, format_duration};
+use crate::shutdown::{ConnectionGuard, Phase, reached};
+use crate::sniff::{self, FirstBytes};
+use crate::tls;
+
+/// Outgoing TLS bytes rustls may queue per connection before it pushes back
+/// (rustls' default is 64 KiB): one full record plus headroom.
+const TLS_BUFFER_LIMIT: usize = 32 * 1024;
+
+/// How long a closing connection may spend saying goodbye (close_notify).
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every connection shares, read-only.
+pub struct Shared {
+    /// The TLS configuration (certificate, versions, ALPN, tickets).
+    pub tls: Arc<ServerConfig>,
+    /// Where decrypted bytes go.
+    pub backend: Backend,
+    /// Limit on sniffing plus the handshake.
+    pub handshake_timeout: Duration,
+    /// Limit on resolving and connecting to the backend.
+    pub connect_timeout: Duration,
+    /// `None`: never close for idleness.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// What is known about a connection for its log line.
+#[derive(Default)]
+struct Facts {
+    sni: Option<String>,
+    version: &'static str,
+    cipher: String,
+    alpn: Option<String>,
+    group: String,
+}
+
+/// Serves one accepted client until it is done. `permit` and `guard` are
+/// held for the connection's whole life: dropping them frees a slot under
+/// `--max-conns` and tells the drain this connection has ended.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut phase: watch::Receiver<Phase>,
+    permit: OwnedSemaphorePermit,
+    guard: ConnectionGuard,
+) {
+    let _held = (permit, guard);
+    let started = Instant::now();
+    tune(&tcp);
+    let mut tcp = tcp;
+    let deadline = started + shared.handshake_timeout;
+
+    match sniff::classify(&mut tcp, deadline).await {
+        Ok(Some(FirstBytes::Tls)) => {}
+        Ok(Some(FirstBytes::Nothing)) => {
+            debug!("peer={peer} end=\"closed before sending anything\"");
+            return;
+        }
+        Ok(Some(FirstBytes::PlainHttp)) => {
+            let answered = sniff::answer_plain_http(&mut tcp).await;
+            info!(
+                "peer={peer} duration={} end=\"plain HTTP on the TLS port: {}\"",
+                elapsed(started),
+                match answered {
+                    Ok(()) => "answered 400, use wss:// or https://".to_string(),
+                    Err(e) => format!("could not answer 400: {e}"),
+                }
+            );
+            return;
+        }
+        Ok(Some(FirstBytes::NotTls(byte))) => {
+            info!(
+                "peer={peer} duration={} end=\"not TLS (first byte 0x{byte:02x}): closed\"",
+                elapsed(started)
+            );
+            sniff::linger(&mut tcp).await;
+            return;
+        }
+        Ok(None) => {
+            info!(
+                "peer={peer} duration={} end=\"handshake failed: no bytes within {}\"",
+                elapsed(started),
+                format_duration(shared.handshake_timeout)
+            );
+            return;
+        }
+        Err(e) => {
+            info!("peer={peer} duration={} end=\"client error: {e}\"", elapsed(started));
+            return;
+        }
+    }
+
+    let acceptor = TlsAcceptor::from(shared.tls.clone());
+    let accept = acceptor.accept_with(tcp, |conn| conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT)));
+    let mut client = match timeout_at(deadline, accept).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            info!(
+                "peer={peer} duration={} end=\"handshake failed: {}\"",
+                elapsed(started),
+                tls::describe_handshake_error(&e)
+            );
+            return;
+        }
+        Err(_) => {
+            info!(
+                "peer={peer} duration={} end=\"handshake failed: not finished within {}\"",
+                elapsed(started),
+                format_duration(shared.handshake_timeout)
+            );
+            return;
+        }
+    };
+    let facts = facts_of(client.get_ref().1);
+
+    let mut backend = match timeout(shared.connect_timeout, connect(&shared.backend)).await {
+        Ok(Ok(stream)) => stream,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {}", format_duration(shared.connect_timeout)),
+            };
+            warn!(
+                "peer={peer} {} duration={} end=\"backend {} unreachable: {why}\"",
+                facts.describe(),
+                elapsed(started),
+                shared.backend
+            );
+            let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            return;
+        }
+    };
+    tune(&backend);
+
+    let stop = async move { reached(&mut phase, Phase::Closing).await };
+    let outcome = proxy::pipe(&mut client, &mut backend, shared.idle_timeout, stop).await;
+    if matches!(outcome.end, End::IdleTimeout(_) | End::Drained) {
+        // Say goodbye properly: close_notify to the client, FIN to the backend.
+        let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+        let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
+    }
+    info!(
+        "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}\"",
+        facts.describe(),
+        outcome.to_backend,
+        outcome.to_client,
+        elapsed(started),
+        outcome.end
+    );
+}
+
+impl Facts {
+    fn describe(&self) -> String {
+        format!(
+            "sni={} tls={} cipher={} kx={} alpn={}",
+            self.sni.as_deref().unwrap_or("-"),
+            self.version,
+            self.cipher,
+            self.group,
+            self.alpn.as_deref().unwrap_or("-"),
+        )
+    }
+}
+
+fn facts_of(conn: &rustls::ServerConnection) -> Facts {
+    Facts {
+        sni: conn.server_name().map(str::to_string),
+        version: tls::version_name(conn.protocol_version()),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map_or("-".to_string(), |s| format!("{:?}", s.suite())),
+        alpn: conn
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        group: conn
+            .negotiated_key_exchange_group()
+            .map_or("-".to_string(), |g| format!("{:?}", g.name())),
+    }
+}
+
+/// Resolves the backend now (it may have moved) and tries each address in turn.
+async fn connect(backend: &Backend) -> io::Result<TcpStream> {
+    let addrs = tokio::net::lookup_host((backend.host.as_str(), backend.port)).await?;
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address")
+    }))
+}
+
+/// TCP_NODELAY (small WebSocket frames must not wait) and keepalive (dead
+/// peers of idle connections are found) on a socket; failures only cost
+/// those optimisations, so they are logged at debug.
+fn tune(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!("cannot set TCP_NODELAY: {e}");
+    }
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        debug!("cannot set TCP keepalive: {e}");
+    }
+}
+
+fn elapsed(started: Instant) -> String {
+    format!("{:.3}s", started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,168 @@
+//! wssify: accept TLS on its own port and pipe the raw bytes to a plain
+//! backend, the one-command replacement for an nginx `stream` block that
+//! puts `wss://` in front of a `ws://` server.
+//!
+//! The whole program is this library, so tests and embedders can drive it;
+//! `main.rs` only parses flags, sets up logging and maps errors to exit
+//! codes. Data flows one way: [`cli`] → [`settings`] → ([`tls`],
+//! [`listener`]) → [`connection`] → [`proxy`].
+
+pub mod certs;
+pub mod cli;
+pub mod connection;
+pub mod error;
+pub mod limits;
+pub mod listener;
+pub mod proxy;
+pub mod settings;
+pub mod shutdown;
+pub mod sniff;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use log::{info, warn};
+use tokio::sync::{Semaphore, mpsc};
+
+pub use error::StartupError;
+pub use settings::Settings;
+pub use shutdown::Exit;
+
+use connection::Shared;
+use listener::Bound;
+use settings::format_duration;
+use shutdown::Coordinator;
+
+/// A wssify that has loaded its certificate and bound its ports, ready to
+/// serve. Binding before serving lets callers learn the real ports.
+pub struct Server {
+    bound: Vec<Bound>,
+    shared: Arc<Shared>,
+    max_conns: usize,
+    drain_timeout: std::time::Duration,
+}
+
+impl Server {
+    /// Loads the certificate, builds TLS, binds every `--listen` address and
+    /// logs one startup line per listener. Must run inside a tokio runtime.
+    pub fn bind(settings: &Settings, fd_limit: Option<u64>) -> Result<Server, StartupError> {
+        let provider = tls::provider();
+        let cert = certs::load(&settings.certificate, &provider)?;
+        if cert.summary.self_signed {
+            warn!(
+                "no --cert/--key given: serving a self-signed certificate made in memory for {}. For development only: clients must trust it explicitly (or pin it), browsers will warn",
+                cert.summary.names.join(", ")
+            );
+            warn!(
+                "development certificate SHA-256 fingerprint: {}",
+                cert.summary.fingerprint
+            );
+        }
+        let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(
+            cert.certified_key.clone(),
+        ));
+        let tls = tls::server_config(provider, settings.tls_min, &settings.alpn, resolver)?;
+
+        let max_conns = settings
+            .max_conns
+            .unwrap_or_else(|| limits::max_conns_for(fd_limit.unwrap_or(1024)));
+        let bound = settings
+            .listen
+            .iter()
+            .map(listener::bind)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let alpn = if settings.alpn.is_empty() {
+            "none".to_string()
+        } else {
+            settings
+                .alpn
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for b in &bound {
+            info!(
+                "listening on {}{} -> backend {}; certificate: {}; {}; ALPN: {}",
+                b.local_addr, b.scope, settings.backend, cert.summary, settings.tls_min, alpn
+            );
+        }
+        info!(
+            "limits: at most {max_conns} connections; idle timeout {}, handshake {}, connect {}, drain {}",
+            settings
+                .idle_timeout
+                .map_or("never".to_string(), format_duration),
+            format_duration(settings.handshake_timeout),
+            format_duration(settings.connect_timeout),
+            format_duration(settings.drain_timeout),
+        );
+
+        let shared = Arc::new(Shared {
+            tls,
+            backend: settings.backend.clone(),
+            handshake_timeout: settings.handshake_timeout,
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.idle_timeout,
+        });
+        Ok(Server {
+            bound,
+            shared,
+            max_conns,
+            drain_timeout: settings.drain_timeout,
+        })
+    }
+
+    /// The addresses actually bound, in `--listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound.iter().map(|b| b.local_addr).collect()
+    }
+
+    /// Serves until the first message on `shutdown`, then drains; a second
+    /// message during the drain ends it at once.
+    pub async fn serve(self, mut shutdown: mpsc::Receiver<()>) -> Exit {
+        let coordinator = Arc::new(Coordinator::new());
+        let limit = Arc::new(Semaphore::new(self.max_conns));
+        let mut loops = Vec::new();
+        for bound in self.bound {
+            loops.push(tokio::spawn(listener::accept_loop(
+                bound,
+                self.shared.clone(),
+                limit.clone(),
+                self.max_conns,
+                coordinator.clone(),
+            )));
+        }
+        // Without a sender (closed channel) there is nothing to wait for.
+        let _ = shutdown.recv().await;
+        // Listeners close as their loops end, refusing new clients at once.
+        coordinator.stop_accepting();
+        let drain = async {
+            for task in loops {
+                let _ = task.await;
+            }
+            // Every loop has given back the permit it held for its next client.
+            let open = self.max_conns - limit.available_permits();
+            info!(
+                "stopped accepting; waiting up to {} for {open} open connections to finish",
+                format_duration(self.drain_timeout)
+            );
+            match Arc::try_unwrap(coordinator) {
+                Ok(coordinator) => coordinator.drain(self.drain_timeout, &mut shutdown).await,
+                // Unreachable: every loop holding a clone has ended.
+                Err(_) => Exit::Drained,
+            }
+        };
+        drain.await
+    }
+}
+
+/// Runs wssify until SIGTERM/SIGINT and the drain that follows.
+pub async fn run(settings: Settings, fd_limit: Option<u64>) -> Result<Exit, StartupError> {
+    let signals = shutdown::signals()?;
+    let server = Server::bind(&settings, fd_limit)?;
+    let exit = server.serve(signals).await;
+    info!("stopped");
+    Ok(exit)
+}

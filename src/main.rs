@@ -1,0 +1,64 @@
+//! The `wssify` command: flags in, exit code out. Everything else lives in
+//! the library so that tests can drive it.
+
+use std::process::ExitCode;
+
+use wssify::cli::{self, Args};
+use wssify::{Exit, limits};
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    if args.version {
+        println!("{}", cli::version_line());
+        return ExitCode::SUCCESS;
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let settings = match args.into_settings() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("wssify: {e}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let fd_limit = match limits::raise_fd_limit() {
+        Ok(limit) => {
+            if limit.now > limit.before {
+                log::info!("open-file limit raised from {} to {}", limit.before, limit.now);
+            } else {
+                log::info!("open-file limit: {}", limit.now);
+            }
+            Some(limit.now)
+        }
+        Err(e) => {
+            log::warn!("cannot read or raise the open-file limit ({e}); assuming 1024");
+            None
+        }
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("wssify: cannot start the runtime ({e}); try a smaller --threads");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(wssify::run(settings, fd_limit));
+    match result {
+        Ok(Exit::Drained) => {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            ExitCode::SUCCESS
+        }
+        // A second signal: leave now, without waiting for anything.
+        Ok(Exit::Forced) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("wssify: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

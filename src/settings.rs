@@ -1,0 +1,306 @@
+//! Validated, typed settings: what the rest of wssify runs on.
+//!
+//! Nothing here does I/O; the parsers turn the user's text into addresses
+//! and durations and say, in plain words, what they expected instead.
+//! `cli` adds the flag name to those words.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a connection may sit with no byte moving before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a client has to finish the TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a backend has to accept the TCP connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long open connections may run on after SIGTERM/SIGINT.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything wssify needs to run, already checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The addresses to accept TLS on.
+    pub listen: Vec<ListenAddr>,
+    /// The plain TCP server the decrypted bytes go to.
+    pub backend: Backend,
+    /// Where the certificate comes from.
+    pub certificate: CertSource,
+    /// `None` means connections are never closed for being idle.
+    pub idle_timeout: Option<Duration>,
+    /// Limit on the first bytes plus the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Limit on resolving and connecting to the backend.
+    pub connect_timeout: Duration,
+    /// Limit on letting open connections finish at shutdown.
+    pub drain_timeout: Duration,
+    /// `None` derives the limit from the open-file limit at start.
+    pub max_conns: Option<usize>,
+    /// The oldest TLS version offered.
+    pub tls_min: TlsMin,
+    /// ALPN protocols offered, in order of preference; empty offers none.
+    pub alpn: Vec<Vec<u8>>,
+    /// Worker threads for the runtime.
+    pub threads: usize,
+}
+
+impl Settings {
+    /// Settings with every default, for a listener and a backend.
+    pub fn new(listen: Vec<ListenAddr>, backend: Backend) -> Self {
+        Self {
+            listen,
+            backend,
+            certificate: CertSource::SelfSigned,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_conns: None,
+            tls_min: TlsMin::V1_2,
+            alpn: Vec::new(),
+            threads: default_threads(),
+        }
+    }
+}
+
+/// The cores this process may run on, or 1 when that cannot be known.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Where the server certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// Generated in memory at start; for development only.
+    SelfSigned,
+    /// A PEM chain (leaf first) and its private key.
+    Files {
+        /// The `--cert` file.
+        cert: PathBuf,
+        /// The `--key` file.
+        key: PathBuf,
+    },
+}
+
+/// The oldest TLS version wssify will speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMin {
+    /// TLS 1.2 and 1.3 (the default: some clients still lack 1.3).
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+impl fmt::Display for TlsMin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsMin::V1_2 => "TLS 1.2, TLS 1.3",
+            TlsMin::V1_3 => "TLS 1.3",
+        })
+    }
+}
+
+/// One `--listen` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A bare port: every interface, IPv4 and IPv6 where the host has it.
+    AllInterfaces(u16),
+    /// One address.
+    Addr(SocketAddr),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::AllInterfaces(port) => write!(f, "{port}"),
+            ListenAddr::Addr(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// Reads `PORT`, `:PORT`, `IP:PORT` or `[IPv6]:PORT`.
+pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
+    const EXPECTED: &str =
+        "expected a port (9300), IP:PORT (127.0.0.1:9300) or [IPv6]:PORT ([::1]:9300)";
+    let text = text.trim();
+    let bare = text.strip_prefix(':').unwrap_or(text);
+    if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_port(bare).map(ListenAddr::AllInterfaces);
+    }
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => Ok(ListenAddr::Addr(addr)),
+        Err(_) => match text.rsplit_once(':') {
+            Some((host, _)) if host.parse::<IpAddr>().is_err() && !host.is_empty() => Err(
+                format!("'{host}' is not an IP address; {EXPECTED} (use 0.0.0.0 or [::] for every interface)"),
+            ),
+            Some((_, port)) => parse_port(port).and(Err(EXPECTED.to_string())),
+            None => Err(EXPECTED.to_string()),
+        },
+    }
+}
+
+/// The backend: a host (name or IP) and a port; names are resolved at each
+/// connect because backends move in containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// A DNS name or an IP address (without brackets).
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Reads `HOST:PORT`, `[IPv6]:PORT`, or a bare `PORT` meaning 127.0.0.1.
+pub fn parse_backend(text: &str) -> Result<Backend, String> {
+    const EXPECTED: &str = "expected HOST:PORT (127.0.0.1:9200, ws-server:9200, [::1]:9200)";
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let port = parse_port(text)?;
+        return Ok(Backend {
+            host: "127.0.0.1".to_string(),
+            port,
+        });
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(Backend {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("no port in '{text}'; {EXPECTED}"));
+    };
+    let port = parse_port(port)?;
+    let valid_name = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !valid_name {
+        return Err(format!("'{host}' is not a host name or IP address; {EXPECTED}"));
+    }
+    Ok(Backend {
+        host: host.to_string(),
+        port,
+    })
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("'{text}' is not a port (0-65535)")),
+    }
+}
+
+/// Reads `90s`, `5m`, `1h`, `2d`, `250ms` or plain seconds (`30`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a duration like 90s, 5m, 1h, 250ms or plain seconds";
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let Ok(value) = number.parse::<f64>() else {
+        return Err(format!("'{text}' is not a duration; {EXPECTED}"));
+    };
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" | "mins" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        other => {
+            return Err(format!("unknown unit '{other}' in '{text}'; {EXPECTED}"));
+        }
+    };
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("'{text}' is out of range; {EXPECTED}"))
+}
+
+/// Writes a duration the way a person would type it back (`1h`, `90s`, `1.5s`).
+pub fn format_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if duration.subsec_nanos() == 0 && secs > 0 {
+        if secs.is_multiple_of(86_400) {
+            return format!("{}d", secs / 86_400);
+        }
+        if secs.is_multiple_of(3600) {
+            return format!("{}h", secs / 3600);
+        }
+        if secs.is_multiple_of(60) {
+            return format!("{}m", secs / 60);
+        }
+        return format!("{secs}s");
+    }
+    if duration < Duration::from_secs(1) {
+        return format!("{}ms", duration.as_millis());
+    }
+    format!("{:.3}s", duration.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen("9300"), Ok(ListenAddr::AllInterfaces(9300)));
+        assert_eq!(parse_listen(":9300"), Ok(ListenAddr::AllInterfaces(9300)));
+        assert_eq!(
+            parse_listen("127.0.0.1:9300"),
+            Ok(ListenAddr::Addr("127.0.0.1:9300".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("[::1]:9300"),
+            Ok(ListenAddr::Addr("[::1]:9300".parse().unwrap()))
+        );
+        assert!(parse_listen("99999").unwrap_err().contains("not a port"));
+        assert!(parse_listen("example.com:9300").unwrap_err().contains("not an IP"));
+        assert!(parse_listen("1.2.3.4:x").unwrap_err().contains("not a port"));
+        assert!(parse_listen("").is_err());
+    }
+
+    #[test]
+    fn backend_forms() {
+        let b = parse_backend("127.0.0.1:9200").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("127.0.0.1", 9200));
+        let b = parse_backend("ws-server:9200").unwrap();
+        assert_eq!((b.host.as_str(), b.port), ("ws-server", 9200));
+        let b = parse_backend("[::1]:9200").unwrap();
+        assert_eq!(b.to_string(), "[::1]:9200");
+        assert_eq!(parse_backend("9200").unwrap().to_string(), "127.0.0.1:9200");
+        assert!(parse_backend("ws-server").unwrap_err().contains("no port"));
+        assert!(parse_backend("bad host:1").unwrap_err().contains("not a host"));
+        assert!(parse_backend("h:70000").unwrap_err().contains("not a port"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn durations_print_back() {
+        for text in ["1h", "90s", "5m", "10s", "250ms", "2d"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+}
