@@ -1,0 +1,356 @@
+//! Shared test parts: the real wssify binary, real backends and real TLS
+//! clients, all on 127.0.0.1 with port 0. Every wait is bounded and waits on
+//! readiness (a log line, a socket), never on a sleep.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// The longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs a test body with an overall time bound.
+pub async fn bounded<F: std::future::Future>(limit: Duration, body: F) -> F::Output {
+    tokio::time::timeout(limit, body)
+        .await
+        .expect("test exceeded its time bound")
+}
+
+/// A running wssify binary whose log lines are collected as they arrive.
+pub struct Wssify {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    changed: watch::Receiver<usize>,
+    /// The first address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl Wssify {
+    /// Starts `wssify --listen 127.0.0.1:0 <args>` and waits for its
+    /// "listening on" line.
+    pub async fn start(args: &[&str]) -> Wssify {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_raw(&all).await
+    }
+
+    /// Starts the binary with exactly `args` and waits for "listening on".
+    pub async fn start_raw(args: &[&str]) -> Wssify {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wssify"))
+            .args(args)
+            .env("RUST_LOG", "debug,rustls=info,tokio_rustls=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the wssify binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, changed) = watch::channel(0usize);
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("WSSIFY_TEST_LOG").is_some() {
+                    eprintln!("wssify| {line}");
+                }
+                let mut lines = sink.lock().unwrap();
+                lines.push(line);
+                tx.send_replace(lines.len());
+            }
+            // Closed stderr: wake waiters one last time.
+            tx.send_modify(|_| {});
+        });
+        let mut w = Wssify {
+            child,
+            lines,
+            changed,
+            addr: "127.0.0.1:0".parse().unwrap(),
+        };
+        let line = w.wait_for_log("listening on ").await;
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in: {line}"));
+        w.addr = addr;
+        w
+    }
+
+    /// Waits (bounded) for a log line containing `needle` and returns it.
+    pub async fn wait_for_log(&mut self, needle: &str) -> String {
+        self.wait_for_log_matching(|l| l.contains(needle))
+            .await
+            .unwrap_or_else(|| panic!("no log line with {needle:?}; log:\n{}", self.log()))
+    }
+
+    /// Waits (bounded by [`WAIT`]) for a line satisfying `pred`.
+    pub async fn wait_for_log_matching(&mut self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.changed.borrow_and_update();
+            if let Some(line) = self.lines.lock().unwrap().iter().find(|l| pred(l)) {
+                return Some(line.clone());
+            }
+            match tokio::time::timeout_at(deadline, self.changed.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out, or the process closed stderr: one last look.
+                _ => {
+                    return self.lines.lock().unwrap().iter().find(|l| pred(l)).cloned();
+                }
+            }
+        }
+    }
+
+    /// Every line logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Lines logged so far that contain `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// The development certificate's fingerprint from the startup log.
+    pub async fn fingerprint(&mut self) -> String {
+        let line = self.wait_for_log("fingerprint: ").await;
+        line.rsplit("fingerprint: ").next().unwrap().trim().to_string()
+    }
+
+    /// Sends a signal by name (TERM, INT, ...) with the real `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wssify did not exit within {limit:?}; log:\n{}",
+                self.log()
+            );
+            // The child gives no async readiness; its stderr closing does.
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.changed.changed()).await;
+        }
+    }
+}
+
+impl Drop for Wssify {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with `args` (it must exit by itself within
+/// [`WAIT`]) and returns its exit code and stderr.
+pub fn run_to_exit(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wssify"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the wssify binary starts");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wssify {args:?} did not exit within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// A TCP echo backend: echoes until the client's EOF, then shuts its write
+/// side down (so half-closes are visible end to end).
+pub async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Makes sure the process has a crypto provider for test-side rustls configs.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A client config that trusts exactly the certificate with this SHA-256
+/// fingerprint (colon-separated hex), the way a client pins a self-signed one.
+pub fn pinned_client(fingerprint: &str) -> Arc<rustls::ClientConfig> {
+    let verifier = pinned_verifier(fingerprint);
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
+}
+
+/// A verifier that accepts exactly the certificate with this fingerprint.
+pub fn pinned_verifier(
+    fingerprint: &str,
+) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    Arc::new(Pinned {
+        fingerprint: fingerprint.to_string(),
+        provider: provider(),
+    })
+}
+
+/// A client config that trusts these CA certificates (DER).
+pub fn trusting_client(roots: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth(),
+    )
+}
+
+/// Connects and completes a TLS handshake for `name`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// Connects to a wssify running the development certificate.
+pub async fn dev_connect(w: &mut Wssify) -> TlsStream<TcpStream> {
+    let fp = w.fingerprint().await;
+    tls_connect(w.addr, pinned_client(&fp), "localhost")
+        .await
+        .expect("TLS handshake with the pinned development certificate")
+}
+
+/// SHA-256 of DER as `AB:CD:..`.
+pub fn fingerprint(der: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if fingerprint(end_entity) == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Reads until EOF (bounded by [`WAIT`]); panics on timeout.
+pub async fn read_to_end<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, r.read_to_end(&mut out))
+        .await
+        .expect("read_to_end timed out")?;
+    Ok(out)
+}
