@@ -46,7 +46,13 @@ impl Wssify {
 
     /// Starts the binary with exactly `args` and waits for "listening on".
     pub async fn start_raw(args: &[&str]) -> Wssify {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wssify"))
+        Self::start_raw_command(env!("CARGO_BIN_EXE_wssify"), args).await
+    }
+
+    /// Starts `program args` (which must exec wssify, e.g. through `sh -c`
+    /// to set a limit first) and waits for "listening on".
+    pub async fn start_raw_command(program: &str, args: &[&str]) -> Wssify {
+        let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "debug,rustls=info,tokio_rustls=info")
             .stdin(Stdio::null())
@@ -111,6 +117,11 @@ impl Wssify {
                 }
             }
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Every line logged so far.
