@@ -96,7 +96,11 @@ fn load_files(
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<LoadedCert, StartupError> {
-    let cert_pem = read("--cert", cert_path, "your PEM certificate chain (e.g. fullchain.pem)")?;
+    let cert_pem = read(
+        "--cert",
+        cert_path,
+        "your PEM certificate chain (e.g. fullchain.pem)",
+    )?;
     let key_pem = read("--key", key_path, "the PEM private key (e.g. privkey.pem)")?;
     let chain = parse_chain(cert_path, &cert_pem)?;
     let key = parse_key(key_path, &key_pem)?;
@@ -225,7 +229,9 @@ fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
                 GeneralName::IPAddress(bytes) => {
                     let ip = match bytes.len() {
                         4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
                         _ => None,
                     };
                     if let Some(ip) = ip {

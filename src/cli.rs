@@ -92,9 +92,7 @@ impl Args {
         let listen = self
             .listen
             .iter()
-            .map(|text| {
-                parse_listen(text).map_err(|why| flag_error("--listen", text, &why))
-            })
+            .map(|text| parse_listen(text).map_err(|why| flag_error("--listen", text, &why)))
             .collect::<Result<Vec<ListenAddr>, _>>()?;
 
         let Some(to) = self.to.as_deref() else {
@@ -226,12 +224,30 @@ mod tests {
             (&["-l", "1"], "--to is required"),
             (&["-l", "x", "-t", "h:1"], "--listen 'x'"),
             (&["-l", "1", "-t", "h"], "--to 'h'"),
-            (&["-l", "1", "-t", "h:1", "--cert", "c"], "--cert was given without --key"),
-            (&["-l", "1", "-t", "h:1", "--key", "k"], "--key was given without --cert"),
-            (&["-l", "1", "-t", "h:1", "--idle-timeout", "x"], "--idle-timeout 'x'"),
-            (&["-l", "1", "-t", "h:1", "--handshake-timeout", "0"], "--handshake-timeout '0'"),
-            (&["-l", "1", "-t", "h:1", "--max-conns", "-3"], "--max-conns '-3'"),
-            (&["-l", "1", "-t", "h:1", "--tls-min", "1.1"], "--tls-min '1.1'"),
+            (
+                &["-l", "1", "-t", "h:1", "--cert", "c"],
+                "--cert was given without --key",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--key", "k"],
+                "--key was given without --cert",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--idle-timeout", "x"],
+                "--idle-timeout 'x'",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--handshake-timeout", "0"],
+                "--handshake-timeout '0'",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--max-conns", "-3"],
+                "--max-conns '-3'",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--tls-min", "1.1"],
+                "--tls-min '1.1'",
+            ),
         ];
         for (args, expected) in cases {
             let err = parse(args).unwrap_err().to_string();

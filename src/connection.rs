@@ -107,7 +107,10 @@ pub async fn serve(
             return;
         }
         Err(e) => {
-            info!("peer={peer} duration={} end=\"client error: {e}\"", elapsed(started));
+            info!(
+                "peer={peer} duration={} end=\"client error: {e}\"",
+                elapsed(started)
+            );
             return;
         }
     }
@@ -140,7 +143,10 @@ pub async fn serve(
         failed => {
             let why = match failed {
                 Ok(Err(e)) => e.to_string(),
-                _ => format!("no answer within {}", format_duration(shared.connect_timeout)),
+                _ => format!(
+                    "no answer within {}",
+                    format_duration(shared.connect_timeout)
+                ),
             };
             warn!(
                 "peer={peer} {} duration={} end=\"backend {} unreachable: {why}\"",

@@ -3,11 +3,16 @@
 
 use std::process::ExitCode;
 
+use argh::FromArgs;
+
 use wssify::cli::{self, Args};
 use wssify::{Exit, limits};
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     if args.version {
         println!("{}", cli::version_line());
         return ExitCode::SUCCESS;
@@ -25,7 +30,11 @@ fn main() -> ExitCode {
     let fd_limit = match limits::raise_fd_limit() {
         Ok(limit) => {
             if limit.now > limit.before {
-                log::info!("open-file limit raised from {} to {}", limit.before, limit.now);
+                log::info!(
+                    "open-file limit raised from {} to {}",
+                    limit.before,
+                    limit.now
+                );
             } else {
                 log::info!("open-file limit: {}", limit.now);
             }
@@ -61,4 +70,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line. `--help` prints to stdout and exits 0; a flag
+/// argh cannot parse (unknown, missing value) is a usage error like any
+/// other flag mistake: one line on stderr and exit code 2.
+fn parse_args() -> Result<Args, ExitCode> {
+    let strings: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let command = strings.first().map_or("wssify", String::as_str);
+    let command = std::path::Path::new(command)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("wssify");
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    Args::from_args(&[command], &rest).map_err(|early| match early.status {
+        Ok(()) => {
+            print!("{}", early.output);
+            ExitCode::SUCCESS
+        }
+        Err(()) => {
+            let first = early.output.lines().next().unwrap_or("bad arguments");
+            eprintln!("wssify: {first}; see wssify --help");
+            ExitCode::from(2)
+        }
+    })
 }

@@ -207,7 +207,8 @@ impl Half {
                         // Nothing to move: give the buffer back while idle.
                         self.buf = None;
                         if self.need_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(Failure::Write)?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))
+                                .map_err(Failure::Write)?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;

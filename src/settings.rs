@@ -131,9 +131,9 @@ pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
     match text.parse::<SocketAddr>() {
         Ok(addr) => Ok(ListenAddr::Addr(addr)),
         Err(_) => match text.rsplit_once(':') {
-            Some((host, _)) if host.parse::<IpAddr>().is_err() && !host.is_empty() => Err(
-                format!("'{host}' is not an IP address; {EXPECTED} (use 0.0.0.0 or [::] for every interface)"),
-            ),
+            Some((host, _)) if host.parse::<IpAddr>().is_err() && !host.is_empty() => Err(format!(
+                "'{host}' is not an IP address; {EXPECTED} (use 0.0.0.0 or [::] for every interface)"
+            )),
             Some((_, port)) => parse_port(port).and(Err(EXPECTED.to_string())),
             None => Err(EXPECTED.to_string()),
         },
@@ -187,7 +187,9 @@ pub fn parse_backend(text: &str) -> Result<Backend, String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
     if !valid_name {
-        return Err(format!("'{host}' is not a host name or IP address; {EXPECTED}"));
+        return Err(format!(
+            "'{host}' is not a host name or IP address; {EXPECTED}"
+        ));
     }
     Ok(Backend {
         host: host.to_string(),
@@ -265,8 +267,16 @@ mod tests {
             Ok(ListenAddr::Addr("[::1]:9300".parse().unwrap()))
         );
         assert!(parse_listen("99999").unwrap_err().contains("not a port"));
-        assert!(parse_listen("example.com:9300").unwrap_err().contains("not an IP"));
-        assert!(parse_listen("1.2.3.4:x").unwrap_err().contains("not a port"));
+        assert!(
+            parse_listen("example.com:9300")
+                .unwrap_err()
+                .contains("not an IP")
+        );
+        assert!(
+            parse_listen("1.2.3.4:x")
+                .unwrap_err()
+                .contains("not a port")
+        );
         assert!(parse_listen("").is_err());
     }
 
@@ -280,7 +290,11 @@ mod tests {
         assert_eq!(b.to_string(), "[::1]:9200");
         assert_eq!(parse_backend("9200").unwrap().to_string(), "127.0.0.1:9200");
         assert!(parse_backend("ws-server").unwrap_err().contains("no port"));
-        assert!(parse_backend("bad host:1").unwrap_err().contains("not a host"));
+        assert!(
+            parse_backend("bad host:1")
+                .unwrap_err()
+                .contains("not a host")
+        );
         assert!(parse_backend("h:70000").unwrap_err().contains("not a port"));
     }
 

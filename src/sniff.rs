@@ -15,7 +15,14 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// HTTP methods whose request line we recognise.
 const HTTP_METHODS: [&[u8]; 9] = [
-    b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
     b"TRACE ",
 ];
 
@@ -38,7 +45,10 @@ pub enum FirstBytes {
 
 /// Looks at the first byte without consuming it; for non-TLS input, reads
 /// enough to recognise an HTTP method. Returns `None` on the deadline.
-pub async fn classify(tcp: &mut TcpStream, deadline: Instant) -> std::io::Result<Option<FirstBytes>> {
+pub async fn classify(
+    tcp: &mut TcpStream,
+    deadline: Instant,
+) -> std::io::Result<Option<FirstBytes>> {
     let mut first = [0u8; 1];
     let n = match timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(result) => result?,

@@ -76,13 +76,11 @@ pub fn describe_handshake_error(error: &std::io::Error) -> String {
             "the client does not trust our certificate (it sent {alert:?}); give it the CA, or a real certificate with --cert/--key"
         ),
         rustls::Error::AlertReceived(alert) => format!("the client gave up (it sent {alert:?})"),
-        rustls::Error::PeerIncompatible(why) => format!(
-            "the client cannot speak our TLS ({why:?}); see --tls-min"
-        ),
-        rustls::Error::InvalidMessage(why) => format!("malformed TLS from the client ({why:?})"),
-        rustls::Error::NoCertificatesPresented => {
-            "the client sent no certificate".to_string()
+        rustls::Error::PeerIncompatible(why) => {
+            format!("the client cannot speak our TLS ({why:?}); see --tls-min")
         }
+        rustls::Error::InvalidMessage(why) => format!("malformed TLS from the client ({why:?})"),
+        rustls::Error::NoCertificatesPresented => "the client sent no certificate".to_string(),
         rustls::Error::InvalidCertificate(why) => {
             format!("the client's certificate is not valid ({why:?})")
         }

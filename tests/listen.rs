@@ -57,7 +57,12 @@ async fn every_listen_flag_gets_a_listener() {
             .lines_with("listening on ")
             .iter()
             .map(|l| {
-                l.split("listening on ").nth(1).unwrap().split_whitespace().next().unwrap()
+                l.split("listening on ")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
                     .parse()
                     .unwrap()
             })
@@ -75,7 +80,12 @@ async fn every_listen_flag_gets_a_listener() {
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name (which is in parentheses).
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }

@@ -61,7 +61,11 @@ async fn moves_64_mib_each_way_at_once_intact() {
         }
         writer.await.unwrap();
         assert_eq!(received, SIZE, "every byte came back");
-        assert_eq!(ctx.finish().as_ref(), expected.as_slice(), "checksum matches");
+        assert_eq!(
+            ctx.finish().as_ref(),
+            expected.as_slice(),
+            "checksum matches"
+        );
         let line = w.wait_for_log("end=\"client closed\"").await;
         assert!(line.contains(&format!("to_backend={SIZE}B")), "{line}");
         assert!(line.contains(&format!("to_client={SIZE}B")), "{line}");
@@ -114,12 +118,18 @@ async fn backend_half_close_still_gets_the_whole_request() {
         let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
         let mut tls = dev_connect(&mut w).await;
         let greeting = read_to_end(&mut tls).await.unwrap();
-        assert_eq!(greeting, b"hello, then bye", "backend FIN became close_notify");
+        assert_eq!(
+            greeting, b"hello, then bye",
+            "backend FIN became close_notify"
+        );
         let upload = pattern(5, 512 * 1024);
         tls.write_all(&upload).await.unwrap();
         tls.shutdown().await.unwrap();
         let received = rx.await.unwrap();
-        assert!(received == upload, "all bytes after the backend's half-close arrived");
+        assert!(
+            received == upload,
+            "all bytes after the backend's half-close arrived"
+        );
         w.wait_for_log("end=\"backend closed\"").await;
     })
     .await;
@@ -149,9 +159,13 @@ async fn idle_connection_is_closed_near_the_idle_timeout() {
         let last_byte = Instant::now();
         let closed = closed_at(&mut tls).await;
         let idle = closed - last_byte;
-        assert!(idle >= Duration::from_millis(900), "closed too early: {idle:?}");
+        assert!(
+            idle >= Duration::from_millis(900),
+            "closed too early: {idle:?}"
+        );
         assert!(idle < Duration::from_secs(5), "closed too late: {idle:?}");
-        w.wait_for_log("end=\"idle timeout (1s with no bytes)\"").await;
+        w.wait_for_log("end=\"idle timeout (1s with no bytes)\"")
+            .await;
     })
     .await;
 }
@@ -169,7 +183,9 @@ async fn trickling_connection_outlives_the_idle_timeout() {
             ticks.tick().await;
             tls.write_all(b".").await.unwrap();
             let mut one = [0u8; 1];
-            tls.read_exact(&mut one).await.expect("still open while bytes trickle");
+            tls.read_exact(&mut one)
+                .await
+                .expect("still open while bytes trickle");
         }
         assert!(w.lines_with("end=\"idle timeout").is_empty(), "{}", w.log());
         // Then silence: now the timeout applies.
@@ -195,8 +211,14 @@ async fn silent_client_is_dropped_at_the_handshake_timeout_while_others_are_serv
         assert_eq!(&buf, b"served");
         let closed = closed_at(&mut silent).await;
         let waited = closed - connected;
-        assert!(waited >= Duration::from_millis(900), "dropped too early: {waited:?}");
-        assert!(waited < Duration::from_secs(5), "dropped too late: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(900),
+            "dropped too early: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "dropped too late: {waited:?}"
+        );
         w.wait_for_log("handshake failed: no bytes within 1s").await;
     })
     .await;
@@ -217,7 +239,10 @@ async fn backend_down_closes_promptly_and_later_clients_are_served() {
         let got = read_to_end(&mut tls).await.unwrap_or_default();
         assert!(got.is_empty());
         let line = w.wait_for_log("unreachable").await;
-        assert!(line.contains(&format!("backend {backend} unreachable")), "{line}");
+        assert!(
+            line.contains(&format!("backend {backend} unreachable")),
+            "{line}"
+        );
 
         // The backend comes up on that port: the next client is served.
         let listener = TcpListener::bind(backend).await.unwrap();
@@ -239,7 +264,9 @@ async fn backend_down_closes_promptly_and_later_clients_are_served() {
 /// kernel drops further SYNs, so connecting to it hangs like a dead host.
 fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.listen(0).unwrap();
     let addr = socket.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
@@ -257,16 +284,24 @@ async fn backend_that_never_answers_hits_the_connect_timeout() {
     bounded(WAIT, async {
         let (hole, _fillers) = black_hole();
         let backend = hole.local_addr().unwrap().as_socket().unwrap();
-        let mut w =
-            Wssify::start(&["--to", &backend.to_string(), "--connect-timeout", "1s"]).await;
+        let mut w = Wssify::start(&["--to", &backend.to_string(), "--connect-timeout", "1s"]).await;
         let mut tls = dev_connect(&mut w).await;
         let handshaken = Instant::now();
         let got = read_to_end(&mut tls).await.unwrap_or_default();
         assert!(got.is_empty());
         let waited = handshaken.elapsed();
-        assert!(waited >= Duration::from_millis(900), "closed before the timeout: {waited:?}");
-        assert!(waited < Duration::from_secs(5), "closed long after the timeout: {waited:?}");
-        w.wait_for_log(&format!("backend {backend} unreachable: no answer within 1s")).await;
+        assert!(
+            waited >= Duration::from_millis(900),
+            "closed before the timeout: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "closed long after the timeout: {waited:?}"
+        );
+        w.wait_for_log(&format!(
+            "backend {backend} unreachable: no answer within 1s"
+        ))
+        .await;
     })
     .await;
 }
@@ -278,7 +313,8 @@ async fn backend_name_that_does_not_resolve_is_logged() {
         let mut tls = dev_connect(&mut w).await;
         let got = read_to_end(&mut tls).await.unwrap_or_default();
         assert!(got.is_empty());
-        w.wait_for_log("backend no-such-host.invalid:9200 unreachable").await;
+        w.wait_for_log("backend no-such-host.invalid:9200 unreachable")
+            .await;
     })
     .await;
 }
@@ -293,7 +329,10 @@ async fn plain_http_gets_a_400_that_says_use_wss() {
             .await
             .unwrap();
         let answer = String::from_utf8(read_to_end(&mut tcp).await.unwrap()).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
         assert!(answer.contains("wss://"), "{answer}");
         let line = w.wait_for_log("plain HTTP on the TLS port").await;
         assert!(line.contains("peer=127.0.0.1:"), "{line}");
@@ -304,8 +343,7 @@ async fn plain_http_gets_a_400_that_says_use_wss() {
 /// The first bytes a real rustls client sends.
 fn client_hello() -> Vec<u8> {
     let config = trusting_client(&[]);
-    let mut conn =
-        rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
     let mut out = Vec::new();
     conn.write_tls(&mut out).unwrap();
     out
@@ -325,7 +363,10 @@ async fn garbage_and_truncated_hellos_are_closed_and_service_goes_on() {
         // Half a ClientHello, then our FIN.
         let hello = client_hello();
         let mut truncated = TcpStream::connect(w.addr).await.unwrap();
-        truncated.write_all(&hello[..hello.len() / 2]).await.unwrap();
+        truncated
+            .write_all(&hello[..hello.len() / 2])
+            .await
+            .unwrap();
         truncated.shutdown().await.unwrap();
         closed_at(&mut truncated).await;
         w.wait_for_log("handshake failed: client closed the connection during the handshake")
@@ -333,7 +374,10 @@ async fn garbage_and_truncated_hellos_are_closed_and_service_goes_on() {
 
         // A TLS record header followed by nonsense.
         let mut bogus = TcpStream::connect(w.addr).await.unwrap();
-        bogus.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]).await.unwrap();
+        bogus
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
+            .await
+            .unwrap();
         closed_at(&mut bogus).await;
 
         let mut tls = dev_connect(&mut w).await;
@@ -361,7 +405,9 @@ async fn third_client_waits_for_a_slot_at_max_conns_2() {
         w.wait_for_log("connection limit reached").await;
         let addr = w.addr;
         let mut third = tokio::spawn(async move {
-            let mut tls = tls_connect(addr, pinned_client(&fp), "localhost").await.unwrap();
+            let mut tls = tls_connect(addr, pinned_client(&fp), "localhost")
+                .await
+                .unwrap();
             tls.write_all(b"third").await.unwrap();
             let mut buf = [0u8; 5];
             tls.read_exact(&mut buf).await.unwrap();
@@ -383,7 +429,12 @@ async fn post_quantum_hybrid_is_negotiated_and_logged() {
         let backend = echo_backend().await;
         let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
         let mut tls = dev_connect(&mut w).await;
-        let group = tls.get_ref().1.negotiated_key_exchange_group().unwrap().name();
+        let group = tls
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .unwrap()
+            .name();
         assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
         tls.write_all(b"pq").await.unwrap();
         tls.shutdown().await.unwrap();
@@ -422,7 +473,9 @@ async fn alpn_and_tls_min_flags_take_effect() {
         let fp = w.fingerprint().await;
         let mut config = (*pinned_client(&fp)).clone();
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let tls = tls_connect(w.addr, Arc::new(config), "localhost").await.unwrap();
+        let tls = tls_connect(w.addr, Arc::new(config), "localhost")
+            .await
+            .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 
         // A TLS 1.2-only client is refused.
@@ -434,8 +487,13 @@ async fn alpn_and_tls_min_flags_take_effect() {
             .with_custom_certificate_verifier(pinned_verifier(&fp))
             .with_no_client_auth();
         old.alpn_protocols.clear();
-        assert!(tls_connect(w.addr, Arc::new(old), "localhost").await.is_err());
-        w.wait_for_log("handshake failed: the client cannot speak our TLS").await;
+        assert!(
+            tls_connect(w.addr, Arc::new(old), "localhost")
+                .await
+                .is_err()
+        );
+        w.wait_for_log("handshake failed: the client cannot speak our TLS")
+            .await;
     })
     .await;
 }

@@ -22,7 +22,10 @@ async fn sigterm_lets_a_streaming_connection_finish_refuses_new_ones_and_exits_0
         w.signal("TERM");
         w.wait_for_log("stopped accepting").await;
         let refused = TcpStream::connect(w.addr).await;
-        assert!(refused.is_err(), "a new connection was accepted while draining");
+        assert!(
+            refused.is_err(),
+            "a new connection was accepted while draining"
+        );
 
         // The open connection keeps streaming after the signal.
         let chunk = [7u8; 16 * 1024];
@@ -38,7 +41,10 @@ async fn sigterm_lets_a_streaming_connection_finish_refuses_new_ones_and_exits_0
 
         assert_eq!(w.wait_exit(WAIT).await, Some(0), "log:\n{}", w.log());
         let line = w.wait_for_log("end=\"client closed\"").await;
-        assert!(line.contains(&format!("to_backend={}B", 6 + 64 * 16 * 1024)), "{line}");
+        assert!(
+            line.contains(&format!("to_backend={}B", 6 + 64 * 16 * 1024)),
+            "{line}"
+        );
     })
     .await;
 }
@@ -59,7 +65,10 @@ async fn drain_timeout_closes_what_remains_and_exits_0() {
         let rest = read_to_end(&mut tls).await.unwrap_or_default();
         assert!(rest.is_empty());
         let waited = signalled.elapsed();
-        assert!(waited >= Duration::from_millis(900), "closed before the drain timeout: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(900),
+            "closed before the drain timeout: {waited:?}"
+        );
         assert_eq!(w.wait_exit(WAIT).await, Some(0), "log:\n{}", w.log());
         w.wait_for_log("end=\"drained at shutdown\"").await;
     })

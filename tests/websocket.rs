@@ -25,12 +25,10 @@ async fn ws_echo_backend() -> SocketAddr {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
                     // Pings are answered and closes echoed by tungstenite itself.
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
                 }
             });
         }
@@ -59,7 +57,10 @@ async fn text_binary_large_ping_and_close_go_through() {
         let mut ws = wss_client(w.addr, config).await;
 
         ws.send(Message::text("hello over wss")).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello over wss"));
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("hello over wss")
+        );
 
         let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
         ws.send(Message::binary(binary.clone())).await.unwrap();
@@ -72,7 +73,9 @@ async fn text_binary_large_ping_and_close_go_through() {
             other => panic!("expected the 1 MiB echo, got {other:?}"),
         }
 
-        ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+        ws.send(Message::Ping(b"are you there".to_vec().into()))
+            .await
+            .unwrap();
         assert_eq!(
             ws.next().await.unwrap().unwrap(),
             Message::Pong(b"are you there".to_vec().into())
@@ -88,7 +91,10 @@ async fn text_binary_large_ping_and_close_go_through() {
             Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
             other => panic!("expected the close handshake, got {other:?}"),
         }
-        assert!(ws.next().await.is_none(), "stream ends after the close handshake");
+        assert!(
+            ws.next().await.is_none(),
+            "stream ends after the close handshake"
+        );
         drop(ws);
         let line = w.wait_for_log("end=\"").await;
         assert!(line.contains("end=\"backend closed\""), "{line}");

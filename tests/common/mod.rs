@@ -143,7 +143,11 @@ impl Wssify {
     /// The development certificate's fingerprint from the startup log.
     pub async fn fingerprint(&mut self) -> String {
         let line = self.wait_for_log("fingerprint: ").await;
-        line.rsplit("fingerprint: ").next().unwrap().trim().to_string()
+        line.rsplit("fingerprint: ")
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Sends a signal by name (TERM, INT, ...) with the real `kill`.
@@ -245,9 +249,7 @@ pub fn pinned_client(fingerprint: &str) -> Arc<rustls::ClientConfig> {
 }
 
 /// A verifier that accepts exactly the certificate with this fingerprint.
-pub fn pinned_verifier(
-    fingerprint: &str,
-) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+pub fn pinned_verifier(fingerprint: &str) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
     Arc::new(Pinned {
         fingerprint: fingerprint.to_string(),
         provider: provider(),

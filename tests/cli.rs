@@ -1,0 +1,688 @@
+//! The command line against the real binary: help, version, and every way
+//! starting can go wrong, each ending in one line that names the flag or
+//! file and says what to do, with the documented exit code.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use rcgen::KeyPair;
+use tempfile::TempDir;
+
+/// Exit code for a mistake in the flags.
+const FLAG_ERROR: i32 = 2;
+/// Exit code for a failure to start (files, ports).
+const START_ERROR: i32 = 1;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A PEM block with 64-character lines.
+fn pem(label: &str, der: &[u8]) -> String {
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in base64(der).as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// A directory with a valid self-signed `cert.pem`/`key.pem` pair and a
+/// place for broken files.
+struct Files {
+    dir: TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    cert_der: Vec<u8>,
+}
+
+impl Files {
+    fn new() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        Files {
+            cert_der: generated.cert.der().to_vec(),
+            dir,
+            cert,
+            key,
+        }
+    }
+
+    /// Writes `contents` to `name` in the directory and returns its path.
+    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Runs wssify on a free port with this certificate and key; it must fail.
+fn run_with_files(cert: &Path, key: &Path) -> (i32, String) {
+    run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "127.0.0.1:9",
+        "--cert",
+        p(cert),
+        "--key",
+        p(key),
+    ])
+}
+
+/// Checks a failed start: the exit code, no panic or backtrace, exactly one
+/// `wssify: ` error line (anything else is a `[...]` log line), and that the
+/// error line contains every needle. Returns the error line.
+fn assert_one_line_error(result: (i32, String), code: i32, needles: &[&str]) -> String {
+    let (actual, out) = result;
+    assert_eq!(actual, code, "exit code; output:\n{out}");
+    let lower = out.to_lowercase();
+    for forbidden in ["panicked", "backtrace", "thread 'main'"] {
+        assert!(
+            !lower.contains(forbidden),
+            "{forbidden:?} in output:\n{out}"
+        );
+    }
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("wssify: ")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line; output:\n{out}");
+    for line in out.lines() {
+        assert!(
+            line.starts_with("wssify: ") || line.starts_with('['),
+            "a stray line (the error must be one line): {line:?}\noutput:\n{out}"
+        );
+    }
+    let error = errors[0];
+    for needle in needles {
+        assert!(error.contains(needle), "{needle:?} not in: {error}");
+    }
+    assert!(!out.contains("listening on"), "it must not serve: {out}");
+    error.to_string()
+}
+
+/// Flags around a given listen address that are otherwise valid.
+fn listen_args(listen: &str) -> Vec<String> {
+    ["--listen", listen, "--to", "127.0.0.1:9"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn run(args: &[String]) -> (i32, String) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_to_exit(&args)
+}
+
+// ---------------------------------------------------------------------------
+// --help and --version
+// ---------------------------------------------------------------------------
+
+#[test]
+fn help_lists_every_flag_its_defaults_and_two_examples() {
+    let (code, out) = run_to_exit(&["--help"]);
+    assert_eq!(code, 0, "{out}");
+    // Whitespace-insensitive, so help text wrapping does not matter.
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for flag in [
+        "--listen",
+        "--to",
+        "--cert",
+        "--key",
+        "--idle-timeout",
+        "--handshake-timeout",
+        "--connect-timeout",
+        "--drain-timeout",
+        "--max-conns",
+        "--tls-min",
+        "--alpn",
+        "--threads",
+        "--version",
+    ] {
+        assert!(
+            flat.contains(&format!("{flag} ")) || flat.contains(&format!("{flag}]")),
+            "--help does not mention {flag}:\n{out}"
+        );
+    }
+    for default in [
+        "(default: 1h)",
+        "(default: 10s)",
+        "(default: 5s)",
+        "(default: 30s)",
+    ] {
+        assert!(flat.contains(default), "--help lacks {default}:\n{out}");
+    }
+    assert!(out.contains("Examples:"), "{out}");
+    let examples = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("$ wssify "))
+        .count();
+    assert_eq!(examples, 2, "two example commands:\n{out}");
+    assert!(
+        flat.contains("$ wssify --listen 9300 --to 127.0.0.1:9200"),
+        "{out}"
+    );
+    assert!(
+        flat.contains("--cert fullchain.pem --key privkey.pem"),
+        "{out}"
+    );
+}
+
+#[test]
+fn version_prints_name_and_version() {
+    for flag in ["--version", "-V"] {
+        let (code, out) = run_to_exit(&[flag]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(
+            out.trim(),
+            format!("wssify {}", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+    assert_eq!(env!("CARGO_PKG_VERSION"), "0.1.0");
+}
+
+// ---------------------------------------------------------------------------
+// Certificate and key files
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn valid_files_are_the_baseline() {
+    // The fixture itself must start, or every failure below proves nothing.
+    let f = Files::new();
+    bounded(WAIT, async {
+        let w = Wssify::start(&[
+            "--to",
+            "127.0.0.1:9",
+            "--cert",
+            p(&f.cert),
+            "--key",
+            p(&f.key),
+        ])
+        .await;
+        assert_eq!(w.lines_with("listening on").len(), 1, "{}", w.log());
+    })
+    .await;
+}
+
+#[test]
+fn missing_cert_file() {
+    let f = Files::new();
+    let missing = f.dir.path().join("no-such-cert.pem");
+    assert_one_line_error(
+        run_with_files(&missing, &f.key),
+        START_ERROR,
+        &[
+            &format!("--cert {}", p(&missing)),
+            "no such file",
+            "give the path of your PEM certificate chain",
+        ],
+    );
+}
+
+#[test]
+fn missing_key_file() {
+    let f = Files::new();
+    let missing = f.dir.path().join("no-such-key.pem");
+    assert_one_line_error(
+        run_with_files(&f.cert, &missing),
+        START_ERROR,
+        &[
+            &format!("--key {}", p(&missing)),
+            "no such file",
+            "give the path of the PEM private key",
+        ],
+    );
+}
+
+#[test]
+fn cert_that_is_a_directory() {
+    let f = Files::new();
+    let dir = f.dir.path().join("certs.d");
+    std::fs::create_dir(&dir).unwrap();
+    assert_one_line_error(
+        run_with_files(&dir, &f.key),
+        START_ERROR,
+        &[
+            &format!("--cert {}", p(&dir)),
+            "this is a directory",
+            "give the path of your PEM certificate chain",
+        ],
+    );
+}
+
+#[test]
+fn unreadable_cert_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Files::new();
+    std::fs::set_permissions(&f.cert, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read(&f.cert).is_ok() {
+        eprintln!(
+            "skipping the permission-denied check: this test runs with the privilege to read a mode 000 file (root or CAP_DAC_OVERRIDE); cert_that_is_a_directory covers an unreadable --cert"
+        );
+        return;
+    }
+    assert_one_line_error(
+        run_with_files(&f.cert, &f.key),
+        START_ERROR,
+        &[
+            &format!("--cert {}", p(&f.cert)),
+            "permission denied",
+            "make it readable",
+        ],
+    );
+}
+
+#[test]
+fn cert_file_without_a_pem_certificate() {
+    let f = Files::new();
+    // A DER certificate: a real certificate, but not PEM.
+    let der = f.write("cert.der", &f.cert_der);
+    assert_one_line_error(
+        run_with_files(&der, &f.key),
+        START_ERROR,
+        &[
+            &format!("--cert {}", p(&der)),
+            "has no PEM certificate",
+            "openssl x509 -inform der",
+        ],
+    );
+    // Plain text.
+    let text = f.write("notes.txt", "this is not a certificate\n");
+    assert_one_line_error(
+        run_with_files(&text, &f.key),
+        START_ERROR,
+        &[&format!("--cert {}", p(&text)), "has no PEM certificate"],
+    );
+}
+
+#[test]
+fn key_file_without_a_private_key() {
+    let f = Files::new();
+    let text = f.write("empty-key.pem", "nothing to see here\n");
+    assert_one_line_error(
+        run_with_files(&f.cert, &text),
+        START_ERROR,
+        &[
+            &format!("--key {}", p(&text)),
+            "has no private key",
+            "give the key in PEM form",
+        ],
+    );
+}
+
+#[test]
+fn swapped_cert_and_key_say_swap() {
+    let f = Files::new();
+    assert_one_line_error(
+        run_with_files(&f.key, &f.cert),
+        START_ERROR,
+        &[
+            &format!("--cert {}", p(&f.key)),
+            "holds a private key but no certificate",
+            "did you swap --cert and --key?",
+        ],
+    );
+    // A key file that holds only a certificate, with a good --cert.
+    let cert_as_key = f.write("cert-as-key.pem", std::fs::read(&f.cert).unwrap());
+    assert_one_line_error(
+        run_with_files(&f.cert, &cert_as_key),
+        START_ERROR,
+        &[
+            &format!("--key {}", p(&cert_as_key)),
+            "holds a certificate but no private key",
+            "swap",
+        ],
+    );
+}
+
+#[test]
+fn encrypted_key_says_decrypt_it() {
+    let f = Files::new();
+    let body: Vec<u8> = (0u8..=200).collect();
+    let encrypted = f.write("encrypted.pem", pem("ENCRYPTED PRIVATE KEY", &body));
+    assert_one_line_error(
+        run_with_files(&f.cert, &encrypted),
+        START_ERROR,
+        &[
+            &format!("--key {}", p(&encrypted)),
+            "encrypted with a passphrase",
+            "openssl pkey -in",
+        ],
+    );
+    // The traditional OpenSSL form says so in a header.
+    let legacy = f.write(
+        "legacy-encrypted.pem",
+        format!(
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\n{}\n-----END RSA PRIVATE KEY-----\n",
+            base64(&body)
+        ),
+    );
+    assert_one_line_error(
+        run_with_files(&f.cert, &legacy),
+        START_ERROR,
+        &[
+            &format!("--key {}", p(&legacy)),
+            "encrypted with a passphrase",
+        ],
+    );
+}
+
+#[test]
+fn key_that_does_not_match_the_certificate() {
+    let f = Files::new();
+    let other = f.write(
+        "other-key.pem",
+        KeyPair::generate().unwrap().serialize_pem(),
+    );
+    assert_one_line_error(
+        run_with_files(&f.cert, &other),
+        START_ERROR,
+        &[
+            &format!(
+                "--key {} does not match the certificate in --cert {}",
+                p(&other),
+                p(&f.cert)
+            ),
+            "give the key that was made with that certificate",
+        ],
+    );
+}
+
+#[test]
+fn only_cert_or_only_key_asks_for_both() {
+    let f = Files::new();
+    let mut args = listen_args("127.0.0.1:0");
+    args.extend(["--cert".to_string(), p(&f.cert).to_string()]);
+    assert_one_line_error(
+        run(&args),
+        FLAG_ERROR,
+        &["--cert was given without --key", "give both"],
+    );
+
+    let mut args = listen_args("127.0.0.1:0");
+    args.extend(["--key".to_string(), p(&f.key).to_string()]);
+    assert_one_line_error(
+        run(&args),
+        FLAG_ERROR,
+        &["--key was given without --cert", "give both"],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------
+
+#[test]
+fn port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let port = addr.port();
+    assert_one_line_error(
+        run(&listen_args(&addr.to_string())),
+        START_ERROR,
+        &[
+            &format!("--listen {addr}"),
+            &format!("port {port} is already in use"),
+            "choose another port",
+        ],
+    );
+    drop(taken);
+}
+
+/// What a started binary did: began serving, or exited by itself.
+enum Outcome {
+    Listening(String),
+    Exited(i32, String),
+}
+
+/// Starts the binary and waits (bounded by [`WAIT`]) until it logs
+/// "listening on" (then stops it) or exits.
+fn run_until_listening_or_exit(args: &[&str]) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wssify"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(Some(line)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(None);
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut log = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Some(line)) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("listening on ") {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Outcome::Listening(log);
+                }
+            }
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().unwrap();
+                return Outcome::Exited(status.code().unwrap_or(-1), log);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("wssify {args:?} neither listened nor exited within {WAIT:?}:\n{log}");
+            }
+        }
+    }
+}
+
+/// Why this process may bind ports below 1024, if it may.
+fn low_port_privilege() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    if field("Uid:").get(1).map(String::as_str) == Some("0") {
+        return Some("the tests run as root".to_string());
+    }
+    if let Some(caps) = field("CapEff:").first()
+        && let Ok(caps) = u64::from_str_radix(caps, 16)
+        && caps & (1 << 10) != 0
+    {
+        return Some("the tests have CAP_NET_BIND_SERVICE".to_string());
+    }
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok());
+    if let Some(start) = start
+        && start <= 80
+    {
+        return Some(format!(
+            "net.ipv4.ip_unprivileged_port_start is {start}, so anyone may bind port 80"
+        ));
+    }
+    None
+}
+
+#[test]
+fn low_port_without_privilege_is_permission_denied() {
+    let args = ["--listen", "127.0.0.1:80", "--to", "127.0.0.1:9"];
+    match low_port_privilege() {
+        None => {
+            assert_one_line_error(
+                run_to_exit(&args),
+                START_ERROR,
+                &[
+                    "--listen 127.0.0.1:80",
+                    "permission denied for port 80",
+                    "setcap cap_net_bind_service",
+                ],
+            );
+        }
+        Some(why) => {
+            eprintln!(
+                "skipping the permission-denied assertion: {why}; checking only that binding port 80 succeeds or fails cleanly"
+            );
+            match run_until_listening_or_exit(&args) {
+                Outcome::Listening(log) => {
+                    assert!(log.contains("listening on 127.0.0.1:80 "), "{log}");
+                }
+                Outcome::Exited(code, log) => {
+                    // E.g. something else already has port 80.
+                    assert_one_line_error((code, log), START_ERROR, &["--listen 127.0.0.1:80"]);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Malformed flag values
+// ---------------------------------------------------------------------------
+
+#[test]
+fn malformed_listen() {
+    let cases = [
+        ("example.com:9300", "'example.com' is not an IP address"),
+        ("99999", "'99999' is not a port"),
+        ("127.0.0.1:http", "'http' is not a port"),
+        ("nonsense", "expected a port (9300), IP:PORT"),
+    ];
+    for (value, why) in cases {
+        assert_one_line_error(
+            run(&listen_args(value)),
+            FLAG_ERROR,
+            &[&format!("--listen '{value}'"), why],
+        );
+    }
+}
+
+#[test]
+fn malformed_to() {
+    let cases = [
+        ("ws-server", "no port in 'ws-server'"),
+        (
+            "bad host:9200",
+            "'bad host' is not a host name or IP address",
+        ),
+        ("127.0.0.1:70000", "'70000' is not a port"),
+        ("127.0.0.1:0", "port 0 cannot be connected to"),
+    ];
+    for (value, why) in cases {
+        assert_one_line_error(
+            run_to_exit(&["--listen", "127.0.0.1:0", "--to", value]),
+            FLAG_ERROR,
+            &[&format!("--to '{value}'"), why],
+        );
+    }
+}
+
+#[test]
+fn malformed_durations() {
+    let cases = [
+        (
+            "--idle-timeout",
+            "soon",
+            "'soon' is not a duration",
+            "expected a duration like 90s",
+        ),
+        (
+            "--handshake-timeout",
+            "5y",
+            "unknown unit 'y'",
+            "expected a duration like 90s",
+        ),
+        ("--connect-timeout", "0", "must be more than 0", "e.g. 10s"),
+        (
+            "--drain-timeout",
+            "-1s",
+            "'-1s' is not a duration",
+            "expected a duration like 90s",
+        ),
+    ];
+    for (flag, value, why, fix) in cases {
+        let mut args = listen_args("127.0.0.1:0");
+        args.extend([flag.to_string(), value.to_string()]);
+        assert_one_line_error(
+            run(&args),
+            FLAG_ERROR,
+            &[&format!("{flag} '{value}'"), why, fix],
+        );
+    }
+}
+
+#[test]
+fn missing_listen_or_to() {
+    assert_one_line_error(
+        run_to_exit(&["--to", "127.0.0.1:9"]),
+        FLAG_ERROR,
+        &["--listen is required", "e.g. --listen 9300"],
+    );
+    assert_one_line_error(
+        run_to_exit(&["--listen", "127.0.0.1:0"]),
+        FLAG_ERROR,
+        &["--to is required", "e.g. --to 127.0.0.1:9200"],
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error_with_exit_2() {
+    let (code, out) = run_to_exit(&["--listen", "1", "--to", "h:1", "--bogus"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("wssify: Unrecognized argument: --bogus"),
+        "{out}"
+    );
+    assert!(out.contains("--help"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
