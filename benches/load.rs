@@ -36,6 +36,8 @@ struct Options {
     pid: Option<u32>,
     name: String,
     kx: Kx,
+    /// Measure memory only, then hold the connections until killed.
+    memory_only: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -96,6 +98,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         pid: None,
         name: "wssify".to_string(),
         kx: Kx::Default,
+        memory_only: false,
     };
     let mut it = args.iter().skip_while(|a| *a == "run");
     while let Some(flag) = it.next() {
@@ -112,6 +115,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--target" => o.target = Some(value()?.parse()?),
             "--pid" => o.pid = Some(value()?.parse()?),
             "--name" => o.name = value()?.clone(),
+            "--memory-only" => o.memory_only = true,
             "--kx" => {
                 o.kx = match value()?.as_str() {
                     "x25519" => Kx::X25519,
@@ -239,6 +243,10 @@ async fn measure_all(o: Options) -> Result<()> {
             "memory",
             started.elapsed().as_secs_f64()
         );
+    }
+    if o.memory_only {
+        println!("holding {} connections; stop with Ctrl-C", held.len());
+        std::future::pending::<()>().await;
     }
     // Idle then busy: every held connection moves data again.
     let busy_start = Instant::now();

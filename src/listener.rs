@@ -189,7 +189,9 @@ pub async fn accept_loop(
             }
         }
     }
-    debug!("{local_addr}: stopped accepting");
+    // Closing the socket is what makes new clients see a refusal.
+    drop(listener);
+    debug!("{local_addr}: listener closed");
 }
 
 /// Errors that concern only the connection being accepted, not the listener.

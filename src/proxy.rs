@@ -79,7 +79,7 @@ pub async fn pipe<C, B, S>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
-    S: Future<Output = ()>,
+    S: Future<Output = ()> + Unpin,
 {
     let mut up = Half::default();
     let mut down = Half::default();
@@ -87,10 +87,10 @@ where
     let mut last_activity = Instant::now();
     let idle = idle_timeout.map(tokio::time::sleep);
     tokio::pin!(idle);
-    tokio::pin!(stop);
+    let mut stop = stop;
 
     let end = poll_fn(|cx| {
-        if stop.as_mut().poll(cx).is_ready() {
+        if Pin::new(&mut stop).poll(cx).is_ready() {
             return Poll::Ready(End::Drained);
         }
         let mut moved = false;
