@@ -338,11 +338,18 @@ async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io
 }
 
 async fn open_idle(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
-    let mut tls = connect(addr, config).await?;
-    let mut buf = [0u8; 64];
-    tls.write_all(&[1u8; 64]).await?;
-    tls.read_exact(&mut buf).await?;
-    Ok(tls)
+    // Bounded, so a terminator that stops accepting (out of descriptors,
+    // say) fails the run instead of hanging it.
+    let open = async {
+        let mut tls = connect(addr, config).await?;
+        let mut buf = [0u8; 64];
+        tls.write_all(&[1u8; 64]).await?;
+        tls.read_exact(&mut buf).await?;
+        Ok(tls)
+    };
+    tokio::time::timeout(Duration::from_secs(30), open)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no echo within 30s"))?
 }
 
 async fn run_all<F, T>(futures: Vec<F>) -> Vec<T>
@@ -407,6 +414,9 @@ async fn throughput(
         async move {
             let tls = connect(addr, config).await?;
             let (mut rd, mut wr) = tokio::io::split(tls);
+            // No half-close at the end: nginx's stream module closes both
+            // ways on the first FIN (proxy_half_close is off by default) and
+            // would cut the echo short. Read back exactly what was sent.
             let writer = async move {
                 let chunk = vec![0x5au8; 64 * 1024];
                 let mut sent = 0;
@@ -414,13 +424,13 @@ async fn throughput(
                     wr.write_all(&chunk).await?;
                     sent += chunk.len();
                 }
-                wr.shutdown().await?;
-                Ok::<_, std::io::Error>(())
+                wr.flush().await?;
+                Ok::<_, std::io::Error>(wr)
             };
             let reader = async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut got = 0usize;
-                loop {
+                while got < total {
                     let n = rd.read(&mut buf).await?;
                     if n == 0 {
                         break;
@@ -430,7 +440,7 @@ async fn throughput(
                 Ok::<_, std::io::Error>(got)
             };
             let (w, r) = tokio::join!(writer, reader);
-            w?;
+            drop(w?);
             r
         }
     })

@@ -27,8 +27,8 @@ pub struct Args {
     #[argh(option, short = 'l', arg_name = "ADDR")]
     pub listen: Vec<String>,
 
-    /// the plain backend, HOST:PORT (a name is resolved at each connect);
-    /// required
+    /// the plain backend, HOST:PORT (a name is resolved at each connect; a
+    /// bare PORT means 127.0.0.1:PORT); required
     #[argh(option, short = 't', arg_name = "HOST:PORT")]
     pub to: Option<String>,
 
@@ -58,8 +58,8 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub drain_timeout: Option<String>,
 
-    /// most connections at once; more wait to be accepted (default: half the
-    /// open-file limit, as each connection uses two descriptors)
+    /// most connections at once; more wait to be accepted (default: (open-file
+    /// limit - 64) / 2, as each connection uses two descriptors)
     #[argh(option, arg_name = "N")]
     pub max_conns: Option<String>,
 

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Runs nginx's stream module and wssify one after the other, on the same core,
+# with the same certificate (ECDSA P-256), the same echo backend and the same
+# load (benches/load.rs), and prints both with the ratios.
+#
+#   scripts/bench-vs-nginx.sh [--idle N] [--seconds S] [--bulk-mib M]
+#
+# Terminator on cpu 0, load client and echo backend on cpu 1. Installs nginx
+# and its stream module from Debian's packages when missing (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IDLE=10000 SECONDS_PER_RATE=10 BULK_MIB=256
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --idle) IDLE=$2; shift 2 ;;
+    --seconds) SECONDS_PER_RATE=$2; shift 2 ;;
+    --bulk-mib) BULK_MIB=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  echo "installing nginx and its stream module (Debian packages)..."
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-core libnginx-mod-stream >/dev/null
+fi
+command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
+
+# Room for 10,000s of connections: each costs the terminator two descriptors.
+# Raising the hard limit needs CAP_SYS_RESOURCE; without it, hold only what
+# the hard limit allows and say so.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+MAX_IDLE=$(( ($(ulimit -n) - 200) / 2 ))
+if [ "$IDLE" -gt "$MAX_IDLE" ]; then
+  echo "note: the open-file limit ($(ulimit -n)) allows $MAX_IDLE proxied connections, not $IDLE; using $MAX_IDLE" >&2
+  IDLE=$MAX_IDLE
+fi
+
+echo "building (release)..."
+cargo build --release --quiet
+LOAD=$(cargo bench --bench load --no-run 2>&1 | grep -o 'target/release/deps/load-[0-9a-f]*' | head -n1)
+WSSIFY=target/release/wssify
+[ -x "$LOAD" ] || { echo "cannot find the load benchmark binary" >&2; exit 1; }
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"$LOAD" gen-cert "$WORK" >/dev/null
+BACKEND=127.0.0.1:19200
+taskset -c 1 "$LOAD" echo "$BACKEND" >"$WORK/echo.log" 2>&1 &
+PIDS+=($!)
+
+wait_port() { # wait (bounded) until something listens on $1
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2; exit 1
+}
+wait_port "$BACKEND"
+
+run_load() { # name target pid kx -> output file
+  "$LOAD" run --name "$1" --target "$2" --pid "$3" --kx "$4" \
+    --idle "$IDLE" --seconds "$SECONDS_PER_RATE" --bulk-mib "$BULK_MIB" | tee "$WORK/$1.out"
+}
+
+# --- nginx stream, one worker on cpu 0 ---
+NGINX_ADDR=127.0.0.1:19301
+cat >"$WORK/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+worker_rlimit_nofile 1048576;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 200000; }
+stream {
+  upstream ws { server $BACKEND; }
+  server {
+    listen $NGINX_ADDR ssl;
+    ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    proxy_timeout 1h;
+    proxy_pass ws;
+  }
+}
+CONF
+taskset -c 0 nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_port "$NGINX_ADDR"
+NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -n1)
+echo; echo "== nginx $(nginx -v 2>&1 | sed 's/.*\///') stream (worker pid $NGINX_WORKER)"
+run_load nginx "$NGINX_ADDR" "$NGINX_WORKER" x25519
+kill "$(cat "$WORK/nginx.pid")"; sleep 1
+
+# --- wssify, one thread on cpu 0, same certificate ---
+start_wssify() { # addr
+  taskset -c 0 "$WSSIFY" --listen "$1" --to "$BACKEND" --threads 1 \
+    --cert "$WORK/cert.pem" --key "$WORK/key.pem" 2>"$WORK/wssify-$1.log" &
+  PIDS+=($!)
+  WSSIFY_PID=$!
+  wait_port "$1"
+}
+start_wssify 127.0.0.1:19302
+echo; echo "== wssify $("$WSSIFY" --version | cut -d' ' -f2) (pid $WSSIFY_PID), X25519 like nginx"
+run_load wssify 127.0.0.1:19302 "$WSSIFY_PID" x25519
+kill "$WSSIFY_PID"
+start_wssify 127.0.0.1:19303
+echo; echo "== wssify (pid $WSSIFY_PID), client default: X25519MLKEM768 post-quantum hybrid"
+run_load wssify-pq 127.0.0.1:19303 "$WSSIFY_PID" default
+kill "$WSSIFY_PID"
+
+# --- the table ---
+field() { # file label key -> value
+  grep "^$2 " "$1" | grep -o "$3=[0-9.]*" | tail -n1 | cut -d= -f2
+}
+row() { # title label key unit better(higher|lower)
+  local n w q
+  n=$(field "$WORK/nginx.out" "$2" "$3"); w=$(field "$WORK/wssify.out" "$2" "$3")
+  q=$(field "$WORK/wssify-pq.out" "$2" "$3")
+  awk -v t="$1" -v n="$n" -v w="$w" -v q="$q" -v u="$4" 'BEGIN {
+    printf "| %-34s | %10s %-5s | %10s %-5s | %6.2fx | %10s %-5s |\n", t, n, u, w, u, (n > 0 ? w / n : 0), q, u }'
+}
+echo
+echo "Same run, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), terminator pinned to cpu 0, load + echo on cpu 1, $IDLE idle connections:"
+echo
+echo "| per core                           | nginx stream     | wssify (X25519)  | ratio   | wssify (PQ)      |"
+echo "|------------------------------------|------------------|------------------|---------|------------------|"
+row "memory per idle connection"        memory         per_conn_kib KiB
+row "bulk throughput, echoed"           throughput     mb_per_s     MB/s
+row "full handshakes/s"                 full-handshake per_s        /s
+row "resumed handshakes/s"              resumed        per_s        /s
+row "64-byte echo latency p50"          latency        p50_us       us
+row "64-byte echo latency p99"          latency        p99_us       us
+echo
+echo "ratio = wssify / nginx: higher is better for throughput and handshakes, lower for memory and latency."
