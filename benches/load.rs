@@ -13,7 +13,10 @@
 //! ```
 //!
 //! Options for the measuring modes: `--idle N[,N...]` (idle connections to
-//! hold), `--seconds S` (per rate figure), `--bulk-mib M` (per connection).
+//! hold), `--seconds S` (per rate figure), `--bulk-mib M` (per connection),
+//! `--kx x25519` (classical key exchange only, as a client without
+//! post-quantum support), `--name NAME` (for the report), `--memory-only`
+//! (hold the idle connections until killed, for a heap profiler).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
