@@ -16,18 +16,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::proxy::{self, End};
 use crate::settings::{Backend, format_duration};
 use crate::shutdown::{ConnectionGuard, Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
-
-/// Outgoing TLS bytes rustls may queue per connection before it pushes back
-/// (rustls' default is 64 KiB): one full record plus headroom.
-const TLS_BUFFER_LIMIT: usize = 32 * 1024;
+use crate::tls_stream::{Negotiated, TlsStream};
 
 /// How long a closing connection may spend saying goodbye (close_notify).
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -58,7 +53,7 @@ struct Facts {
 
 /// A client that finished its handshake, and its connected backend.
 struct Session {
-    client: TlsStream<TcpStream>,
+    client: TlsStream,
     backend: TcpStream,
     facts: Facts,
     started: Instant,
@@ -136,8 +131,7 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
         }
     }
 
-    let acceptor = TlsAcceptor::from(shared.tls.clone());
-    let accept = acceptor.accept_with(tcp, |conn| conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT)));
+    let accept = TlsStream::accept(tcp, shared.tls.clone());
     let mut client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -157,7 +151,7 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
     };
-    let facts = facts_of(client.get_ref().1);
+    let facts = facts_of(client.negotiated());
 
     let backend = match timeout(shared.connect_timeout, connect(&shared.backend)).await {
         Ok(Ok(stream)) => stream,
@@ -229,19 +223,19 @@ impl Facts {
     }
 }
 
-fn facts_of(conn: &rustls::ServerConnection) -> Facts {
+fn facts_of(negotiated: Negotiated) -> Facts {
     Facts {
-        sni: conn.server_name().map(str::to_string),
-        version: tls::version_name(conn.protocol_version()),
-        cipher: conn
-            .negotiated_cipher_suite()
+        sni: negotiated.sni,
+        version: tls::version_name(negotiated.version),
+        cipher: negotiated
+            .suite
             .map_or("-".to_string(), |s| format!("{:?}", s.suite())),
-        alpn: conn
-            .alpn_protocol()
-            .map(|p| String::from_utf8_lossy(p).into_owned()),
-        group: conn
-            .negotiated_key_exchange_group()
-            .map_or("-".to_string(), |g| format!("{:?}", g.name())),
+        alpn: negotiated
+            .alpn
+            .map(|p| String::from_utf8_lossy(&p).into_owned()),
+        group: negotiated
+            .group
+            .map_or("-".to_string(), |g| format!("{g:?}")),
     }
 }
 

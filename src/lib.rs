@@ -18,6 +18,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod sniff;
 pub mod tls;
+pub mod tls_stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

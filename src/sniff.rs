@@ -117,9 +117,110 @@ pub async fn linger(tcp: &mut TcpStream) {
     }
 }
 
+/// The server name (SNI) in a ClientHello at the start of `bytes`, if the
+/// first TLS record holds one. rustls' unbuffered server does not expose
+/// the name it saw, so the log line reads it here; nothing else depends on it.
+pub fn client_hello_sni(bytes: &[u8]) -> Option<String> {
+    let mut r = Reader(bytes);
+    // Record header: handshake, version, length; then the handshake header.
+    if r.u8()? != TLS_HANDSHAKE {
+        return None;
+    }
+    r.take(2)?;
+    let record_len = usize::from(r.u16()?);
+    let mut record = Reader(&r.0[..record_len.min(r.0.len())]);
+    if record.u8()? != 1 {
+        return None; // not a ClientHello
+    }
+    record.take(3)?; // handshake length (the record may hold only part)
+    record.take(2 + 32)?; // client version, random
+    record.vec8()?; // session id
+    record.vec16()?; // cipher suites
+    record.vec8()?; // compression methods
+    let mut extensions = Reader(record.vec16()?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let mut data = Reader(extensions.vec16()?);
+        if kind != 0 {
+            continue;
+        }
+        let mut list = Reader(data.vec16()?);
+        while !list.0.is_empty() {
+            let name_type = list.u8()?;
+            let name = list.vec16()?;
+            if name_type == 0 {
+                return std::str::from_utf8(name).ok().map(str::to_string);
+            }
+        }
+        return None;
+    }
+    None
+}
+
+/// A cursor over bytes that answers `None` instead of reading past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// Bytes behind a one-byte length.
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(n.into())
+    }
+
+    /// Bytes behind a two-byte length.
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(n.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hello_for(name: &str) -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut conn =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn reads_sni_from_a_real_client_hello() {
+        let hello = hello_for("ws.example.com");
+        assert_eq!(client_hello_sni(&hello).as_deref(), Some("ws.example.com"));
+        // An IP address is sent without SNI.
+        assert_eq!(client_hello_sni(&hello_for("127.0.0.1")), None);
+        // Truncated or garbage input is no name, never a panic.
+        for n in 0..hello.len() {
+            let _ = client_hello_sni(&hello[..n]);
+        }
+        assert_eq!(client_hello_sni(b"GET / HTTP/1.1"), None);
+    }
 
     #[test]
     fn recognises_methods_from_a_prefix() {
