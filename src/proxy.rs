@@ -18,9 +18,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// Bytes moved per read. One TLS record carries at most 16 KiB of plaintext,
-/// so this lets one read take a whole record and one write make one.
-pub const COPY_BUFFER_SIZE: usize = 16 * 1024;
+/// The copy buffer for small messages: one full TLS record of plaintext.
+pub const COPY_BUFFER_MIN: usize = 16 * 1024;
+/// The copy buffer a bulk transfer grows to (four records), so it costs one
+/// system call per 64 KiB on each side. Buffers exist only while bytes move.
+pub const COPY_BUFFER_MAX: usize = 64 * 1024;
 
 /// Why a proxied connection ended.
 #[derive(Debug)]
@@ -165,6 +167,9 @@ struct Half {
     done: bool,
     /// Bytes written to the destination.
     bytes: u64,
+    /// Size of the next buffer: doubles while reads fill it, halves while
+    /// they use under a quarter (0 means the minimum).
+    size: usize,
 }
 
 impl Half {
@@ -181,13 +186,19 @@ impl Half {
     {
         loop {
             if self.pos == self.cap && !self.read_done {
+                let size = self.size.max(COPY_BUFFER_MIN);
                 let buf = self
                     .buf
-                    .get_or_insert_with(|| vec![0; COPY_BUFFER_SIZE].into_boxed_slice());
+                    .get_or_insert_with(|| vec![0; size].into_boxed_slice());
                 let mut read_buf = ReadBuf::new(buf);
                 match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
                     Poll::Ready(Ok(())) => {
                         let n = read_buf.filled().len();
+                        if n == read_buf.capacity() {
+                            self.size = (n * 2).min(COPY_BUFFER_MAX);
+                        } else if n < read_buf.capacity() / 4 {
+                            self.size = (read_buf.capacity() / 2).max(COPY_BUFFER_MIN);
+                        }
                         if n == 0 {
                             self.read_done = true;
                         } else {

@@ -21,23 +21,27 @@ use rustls::{ServerConfig, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// How much ciphertext is read from the socket at a time: one full TLS
-/// record (16 KiB of plaintext plus header and tag).
-const READ_CHUNK: usize = 16 * 1024 + 5 + 256;
+/// How much ciphertext is read from the socket at a time: two full TLS
+/// records (16 KiB of plaintext plus header and tag each), so bulk
+/// transfers take fewer system calls. Held only while bytes are pending.
+const READ_CHUNK: usize = 2 * (16 * 1024 + 5 + 256);
 /// Largest handshake flight we accept buffered (client certificates can be
 /// large); rustls enforces the same bound on handshake messages.
 const MAX_INCOMING: usize = 64 * 1024 + READ_CHUNK;
 /// Outgoing ciphertext queued before writes push back.
-const OUTGOING_LIMIT: usize = 32 * 1024;
-/// Plaintext taken per `encrypt` call: one record.
+const OUTGOING_LIMIT: usize = 64 * 1024;
+/// Plaintext per record (TLS' maximum).
 const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+/// Plaintext taken per `poll_write`, encrypted as consecutive records and
+/// sent with one system call.
+const MAX_WRITE: usize = 4 * MAX_RECORD_PLAINTEXT;
 
 /// A TLS connection to one client, after or during its handshake.
 pub struct TlsStream {
     tcp: TcpStream,
     conn: UnbufferedServerConnection,
     /// Ciphertext read from the socket and not yet processed.
-    incoming: Vec<u8>,
+    incoming: Incoming,
     /// Decrypted bytes not yet handed to the reader, from `taken` on.
     plaintext: Vec<u8>,
     taken: usize,
@@ -73,7 +77,7 @@ impl TlsStream {
         let mut stream = TlsStream {
             tcp,
             conn,
-            incoming: Vec::new(),
+            incoming: Incoming::default(),
             plaintext: Vec::new(),
             taken: 0,
             outgoing: Vec::new(),
@@ -99,15 +103,15 @@ impl TlsStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if self.sni.is_none() && !self.incoming.is_empty() {
-                self.sni = crate::sniff::client_hello_sni(&self.incoming);
+            if self.sni.is_none() && !self.incoming.pending().is_empty() {
+                self.sni = crate::sniff::client_hello_sni(self.incoming.pending());
             }
             let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
+                self.conn.process_tls_records(self.incoming.pending_mut());
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
-                    consume(&mut self.incoming, discard);
+                    self.incoming.consume(discard);
                     return Poll::Ready(Err(self.fail(cx, e)));
                 }
             };
@@ -121,7 +125,7 @@ impl TlsStream {
                 ConnectionState::BlockedHandshake => need_bytes = true,
                 ConnectionState::WriteTraffic(_) | ConnectionState::ReadTraffic(_) => done = true,
                 ConnectionState::PeerClosed | ConnectionState::Closed => {
-                    consume(&mut self.incoming, discard);
+                    self.incoming.consume(discard);
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "client closed the connection during the handshake",
@@ -129,7 +133,7 @@ impl TlsStream {
                 }
                 _ => need_bytes = true,
             }
-            consume(&mut self.incoming, discard);
+            self.incoming.consume(discard);
             if !(need_bytes || done) {
                 // Keep encoding: the whole flight goes out in one write.
                 continue;
@@ -170,8 +174,7 @@ impl TlsStream {
     /// Reads more ciphertext from the socket into `incoming` (at most `max`
     /// bytes held). `Ready(Ok(0))` is the client's FIN.
     fn poll_fill(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
-        let held = self.incoming.len();
-        if held >= max {
+        if self.incoming.pending().len() >= max {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "TLS message too large",
@@ -179,21 +182,9 @@ impl TlsStream {
         }
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
-            // Room for one more record; the vector exists only while it holds bytes.
-            self.incoming.resize(held + READ_CHUNK.min(max - held), 0);
-            match self.tcp.try_read(&mut self.incoming[held..]) {
-                Ok(n) => {
-                    self.incoming.truncate(held + n);
-                    shrink_if_empty(&mut self.incoming);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) => {
-                    self.incoming.truncate(held);
-                    shrink_if_empty(&mut self.incoming);
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        return Poll::Ready(Err(e));
-                    }
-                }
+            match self.incoming.read_from(&self.tcp, max) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
             }
         }
     }
@@ -237,11 +228,11 @@ impl TlsStream {
                 return Poll::Ready(Ok(()));
             }
             let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
+                self.conn.process_tls_records(self.incoming.pending_mut());
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
-                    consume(&mut self.incoming, discard);
+                    self.incoming.consume(discard);
                     return Poll::Ready(Err(self.fail(cx, e)));
                 }
             };
@@ -268,13 +259,17 @@ impl TlsStream {
                 ConnectionState::PeerClosed | ConnectionState::Closed => self.read_closed = true,
                 _ => need_bytes = true,
             }
-            consume(&mut self.incoming, discard);
+            self.incoming.consume(discard);
             if self.sent < self.outgoing.len() {
                 // Post-handshake messages (tickets, key updates): send what
                 // we can now; poll_write and poll_flush send the rest.
                 let _ = self.poll_send(cx)?;
             }
-            if out.filled().len() > start {
+            // Keep decrypting records already received while there is room,
+            // so a burst reaches the reader in one piece; never wait for the
+            // socket once something was delivered.
+            let delivered = out.filled().len() > start;
+            if delivered && (need_bytes || out.remaining() == 0 || !self.plaintext.is_empty()) {
                 return Poll::Ready(Ok(()));
             }
             if need_bytes && ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
@@ -296,11 +291,11 @@ impl TlsStream {
     ) -> io::Result<T> {
         loop {
             let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
+                self.conn.process_tls_records(self.incoming.pending_mut());
             let state = match state {
                 Ok(state) => state,
                 Err(e) => {
-                    consume(&mut self.incoming, discard);
+                    self.incoming.consume(discard);
                     return Err(self.fail(cx, e));
                 }
             };
@@ -330,7 +325,7 @@ impl TlsStream {
                     "the TLS connection is closed for writing",
                 ))),
             };
-            consume(&mut self.incoming, discard);
+            self.incoming.consume(discard);
             if let Some(result) = result {
                 return result;
             }
@@ -361,9 +356,12 @@ impl AsyncWrite for TlsStream {
         if this.outgoing.len() - this.sent >= OUTGOING_LIMIT {
             ready!(this.poll_send(cx))?;
         }
-        let take = buf.len().min(MAX_RECORD_PLAINTEXT);
+        let take = buf.len().min(MAX_WRITE);
         this.with_write_traffic(cx, |s, outgoing| {
-            encode_into(outgoing, |out| s.encrypt(&buf[..take], out))
+            for record in buf[..take].chunks(MAX_RECORD_PLAINTEXT) {
+                encode_into(outgoing, |out| s.encrypt(record, out))?;
+            }
+            Ok(())
         })?;
         // Start sending now; whatever the socket will not take stays queued.
         let _ = this.poll_send(cx)?;
@@ -441,11 +439,45 @@ fn encode_into<E: NeedsSize + std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// Drops the first `n` bytes (records rustls has finished with).
-fn consume(buf: &mut Vec<u8>, n: usize) {
-    if n > 0 {
-        buf.drain(..n.min(buf.len()));
-        shrink_if_empty(buf);
+/// Ciphertext received and not yet processed: `buf[start..]`. Processed
+/// records are skipped by moving `start` (no copying per record); the vector
+/// is compacted only before a read and freed whenever it is empty.
+#[derive(Default)]
+struct Incoming {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Incoming {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn pending_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..]
+    }
+
+    /// Forgets the first `n` pending bytes (records rustls has finished with).
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
+    /// One non-blocking read from `tcp`, keeping at most `max` bytes pending.
+    fn read_from(&mut self, tcp: &TcpStream, max: usize) -> io::Result<usize> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let held = self.buf.len();
+        self.buf.resize(held + READ_CHUNK.min(max - held), 0);
+        let result = tcp.try_read(&mut self.buf[held..]);
+        self.buf.truncate(held + *result.as_ref().unwrap_or(&0));
+        shrink_if_empty(&mut self.buf);
+        result
     }
 }
 
