@@ -294,17 +294,18 @@ async fn measure_all(o: Options) -> Result<()> {
     );
 
     let secs = Duration::from_secs_f64(o.seconds);
-    let rate = handshakes(target.addr, full.clone(), 32, secs).await?;
+    let (rate, _) = handshakes(target.addr, full.clone(), 32, secs).await?;
     println!(
         "{:<14} per_s={rate:.0} (32 concurrent, no resumption, each echoes 1 byte)",
         "full-handshake"
     );
 
     let resuming = client_config(true, o.kx);
-    let rate = handshakes(target.addr, resuming, 32, secs).await?;
+    let (rate, share) = handshakes(target.addr, resuming, 32, secs).await?;
     println!(
-        "{:<14} per_s={rate:.0} (32 concurrent, TLS 1.3 tickets)",
-        "resumed"
+        "{:<14} per_s={rate:.0} resumed_share={:.0}% (32 concurrent, TLS 1.3 tickets)",
+        "resumed",
+        share * 100.0
     );
     Ok(())
 }
@@ -461,7 +462,7 @@ async fn handshakes(
     config: Arc<rustls::ClientConfig>,
     concurrency: usize,
     duration: Duration,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     // Prime (and, for resumption, fetch tickets).
     let mut primer = connect(addr, config.clone()).await?;
     primer.write_all(b"p").await?;
@@ -470,10 +471,12 @@ async fn handshakes(
     drop(primer);
 
     let done = Arc::new(AtomicU64::new(0));
+    let resumed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers = (0..concurrency).map(|_| {
         let (config, done, stop) = (config.clone(), done.clone(), stop.clone());
+        let resumed = resumed.clone();
         async move {
             while !stop.load(Ordering::Relaxed) {
                 let mut tls = connect(addr, config.clone()).await?;
@@ -481,6 +484,9 @@ async fn handshakes(
                 let mut one = [0u8; 1];
                 tls.read_exact(&mut one).await?;
                 done.fetch_add(1, Ordering::Relaxed);
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    resumed.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Ok::<_, std::io::Error>(())
         }
@@ -497,7 +503,11 @@ async fn handshakes(
     for r in results {
         r?;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / secs)
+    let done = done.load(Ordering::Relaxed);
+    Ok((
+        done as f64 / secs,
+        resumed.load(Ordering::Relaxed) as f64 / done.max(1) as f64,
+    ))
 }
 
 async fn echo_loop(listener: TcpListener) {

@@ -497,3 +497,27 @@ async fn alpn_and_tls_min_flags_take_effect() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reconnect_resumes_with_a_session_ticket() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        // One client config keeps its session store across connections.
+        let config = pinned_client(&w.fingerprint().await);
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let mut tls = tls_connect(w.addr, config.clone(), "localhost")
+                .await
+                .unwrap();
+            // Reading the echo also reads the tickets sent after the handshake.
+            tls.write_all(b"t").await.unwrap();
+            let mut one = [0u8; 1];
+            tls.read_exact(&mut one).await.unwrap();
+            kinds.push(tls.get_ref().1.handshake_kind());
+        }
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+    })
+    .await;
+}
