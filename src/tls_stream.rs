@@ -102,54 +102,101 @@ impl TlsStream {
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let closed = || {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "client closed the connection during the handshake",
+            )
+        };
         loop {
+            if !self.conn.is_handshaking() {
+                // Done. Whatever the client sent after its Finished (data,
+                // even close_notify) is already kept for the reader.
+                ready!(self.poll_send(cx))?;
+                return Poll::Ready(Ok(()));
+            }
             if self.sni.is_none() && !self.incoming.pending().is_empty() {
                 self.sni = crate::sniff::client_hello_sni(self.incoming.pending());
             }
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(self.incoming.pending_mut());
-            let state = match state {
-                Ok(state) => state,
-                Err(e) => {
-                    self.incoming.consume(discard);
-                    return Poll::Ready(Err(self.fail(cx, e)));
-                }
-            };
-            let mut need_bytes = false;
-            let mut done = false;
-            match state {
-                ConnectionState::EncodeTlsData(mut s) => {
-                    encode_into(&mut self.outgoing, |out| s.encode(out))?;
-                }
-                ConnectionState::TransmitTlsData(s) => s.done(),
-                ConnectionState::BlockedHandshake => need_bytes = true,
-                ConnectionState::WriteTraffic(_) | ConnectionState::ReadTraffic(_) => done = true,
-                ConnectionState::PeerClosed | ConnectionState::Closed => {
-                    self.incoming.consume(discard);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "client closed the connection during the handshake",
-                    )));
-                }
-                _ => need_bytes = true,
-            }
-            self.incoming.consume(discard);
-            if !(need_bytes || done) {
+            match self.advance(cx, None, None)? {
                 // Keep encoding: the whole flight goes out in one write.
-                continue;
-            }
-            // Our flight must go out before we wait for the client's next one.
-            ready!(self.poll_send(cx))?;
-            if done {
-                return Poll::Ready(Ok(()));
-            }
-            if need_bytes && ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "client closed the connection during the handshake",
-                )));
+                Step::Progress => continue,
+                Step::PeerClosed | Step::Closed => return Poll::Ready(Err(closed())),
+                // Still handshaking with nothing to do (a TLS 1.3 server may
+                // write before the client's Finished): wait for the client.
+                Step::NeedBytes | Step::Ready | Step::Wrote => {
+                    // Our flight goes out before we wait for the client's next one.
+                    ready!(self.poll_send(cx))?;
+                    if ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
+                        return Poll::Ready(Err(closed()));
+                    }
+                }
             }
         }
+    }
+
+    /// Hands what has been received to rustls once and does what the
+    /// resulting state asks: decrypted records go to `out` (or are kept for
+    /// the reader when there is no `out` or it is full), TLS data is queued
+    /// for sending, and `write` runs if application data may be written.
+    fn advance(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut out: Option<&mut ReadBuf<'_>>,
+        write: Option<&mut WriteFn<'_>>,
+    ) -> io::Result<Step> {
+        let UnbufferedStatus { discard, state } =
+            self.conn.process_tls_records(self.incoming.pending_mut());
+        let step = match state {
+            Err(e) => {
+                self.incoming.consume(discard);
+                return Err(self.fail(cx, e));
+            }
+            Ok(ConnectionState::ReadTraffic(mut s)) => {
+                while let Some(record) = s.next_record() {
+                    let payload = record.map_err(io::Error::other)?.payload;
+                    // Straight into the reader's buffer; only what does not
+                    // fit waits in `plaintext`.
+                    let n = match out.as_deref_mut() {
+                        Some(out) if self.plaintext.is_empty() => {
+                            let n = payload.len().min(out.remaining());
+                            out.put_slice(&payload[..n]);
+                            n
+                        }
+                        _ => 0,
+                    };
+                    self.plaintext.extend_from_slice(&payload[n..]);
+                }
+                Step::Progress
+            }
+            Ok(ConnectionState::EncodeTlsData(mut s)) => {
+                encode_into(&mut self.outgoing, |out| s.encode(out))?;
+                Step::Progress
+            }
+            Ok(ConnectionState::TransmitTlsData(s)) => {
+                s.done();
+                Step::Progress
+            }
+            Ok(ConnectionState::WriteTraffic(mut s)) => match write {
+                Some(write) => {
+                    write(&mut s, &mut self.outgoing)?;
+                    Step::Wrote
+                }
+                None => Step::Ready,
+            },
+            Ok(ConnectionState::PeerClosed) => {
+                self.read_closed = true;
+                Step::PeerClosed
+            }
+            Ok(ConnectionState::Closed) => {
+                self.read_closed = true;
+                Step::Closed
+            }
+            // BlockedHandshake (early data is off).
+            Ok(_) => Step::NeedBytes,
+        };
+        self.incoming.consume(discard);
+        Ok(step)
     }
 
     /// Turns a TLS error into an I/O error, after trying once to send the
@@ -227,110 +274,81 @@ impl TlsStream {
             if self.read_closed || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(self.incoming.pending_mut());
-            let state = match state {
-                Ok(state) => state,
-                Err(e) => {
-                    self.incoming.consume(discard);
-                    return Poll::Ready(Err(self.fail(cx, e)));
-                }
-            };
-            let mut need_bytes = false;
-            match state {
-                ConnectionState::ReadTraffic(mut s) => {
-                    while let Some(record) = s.next_record() {
-                        let payload = record.map_err(io::Error::other)?.payload;
-                        // Straight into the reader's buffer; only what does
-                        // not fit waits in `plaintext`.
-                        let n = if self.plaintext.is_empty() {
-                            payload.len().min(out.remaining())
-                        } else {
-                            0
-                        };
-                        out.put_slice(&payload[..n]);
-                        self.plaintext.extend_from_slice(&payload[n..]);
-                    }
-                }
-                ConnectionState::EncodeTlsData(mut s) => {
-                    encode_into(&mut self.outgoing, |out| s.encode(out))?;
-                }
-                ConnectionState::TransmitTlsData(s) => s.done(),
-                ConnectionState::PeerClosed | ConnectionState::Closed => self.read_closed = true,
-                _ => need_bytes = true,
-            }
-            self.incoming.consume(discard);
+            let step = self.advance(cx, Some(&mut *out), None)?;
             if self.sent < self.outgoing.len() {
                 // Post-handshake messages (tickets, key updates): send what
                 // we can now; poll_write and poll_flush send the rest.
                 let _ = self.poll_send(cx)?;
             }
-            // Keep decrypting records already received while there is room,
-            // so a burst reaches the reader in one piece; never wait for the
-            // socket once something was delivered.
             let delivered = out.filled().len() > start;
-            if delivered && (need_bytes || out.remaining() == 0 || !self.plaintext.is_empty()) {
-                return Poll::Ready(Ok(()));
-            }
-            if need_bytes && ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
-                // FIN without close_notify: the client has finished sending.
-                self.read_closed = true;
+            match step {
+                // Keep decrypting records already received while there is
+                // room, so a burst reaches the reader in one piece.
+                Step::Progress => {
+                    if delivered && (out.remaining() == 0 || !self.plaintext.is_empty()) {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                // End of stream, reported at the top of the loop.
+                Step::PeerClosed | Step::Closed => {}
+                Step::Ready | Step::NeedBytes | Step::Wrote => {
+                    // Never wait for the socket once something was delivered.
+                    if delivered {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
+                        // FIN without close_notify: the client has finished sending.
+                        self.read_closed = true;
+                    }
+                }
             }
         }
     }
 
-    /// Gets a state in which application data may be encrypted and runs `f`
-    /// on it. Records that arrive meanwhile are decrypted for the reader.
-    fn with_write_traffic<T>(
+    /// Gets a state in which application data may be encrypted and runs
+    /// `write` on it. Records that arrive meanwhile are kept for the reader.
+    fn with_write_traffic(
         &mut self,
         cx: &mut Context<'_>,
-        mut f: impl FnMut(
-            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
-            &mut Vec<u8>,
-        ) -> io::Result<T>,
-    ) -> io::Result<T> {
+        write: &mut WriteFn<'_>,
+    ) -> io::Result<()> {
         loop {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(self.incoming.pending_mut());
-            let state = match state {
-                Ok(state) => state,
-                Err(e) => {
-                    self.incoming.consume(discard);
-                    return Err(self.fail(cx, e));
+            match self.advance(cx, None, Some(&mut *write))? {
+                Step::Wrote => return Ok(()),
+                Step::Progress | Step::PeerClosed => {}
+                Step::Ready | Step::NeedBytes | Step::Closed => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the TLS connection is closed for writing",
+                    ));
                 }
-            };
-            let result = match state {
-                ConnectionState::WriteTraffic(mut s) => Some(f(&mut s, &mut self.outgoing)),
-                ConnectionState::ReadTraffic(mut s) => {
-                    while let Some(record) = s.next_record() {
-                        let record = record.map_err(io::Error::other)?;
-                        self.plaintext.extend_from_slice(record.payload);
-                    }
-                    None
-                }
-                ConnectionState::EncodeTlsData(mut s) => {
-                    encode_into(&mut self.outgoing, |out| s.encode(out))?;
-                    None
-                }
-                ConnectionState::TransmitTlsData(s) => {
-                    s.done();
-                    None
-                }
-                ConnectionState::PeerClosed => {
-                    self.read_closed = true;
-                    None
-                }
-                _ => Some(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the TLS connection is closed for writing",
-                ))),
-            };
-            self.incoming.consume(discard);
-            if let Some(result) = result {
-                return result;
             }
         }
     }
+}
+
+/// Encrypts application data into the outgoing buffer.
+type WriteFn<'a> = dyn FnMut(
+        &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+        &mut Vec<u8>,
+    ) -> io::Result<()>
+    + 'a;
+
+/// What one turn of [`TlsStream::advance`] left to do.
+enum Step {
+    /// Something was handled (records decrypted, TLS data queued): go on.
+    Progress,
+    /// The handshake needs more bytes from the client.
+    NeedBytes,
+    /// Nothing pending; application data may be written (more bytes are
+    /// needed for anything to read).
+    Ready,
+    /// `write` ran.
+    Wrote,
+    /// The client sent close_notify; we may still write.
+    PeerClosed,
+    /// Both sides sent close_notify.
+    Closed,
 }
 
 impl AsyncRead for TlsStream {
@@ -357,7 +375,7 @@ impl AsyncWrite for TlsStream {
             ready!(this.poll_send(cx))?;
         }
         let take = buf.len().min(MAX_WRITE);
-        this.with_write_traffic(cx, |s, outgoing| {
+        this.with_write_traffic(cx, &mut |s, outgoing| {
             for record in buf[..take].chunks(MAX_RECORD_PLAINTEXT) {
                 encode_into(outgoing, |out| s.encrypt(record, out))?;
             }
@@ -375,8 +393,8 @@ impl AsyncWrite for TlsStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.write_closed {
-            this.with_write_traffic(cx, |s, outgoing| {
-                encode_into(outgoing, |out| s.queue_close_notify(out))
+            this.with_write_traffic(cx, &mut |s, outgoing| {
+                encode_into(outgoing, |out| s.queue_close_notify(out)).map(drop)
             })?;
             this.write_closed = true;
         }

@@ -521,3 +521,30 @@ async fn a_reconnect_resumes_with_a_session_ticket() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_tls_1_2_client_is_served_by_default() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        let fp = w.fingerprint().await;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let old = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(pinned_verifier(&fp))
+            .with_no_client_auth();
+        let mut tls = tls_connect(w.addr, Arc::new(old), "localhost")
+            .await
+            .unwrap();
+        let payload = pattern(11, 100 * 1024);
+        tls.write_all(&payload).await.unwrap();
+        tls.shutdown().await.unwrap();
+        let back = read_to_end(&mut tls).await.unwrap();
+        assert!(back == payload, "TLS 1.2 echo intact");
+        let line = w.wait_for_log("end=\"client closed\"").await;
+        assert!(line.contains("tls=TLSv1.2"), "{line}");
+    })
+    .await;
+}
