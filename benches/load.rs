@@ -231,7 +231,8 @@ async fn measure_all(o: Options) -> Result<()> {
     // hide growth. Connections are handshaken, echo once, then sit idle.
     let mut held = Vec::new();
     let base = rss_kib(target.pid)?;
-    for &n in &o.idle {
+    // `--idle 0` skips the memory figures (for repeated rate rounds).
+    for &n in o.idle.iter().filter(|&&n| n > 0) {
         let started = Instant::now();
         while held.len() < n {
             let batch = (n - held.len()).min(200);
@@ -252,6 +253,14 @@ async fn measure_all(o: Options) -> Result<()> {
         std::future::pending::<()>().await;
     }
     // Idle then busy: every held connection moves data again.
+    if !held.is_empty() {
+        idle_then_busy(target.pid, held).await?;
+    }
+    rates(&o, target.addr, full).await
+}
+
+/// Every held connection echoes once more, and memory is read again.
+async fn idle_then_busy(pid: u32, mut held: Vec<Tls>) -> Result<()> {
     let busy_start = Instant::now();
     let count = held.len();
     let mut busy = Vec::new();
@@ -275,26 +284,26 @@ async fn measure_all(o: Options) -> Result<()> {
         busy_start.elapsed().as_secs_f64()
     );
     settle().await;
-    println!(
-        "{:<14} rss_kib_after_busy={}",
-        "memory",
-        rss_kib(target.pid)?
-    );
+    println!("{:<14} rss_kib_after_busy={}", "memory", rss_kib(pid)?);
+    Ok(())
+}
 
-    let latency = latency(target.addr, full.clone(), 20_000).await?;
+/// Latency, throughput, and full and resumed handshakes per second.
+async fn rates(o: &Options, addr: SocketAddr, full: Arc<rustls::ClientConfig>) -> Result<()> {
+    let latency = latency(addr, full.clone(), 20_000).await?;
     println!(
         "{:<14} p50_us={:.1} p99_us={:.1} (64-byte echo, 1 connection, 20000 round trips)",
         "latency", latency.0, latency.1
     );
 
-    let mbps = throughput(target.addr, full.clone(), 4, o.bulk_mib).await?;
+    let mbps = throughput(addr, full.clone(), 4, o.bulk_mib).await?;
     println!(
         "{:<14} mb_per_s={mbps:.0} (4 connections x {} MiB, echoed, payload MB/s each way)",
         "throughput", o.bulk_mib
     );
 
     let secs = Duration::from_secs_f64(o.seconds);
-    let (rate, _) = handshakes(target.addr, || full.clone(), 32, secs).await?;
+    let (rate, _) = handshakes(addr, || full.clone(), 32, secs).await?;
     println!(
         "{:<14} per_s={rate:.0} (32 concurrent, no resumption, each echoes 1 byte)",
         "full-handshake"
@@ -303,7 +312,7 @@ async fn measure_all(o: Options) -> Result<()> {
     // Each resuming client keeps its own ticket store, as each browser does:
     // one shared store (rustls keeps 8 tickets per server) runs dry under
     // 32 concurrent clients, which measures the load client, not the server.
-    let (rate, share) = handshakes(target.addr, || client_config(true, o.kx), 32, secs).await?;
+    let (rate, share) = handshakes(addr, || client_config(true, o.kx), 32, secs).await?;
     println!(
         "{:<14} per_s={rate:.0} resumed_share={:.0}% (32 concurrent, TLS 1.3 tickets)",
         "resumed",

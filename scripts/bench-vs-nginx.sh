@@ -3,19 +3,23 @@
 # with the same certificate (ECDSA P-256), the same echo backend and the same
 # load (benches/load.rs), and prints both with the ratios.
 #
-#   scripts/bench-vs-nginx.sh [--idle N] [--seconds S] [--bulk-mib M]
+#   scripts/bench-vs-nginx.sh [--idle N] [--seconds S] [--bulk-mib M] [--rounds R]
 #
 # Terminator on cpu 0, load client and echo backend on cpu 1. Installs nginx
 # and its stream module from Debian's packages when missing (needs root).
+# Memory is measured once, on fresh processes; the rate figures are measured
+# in R rounds that alternate nginx and wssify, and the table gives medians,
+# because a shared VM moves single figures by a lot from minute to minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IDLE=10000 SECONDS_PER_RATE=10 BULK_MIB=256
+IDLE=10000 SECONDS_PER_RATE=10 BULK_MIB=256 ROUNDS=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --idle) IDLE=$2; shift 2 ;;
     --seconds) SECONDS_PER_RATE=$2; shift 2 ;;
     --bulk-mib) BULK_MIB=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -66,9 +70,9 @@ wait_port() { # wait (bounded) until something listens on $1
 }
 wait_port "$BACKEND"
 
-run_load() { # name target pid kx -> output file
-  "$LOAD" run --name "$1" --target "$2" --pid "$3" --kx "$4" \
-    --idle "$IDLE" --seconds "$SECONDS_PER_RATE" --bulk-mib "$BULK_MIB" | tee "$WORK/$1.out"
+run_load() { # name round target pid kx idle -> $WORK/name.round.out
+  "$LOAD" run --name "$1" --target "$3" --pid "$4" --kx "$5" \
+    --idle "$6" --seconds "$SECONDS_PER_RATE" --bulk-mib "$BULK_MIB" | tee "$WORK/$1.$2.out"
 }
 
 # --- nginx stream, one worker on cpu 0 ---
@@ -97,8 +101,6 @@ PIDS+=($!)
 wait_port "$NGINX_ADDR"
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -n1)
 echo; echo "== nginx $(nginx -v 2>&1 | sed 's/.*\///') stream (worker pid $NGINX_WORKER)"
-run_load nginx "$NGINX_ADDR" "$NGINX_WORKER" x25519
-kill "$(cat "$WORK/nginx.pid")"; sleep 1
 
 # --- wssify, one thread on cpu 0, same certificate ---
 start_wssify() { # addr
@@ -108,28 +110,37 @@ start_wssify() { # addr
   WSSIFY_PID=$!
   wait_port "$1"
 }
-start_wssify 127.0.0.1:19302
-echo; echo "== wssify $("$WSSIFY" --version | cut -d' ' -f2) (pid $WSSIFY_PID), X25519 like nginx"
-run_load wssify 127.0.0.1:19302 "$WSSIFY_PID" x25519
-kill "$WSSIFY_PID"
+WSSIFY_ADDR=127.0.0.1:19302
+start_wssify "$WSSIFY_ADDR"
+WSSIFY_MAIN=$WSSIFY_PID
+
+for round in $(seq 1 "$ROUNDS"); do
+  idle=0; [ "$round" = 1 ] && idle=$IDLE   # memory once, on fresh processes
+  echo; echo "== round $round of $ROUNDS: nginx (worker pid $NGINX_WORKER)"
+  run_load nginx "$round" "$NGINX_ADDR" "$NGINX_WORKER" x25519 "$idle"
+  echo; echo "== round $round of $ROUNDS: wssify $("$WSSIFY" --version | cut -d' ' -f2) (pid $WSSIFY_MAIN), X25519 like nginx"
+  run_load wssify "$round" "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 "$idle"
+done
+kill "$(cat "$WORK/nginx.pid")"; kill "$WSSIFY_MAIN"
+
 start_wssify 127.0.0.1:19303
-echo; echo "== wssify (pid $WSSIFY_PID), client default: X25519MLKEM768 post-quantum hybrid"
-run_load wssify-pq 127.0.0.1:19303 "$WSSIFY_PID" default
+echo; echo "== wssify (pid $WSSIFY_PID), client default: X25519MLKEM768 post-quantum hybrid (one round)"
+run_load wssify-pq 1 127.0.0.1:19303 "$WSSIFY_PID" default "$IDLE"
 kill "$WSSIFY_PID"
 
 # --- the table ---
-field() { # file label key -> value
-  grep "^$2 " "$1" | grep -o "$3=[0-9.]*" | tail -n1 | cut -d= -f2
+field() { # name label key -> the median over the rounds that have it
+  cat "$WORK/$1".*.out | grep "^$2 " | grep -o "$3=[0-9.]*" | cut -d= -f2 | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }
-row() { # title label key unit better(higher|lower)
+row() { # title label key unit
   local n w q
-  n=$(field "$WORK/nginx.out" "$2" "$3"); w=$(field "$WORK/wssify.out" "$2" "$3")
-  q=$(field "$WORK/wssify-pq.out" "$2" "$3")
+  n=$(field nginx "$2" "$3"); w=$(field wssify "$2" "$3"); q=$(field wssify-pq "$2" "$3")
   awk -v t="$1" -v n="$n" -v w="$w" -v q="$q" -v u="$4" 'BEGIN {
     printf "| %-34s | %10s %-5s | %10s %-5s | %6.2fx | %10s %-5s |\n", t, n, u, w, u, (n > 0 ? w / n : 0), q, u }'
 }
 echo
-echo "Same run, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), terminator pinned to cpu 0, load + echo on cpu 1, $IDLE idle connections:"
+echo "Same run, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), terminator pinned to cpu 0, load + echo on cpu 1, $IDLE idle connections; rate figures are medians of $ROUNDS alternating rounds (the PQ column: one round):"
 echo
 echo "| per core                           | nginx stream     | wssify (X25519)  | ratio   | wssify (PQ)      |"
 echo "|------------------------------------|------------------|------------------|---------|------------------|"
