@@ -548,3 +548,30 @@ async fn a_tls_1_2_client_is_served_by_default() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_client_key_update_mid_stream_keeps_bytes_flowing() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        let mut tls = dev_connect(&mut w).await;
+        let mut back = vec![0u8; 32 * 1024];
+        for round in 0..3u64 {
+            let data = pattern(20 + round, back.len());
+            tls.write_all(&data).await.unwrap();
+            tls.read_exact(&mut back).await.unwrap();
+            assert!(back == data, "round {round} intact");
+            // TLS 1.3 KeyUpdate (asking the server to update too): wssify
+            // must answer it and go on with the new keys both ways.
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+        }
+        tls.shutdown().await.unwrap();
+        assert!(read_to_end(&mut tls).await.unwrap().is_empty());
+        let line = w.wait_for_log("end=\"client closed\"").await;
+        assert!(
+            line.contains(&format!("to_backend={}B", 3 * 32 * 1024)),
+            "{line}"
+        );
+    })
+    .await;
+}
