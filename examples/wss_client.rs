@@ -255,16 +255,6 @@ fn client_config(
     Ok(Arc::new(config))
 }
 
-/// SHA-256 of a certificate's DER as `AB:CD:..`, the form wssify logs.
-fn fingerprint(der: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Trusts exactly one certificate, named by its SHA-256 fingerprint, the way
 /// a client pins a self-signed certificate. Signatures are still checked.
 #[derive(Debug)]
@@ -300,7 +290,8 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = fingerprint(end_entity);
+        // The same function wssify uses for the fingerprint it logs.
+        let presented = wssify::certs::fingerprint(end_entity);
         if presented == self.fingerprint {
             Ok(ServerCertVerified::assertion())
         } else {

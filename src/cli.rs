@@ -9,8 +9,7 @@ use argh::FromArgs;
 
 use crate::error::StartupError;
 use crate::settings::{
-    self, Backend, CertSource, ListenAddr, Settings, TlsMin, parse_backend, parse_duration,
-    parse_listen,
+    Backend, CertSource, ListenAddr, Settings, TlsMin, parse_backend, parse_duration, parse_listen,
 };
 
 /// Accept TLS (wss://, https://, any TCP) on its own port and pipe the raw
@@ -190,9 +189,6 @@ pub fn version_line() -> String {
     format!("wssify {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Re-exported for the binary: the settings' default thread count.
-pub use settings::default_threads;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,7 +204,7 @@ mod tests {
         assert_eq!(s.listen, vec![ListenAddr::AllInterfaces(9300)]);
         assert_eq!(s.backend.to_string(), "127.0.0.1:9200");
         assert_eq!(s.certificate, CertSource::SelfSigned);
-        assert_eq!(s.idle_timeout, Some(settings::DEFAULT_IDLE_TIMEOUT));
+        assert_eq!(s.idle_timeout, Some(crate::settings::DEFAULT_IDLE_TIMEOUT));
     }
 
     #[test]

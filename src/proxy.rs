@@ -76,7 +76,7 @@ pub async fn pipe<C, B, S>(
     client: &mut C,
     backend: &mut B,
     idle_timeout: Option<Duration>,
-    stop: S,
+    mut stop: S,
 ) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -89,7 +89,6 @@ where
     let mut last_activity = Instant::now();
     let idle = idle_timeout.map(tokio::time::sleep);
     tokio::pin!(idle);
-    let mut stop = stop;
 
     let end = poll_fn(|cx| {
         if Pin::new(&mut stop).poll(cx).is_ready() {
