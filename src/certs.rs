@@ -1,10 +1,10 @@
-//! Loading the server certificate: PEM files from the user, or an
-//! in-memory self-signed one for development.
+//! Turning certificate and key files into something rustls can serve: PEM
+//! from the user, or an in-memory self-signed certificate for development.
 //!
 //! PEM is read with `rustls-pki-types`' `PemObject` (re-exported by rustls),
 //! the maintained successor of the archived `rustls-pemfile`. Every way a
-//! certificate or key file can be wrong becomes a one-line [`StartupError`]
-//! naming the flag, the file and the fix.
+//! certificate or key file can be wrong becomes one line naming the flag,
+//! the file and the fix: a startup error, or a refused reload.
 
 use std::fmt;
 use std::io;
@@ -17,7 +17,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 use crate::error::StartupError;
-use crate::settings::CertSource;
 
 /// A certificate chain with its signing key, and what to tell people about it.
 pub struct LoadedCert {
@@ -36,12 +35,32 @@ pub struct CertSummary {
     pub names: Vec<String>,
     /// The last day it is valid, `YYYY-MM-DD` (UTC).
     pub expires: String,
+    /// The moment it expires, in Unix seconds, for expiry warnings.
+    pub not_after: i64,
     /// SHA-256 of the leaf's DER, as colon-separated hex (what clients pin).
     pub fingerprint: String,
+    /// The DNS names SNI is matched against, lower case: the DNS names of
+    /// subjectAltName, or the common name when there are none.
+    pub dns_names: Vec<String>,
     /// Generated at start for development.
     pub self_signed: bool,
     /// Certificates in the chain, leaf included.
     pub chain_len: usize,
+}
+
+impl CertSummary {
+    /// The one-line description a reload or `--check` prints.
+    pub fn describe(&self) -> String {
+        let names = if self.names.is_empty() {
+            "none".to_string()
+        } else {
+            self.names.join(", ")
+        };
+        format!(
+            "certificate {}, names {names}, expires {}, sha256 {}",
+            self.subject, self.expires, self.fingerprint
+        )
+    }
 }
 
 impl fmt::Display for CertSummary {
@@ -58,18 +77,11 @@ impl fmt::Display for CertSummary {
     }
 }
 
-/// Loads the certificate the settings ask for.
-pub fn load(source: &CertSource, provider: &CryptoProvider) -> Result<LoadedCert, StartupError> {
-    match source {
-        CertSource::SelfSigned => self_signed(provider),
-        CertSource::Files { cert, key } => load_files(cert, key, provider),
-    }
-}
-
 /// The names the development certificate is valid for.
 pub const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-fn self_signed(provider: &CryptoProvider) -> Result<LoadedCert, StartupError> {
+/// Makes the in-memory development certificate.
+pub fn self_signed(provider: &CryptoProvider) -> Result<LoadedCert, StartupError> {
     let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|s| s.to_string()).collect();
     let generated = rcgen::generate_simple_self_signed(names).map_err(|e| {
         StartupError::new(format!(
@@ -91,41 +103,35 @@ fn self_signed(provider: &CryptoProvider) -> Result<LoadedCert, StartupError> {
     })
 }
 
-fn load_files(
-    cert_path: &Path,
-    key_path: &Path,
+/// Builds a certificate from PEM already read. `cert_label` and `key_label`
+/// name where each came from (`--cert /etc/tls/a.pem`, `--cert-dir /d:
+/// a.pem`) so that every error says which file is wrong and how.
+pub fn from_pem(
+    cert_label: &str,
+    cert_pem: &[u8],
+    key_label: &str,
+    key_pem: &[u8],
     provider: &CryptoProvider,
-) -> Result<LoadedCert, StartupError> {
-    let cert_pem = read(
-        "--cert",
-        cert_path,
-        "your PEM certificate chain (e.g. fullchain.pem)",
-    )?;
-    let key_pem = read("--key", key_path, "the PEM private key (e.g. privkey.pem)")?;
-    let chain = parse_chain(cert_path, &cert_pem)?;
-    let key = parse_key(key_path, &key_pem)?;
-
+) -> Result<LoadedCert, String> {
+    let chain = parse_chain(cert_label, cert_pem)?;
+    let key = parse_key(key_label, key_pem)?;
     let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
-        StartupError::new(format!(
-            "--key {}: the key cannot be used ({e}); use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key",
-            key_path.display()
-        ))
+        format!(
+            "{key_label}: the key cannot be used ({e}); use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key"
+        )
     })?;
     let certified_key = CertifiedKey::new(chain, signing_key);
     match certified_key.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            return Err(StartupError::new(format!(
-                "--key {} does not match the certificate in --cert {}: give the key that was made with that certificate (the first one in the file)",
-                key_path.display(),
-                cert_path.display()
-            )));
+            return Err(format!(
+                "{key_label} does not match the certificate in {cert_label}: give the key that was made with that certificate (the first one in the file)"
+            ));
         }
         Err(e) => {
-            return Err(StartupError::new(format!(
-                "--cert {}: the first certificate cannot be parsed ({e}); it must be the server's own certificate, followed by its intermediates",
-                cert_path.display()
-            )));
+            return Err(format!(
+                "{cert_label}: the first certificate cannot be parsed ({e}); it must be the server's own certificate, followed by its intermediates"
+            ));
         }
     }
     let summary = summarize(&certified_key.cert);
@@ -135,7 +141,9 @@ fn load_files(
     })
 }
 
-fn read(flag: &str, path: &Path, what: &str) -> Result<Vec<u8>, StartupError> {
+/// Reads a whole file, or says in one line why not: `label` names the flag
+/// and file, `what` what the file should hold.
+pub fn read(label: &str, path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| {
         let fix = match e.kind() {
             io::ErrorKind::NotFound => format!("no such file; give the path of {what}"),
@@ -145,18 +153,20 @@ fn read(flag: &str, path: &Path, what: &str) -> Result<Vec<u8>, StartupError> {
             io::ErrorKind::IsADirectory => format!("this is a directory; give the path of {what}"),
             _ => format!("cannot be read ({e}); give the path of {what}"),
         };
-        StartupError::new(format!("{flag} {}: {fix}", path.display()))
+        format!("{label}: {fix}")
     })
 }
 
-fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, StartupError> {
+/// What a `--cert` file should hold, for error messages.
+pub const CERT_WHAT: &str = "your PEM certificate chain (e.g. fullchain.pem)";
+/// What a `--key` file should hold, for error messages.
+pub const KEY_WHAT: &str = "the PEM private key (e.g. privkey.pem)";
+
+fn parse_chain(label: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, pem::Error>>()
         .map_err(|e| {
-            StartupError::new(format!(
-                "--cert {}: malformed PEM ({e}); give the certificate chain in PEM form",
-                path.display()
-            ))
+            format!("{label}: malformed PEM ({e}); give the certificate chain in PEM form")
         })?;
     if chain.is_empty() {
         let why = if contains(pem, b"PRIVATE KEY") {
@@ -164,20 +174,16 @@ fn parse_chain(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
         } else {
             "has no PEM certificate (a -----BEGIN CERTIFICATE----- block); for a DER file run: openssl x509 -inform der -in FILE -out FILE.pem"
         };
-        return Err(StartupError::new(format!(
-            "--cert {} {why}",
-            path.display()
-        )));
+        return Err(format!("{label} {why}"));
     }
     Ok(chain)
 }
 
-fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, StartupError> {
+fn parse_key(label: &str, pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
     if contains(pem, b"ENCRYPTED PRIVATE KEY") || contains(pem, b"Proc-Type: 4,ENCRYPTED") {
-        return Err(StartupError::new(format!(
-            "--key {0}: the key is encrypted with a passphrase, which wssify cannot ask for; decrypt it first: openssl pkey -in {0} -out key.pem",
-            path.display()
-        )));
+        return Err(format!(
+            "{label}: the key is encrypted with a passphrase, which wssify cannot ask for; decrypt it first: openssl pkey -in FILE -out key.pem"
+        ));
     }
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| {
         let why = match e {
@@ -188,8 +194,40 @@ fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, StartupE
             pem::Error::NoItemsFound => "has no private key (a BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block); give the key in PEM form".to_string(),
             other => format!("malformed PEM ({other}); give the private key in PEM form"),
         };
-        StartupError::new(format!("--key {} {why}", path.display()))
+        format!("{label} {why}")
     })
+}
+
+/// Says what is wrong with the order of a chain (each certificate must be
+/// issued by the next), or `None` when it is in order. Clients that get an
+/// out-of-order chain may fail to build a path, and only some of them.
+pub fn chain_order_problem(chain: &[CertificateDer<'_>]) -> Option<String> {
+    let parsed: Vec<_> = chain
+        .iter()
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| c)
+        })
+        .collect();
+    for (i, pair) in parsed.windows(2).enumerate() {
+        let (Some(child), Some(parent)) = (&pair[0], &pair[1]) else {
+            return Some(format!(
+                "certificate {} in the chain cannot be parsed",
+                i + 2
+            ));
+        };
+        if child.issuer() != parent.subject() {
+            return Some(format!(
+                "chain out of order: certificate {} ({}) is not issued by certificate {} ({}); put the server's certificate first, then each issuer in turn",
+                i + 1,
+                child.subject(),
+                i + 2,
+                parent.subject()
+            ));
+        }
+    }
+    None
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -197,12 +235,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Reads the subject, names and expiry of the leaf for the logs.
-fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
+pub fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
     let mut summary = CertSummary {
         subject: "(unreadable subject)".to_string(),
         names: Vec::new(),
         expires: "unknown".to_string(),
+        not_after: i64::MAX,
         fingerprint: String::new(),
+        dns_names: Vec::new(),
         self_signed: false,
         chain_len: chain.len(),
     };
@@ -214,18 +254,17 @@ fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
         return summary;
     };
     let subject = parsed.subject();
-    summary.subject = subject
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| subject.to_string());
+    summary.subject = common_name_or_subject(subject);
     summary.expires = parsed.validity().not_after.to_datetime().date().to_string();
+    summary.not_after = parsed.validity().not_after.timestamp();
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         use x509_parser::extensions::GeneralName;
         for name in &san.value.general_names {
             match name {
-                GeneralName::DNSName(dns) => summary.names.push(dns.to_string()),
+                GeneralName::DNSName(dns) => {
+                    summary.names.push(dns.to_string());
+                    summary.dns_names.push(dns.to_ascii_lowercase());
+                }
                 GeneralName::IPAddress(bytes) => {
                     let ip = match bytes.len() {
                         4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
@@ -242,7 +281,33 @@ fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
             }
         }
     }
+    if summary.dns_names.is_empty()
+        && let Some(cn) = subject
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+    {
+        summary.dns_names.push(cn.to_ascii_lowercase());
+    }
     summary
+}
+
+/// The subject of a certificate as the logs name it: its common name, or the
+/// whole subject when it has none.
+pub fn subject_of(der: &[u8]) -> String {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, parsed)) => common_name_or_subject(parsed.subject()),
+        Err(_) => "(unreadable subject)".to_string(),
+    }
+}
+
+fn common_name_or_subject(subject: &x509_parser::x509::X509Name<'_>) -> String {
+    subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| subject.to_string())
 }
 
 /// SHA-256 of a certificate's DER, as `AB:CD:...` (the form `openssl x509

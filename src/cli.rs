@@ -9,7 +9,8 @@ use argh::FromArgs;
 
 use crate::error::StartupError;
 use crate::settings::{
-    Backend, CertSource, ListenAddr, Settings, TlsMin, parse_backend, parse_duration, parse_listen,
+    Backend, CertPair, CertSettings, ListenAddr, Settings, TlsMin, parse_backend, parse_duration,
+    parse_listen,
 };
 
 /// Accept TLS (wss://, https://, any TCP) on its own port and pipe the raw
@@ -31,14 +32,51 @@ pub struct Args {
     #[argh(option, short = 't', arg_name = "HOST:PORT")]
     pub to: Option<String>,
 
-    /// PEM certificate chain, leaf first (default: an in-memory self-signed
-    /// certificate for localhost, for development only)
+    /// PEM certificate chain, leaf first; repeatable, each with its --key,
+    /// chosen by the client's SNI, the first is the default (default: an
+    /// in-memory self-signed certificate for localhost, for development only)
     #[argh(option, arg_name = "FILE")]
-    pub cert: Option<PathBuf>,
+    pub cert: Vec<PathBuf>,
 
-    /// PEM private key for --cert (PKCS#8, PKCS#1 RSA or SEC1 EC)
+    /// PEM private key for the --cert in the same position (PKCS#8, PKCS#1
+    /// RSA or SEC1 EC)
     #[argh(option, arg_name = "FILE")]
-    pub key: Option<PathBuf>,
+    pub key: Vec<PathBuf>,
+
+    /// a directory of NAME.crt + NAME.key (or combined NAME.pem) pairs, all
+    /// served by SNI; additions and removals are followed; repeatable
+    #[argh(option, arg_name = "DIR")]
+    pub cert_dir: Vec<PathBuf>,
+
+    /// refuse clients whose SNI matches no certificate (unrecognized_name
+    /// alert) instead of serving the first certificate
+    #[argh(switch)]
+    pub strict_sni: bool,
+
+    /// require client certificates that chain to this PEM CA bundle (mTLS)
+    #[argh(option, arg_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+
+    /// with --client-ca: admit clients without a certificate (bad ones are
+    /// still refused)
+    #[argh(switch)]
+    pub client_ca_optional: bool,
+
+    /// certificate revocation list (PEM or DER) for client certificates;
+    /// repeatable; needs --client-ca
+    #[argh(option, arg_name = "FILE")]
+    pub crl: Vec<PathBuf>,
+
+    /// certificate files are re-read on change (directories are watched),
+    /// on SIGHUP, and at this interval; 0 = only on SIGHUP (default: 30s)
+    #[argh(option, arg_name = "DURATION")]
+    pub reload_interval: Option<String>,
+
+    /// load and validate every file, key and chain, and connect to the
+    /// backend once; print a summary and exit 0 if all is well, 1 if not;
+    /// never listens
+    #[argh(switch)]
+    pub check: bool,
 
     /// close a connection after this long with no byte moving either way;
     /// 0 = never (default: 1h)
@@ -106,20 +144,7 @@ impl Args {
 
         let mut settings = Settings::new(listen, backend);
 
-        settings.certificate = match (self.cert, self.key) {
-            (None, None) => CertSource::SelfSigned,
-            (Some(cert), Some(key)) => CertSource::Files { cert, key },
-            (Some(_), None) => {
-                return Err(StartupError::new(
-                    "--cert was given without --key: give both (the private key of that certificate), or neither for a self-signed development certificate",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(StartupError::new(
-                    "--key was given without --cert: give both (the certificate chain for that key), or neither for a self-signed development certificate",
-                ));
-            }
-        };
+        settings.certs = self.cert_settings()?;
 
         if let Some(text) = &self.idle_timeout {
             let idle = duration_flag("--idle-timeout", text)?;
@@ -158,6 +183,66 @@ impl Args {
             settings.alpn.push(proto.as_bytes().to_vec());
         }
         Ok(settings)
+    }
+}
+
+impl Args {
+    fn cert_settings(&self) -> Result<CertSettings, StartupError> {
+        let mut certs = CertSettings::default();
+        match (self.cert.len(), self.key.len()) {
+            (c, k) if c == k => {}
+            (_, 0) => {
+                return Err(StartupError::new(
+                    "--cert was given without --key: give both (the private key of that certificate), or neither for a self-signed development certificate",
+                ));
+            }
+            (0, _) => {
+                return Err(StartupError::new(
+                    "--key was given without --cert: give both (the certificate chain for that key), or neither for a self-signed development certificate",
+                ));
+            }
+            (c, k) => {
+                return Err(StartupError::new(format!(
+                    "--cert was given {c} times and --key {k} times: give one --key per --cert, in the same order"
+                )));
+            }
+        }
+        certs.pairs = self
+            .cert
+            .iter()
+            .zip(&self.key)
+            .map(|(cert, key)| CertPair {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .collect();
+        certs.dirs = self.cert_dir.clone();
+        certs.strict_sni = self.strict_sni;
+        if self.strict_sni && certs.self_signed() {
+            return Err(StartupError::new(
+                "--strict-sni needs certificates to match names against: give --cert/--key or --cert-dir",
+            ));
+        }
+        certs.client_ca = self.client_ca.clone();
+        certs.client_ca_optional = self.client_ca_optional;
+        certs.crls = self.crl.clone();
+        if certs.client_ca.is_none() {
+            if self.client_ca_optional {
+                return Err(StartupError::new(
+                    "--client-ca-optional needs --client-ca: give the CA bundle client certificates must chain to",
+                ));
+            }
+            if !certs.crls.is_empty() {
+                return Err(StartupError::new(
+                    "--crl needs --client-ca: revocation lists apply to client certificates",
+                ));
+            }
+        }
+        if let Some(text) = &self.reload_interval {
+            let interval = duration_flag("--reload-interval", text)?;
+            certs.reload_interval = (!interval.is_zero()).then_some(interval);
+        }
+        Ok(certs)
     }
 }
 
@@ -203,7 +288,7 @@ mod tests {
         let s = parse(&["--listen", "9300", "--to", "127.0.0.1:9200"]).unwrap();
         assert_eq!(s.listen, vec![ListenAddr::AllInterfaces(9300)]);
         assert_eq!(s.backend.to_string(), "127.0.0.1:9200");
-        assert_eq!(s.certificate, CertSource::SelfSigned);
+        assert!(s.certs.self_signed());
         assert_eq!(s.idle_timeout, Some(crate::settings::DEFAULT_IDLE_TIMEOUT));
     }
 
@@ -227,6 +312,28 @@ mod tests {
             (
                 &["-l", "1", "-t", "h:1", "--key", "k"],
                 "--key was given without --cert",
+            ),
+            (
+                &[
+                    "-l", "1", "-t", "h:1", "--cert", "a", "--key", "b", "--cert", "c",
+                ],
+                "--cert was given 2 times and --key 1 times",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--crl", "c"],
+                "--crl needs --client-ca",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--client-ca-optional"],
+                "--client-ca-optional needs --client-ca",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--strict-sni"],
+                "--strict-sni needs",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--reload-interval", "often"],
+                "--reload-interval 'often'",
             ),
             (
                 &["-l", "1", "-t", "h:1", "--idle-timeout", "x"],

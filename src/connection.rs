@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use log::{debug, info, warn};
 use rustls::ServerConfig;
 use socket2::{SockRef, TcpKeepalive};
@@ -29,8 +30,9 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every connection shares, read-only.
 pub struct Shared {
-    /// The TLS configuration (certificate, versions, ALPN, tickets).
-    pub tls: Arc<ServerConfig>,
+    /// The TLS configuration (certificates, versions, ALPN, tickets), as
+    /// the last reload left it; each handshake takes the current one.
+    pub tls: Arc<ArcSwap<ServerConfig>>,
     /// Where decrypted bytes go.
     pub backend: Backend,
     /// Limit on sniffing plus the handshake.
@@ -49,6 +51,7 @@ struct Facts {
     cipher: String,
     alpn: Option<String>,
     group: String,
+    client_cert: Option<String>,
 }
 
 /// A client that finished its handshake, and its connected backend.
@@ -131,7 +134,7 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
         }
     }
 
-    let accept = TlsStream::accept(tcp, shared.tls.clone());
+    let accept = TlsStream::accept(tcp, shared.tls.load_full());
     let mut client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -212,14 +215,18 @@ async fn relay(
 
 impl Facts {
     fn describe(&self) -> String {
-        format!(
+        let mut line = format!(
             "sni={} tls={} cipher={} kx={} alpn={}",
             self.sni.as_deref().unwrap_or("-"),
             self.version,
             self.cipher,
             self.group,
             self.alpn.as_deref().unwrap_or("-"),
-        )
+        );
+        if let Some(subject) = &self.client_cert {
+            line.push_str(&format!(" client_cert=\"{}\"", subject.replace('"', "'")));
+        }
+        line
     }
 }
 
@@ -236,6 +243,7 @@ fn facts_of(negotiated: Negotiated) -> Facts {
         group: negotiated
             .group
             .map_or("-".to_string(), |g| format!("{g:?}")),
+        client_cert: negotiated.client_cert,
     }
 }
 

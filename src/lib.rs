@@ -4,18 +4,24 @@
 //!
 //! The whole program is this library, so tests and embedders can drive it;
 //! `main.rs` only parses flags, sets up logging and maps errors to exit
-//! codes. Data flows one way: [`cli`] → [`settings`] → ([`tls`],
-//! [`listener`]) → [`connection`] → [`proxy`].
+//! codes. Data flows one way: [`cli`] → [`settings`] → ([`loader`] →
+//! [`tls`], [`listener`]) → [`connection`] → [`proxy`]; [`reload`] swaps
+//! what [`loader`] built while connections run.
 
 pub mod certs;
+pub mod check;
 pub mod cli;
+pub mod client_auth;
 pub mod connection;
 pub mod error;
 pub mod limits;
 pub mod listener;
+pub mod loader;
 pub mod proxy;
+pub mod reload;
 pub mod settings;
 pub mod shutdown;
+pub mod sni;
 pub mod sniff;
 pub mod tls;
 pub mod tls_stream;
@@ -45,25 +51,36 @@ pub struct Server {
 }
 
 impl Server {
-    /// Loads the certificate, builds TLS, binds every `--listen` address and
-    /// logs one startup line per listener. Must run inside a tokio runtime.
+    /// Loads the certificates, builds TLS, starts watching for certificate
+    /// changes, binds every `--listen` address and logs one startup line per
+    /// listener. Must run inside a tokio runtime.
     pub fn bind(settings: &Settings, fd_limit: Option<u64>) -> Result<Server, StartupError> {
-        let provider = tls::provider();
-        let cert = certs::load(&settings.certificate, &provider)?;
-        if cert.summary.self_signed {
+        let options = tls::TlsOptions {
+            provider: tls::provider(),
+            tls_min: settings.tls_min,
+            alpn: settings.alpn.clone(),
+        };
+        let (loader, config) = loader::Loader::start(&settings.certs, options)?;
+        if let [("development", dev)] = loader.served().as_slice() {
             warn!(
                 "no --cert/--key given: serving a self-signed certificate made in memory for {}. For development only: clients must trust it explicitly (or pin it), browsers will warn",
-                cert.summary.names.join(", ")
+                dev.names.join(", ")
             );
             warn!(
                 "development certificate SHA-256 fingerprint: {}",
-                cert.summary.fingerprint
+                dev.fingerprint
             );
         }
-        let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(
-            cert.certified_key.clone(),
-        ));
-        let tls = tls::server_config(provider, settings.tls_min, &settings.alpn, resolver)?;
+        reload::log_expiry(&loader.served());
+        let reloader = Arc::new(reload::Reloader::new(loader, config));
+        // Before the startup line: from then on, SIGHUP and file changes
+        // are expected to work.
+        reload::spawn(
+            reloader.clone(),
+            reload::hangups()?,
+            settings.certs.reload_interval,
+        );
+        let certificate = reloader.describe();
 
         let max_conns = settings
             .max_conns
@@ -87,7 +104,7 @@ impl Server {
         for b in &bound {
             info!(
                 "listening on {}{} -> backend {}; certificate: {}; {}; ALPN: {}",
-                b.local_addr, b.scope, settings.backend, cert.summary, settings.tls_min, alpn
+                b.local_addr, b.scope, settings.backend, certificate, settings.tls_min, alpn
             );
         }
         info!(
@@ -101,7 +118,7 @@ impl Server {
         );
 
         let shared = Arc::new(Shared {
-            tls,
+            tls: reloader.live(),
             backend: settings.backend.clone(),
             handshake_timeout: settings.handshake_timeout,
             connect_timeout: settings.connect_timeout,

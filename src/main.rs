@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
+    let check = args.check;
     let settings = match args.into_settings() {
         Ok(settings) => settings,
         Err(e) => {
@@ -26,6 +27,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+
+    if check {
+        return run_check(&settings);
+    }
 
     let fd_limit = match limits::raise_fd_limit() {
         Ok(limit) => {
@@ -74,6 +79,27 @@ fn main() -> ExitCode {
             eprintln!("wssify: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--check`: prints the findings to stdout; exit 0 when all is well, 1 if not.
+fn run_check(settings: &wssify::Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("wssify: cannot start the runtime ({e})");
+            return ExitCode::FAILURE;
+        }
+    };
+    let findings = runtime.block_on(wssify::check::check(settings));
+    print!("{}", findings.render());
+    if findings.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

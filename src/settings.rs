@@ -25,8 +25,8 @@ pub struct Settings {
     pub listen: Vec<ListenAddr>,
     /// The plain TCP server the decrypted bytes go to.
     pub backend: Backend,
-    /// Where the certificate comes from.
-    pub certificate: CertSource,
+    /// Where the certificates come from, and client certificate checks.
+    pub certs: CertSettings,
     /// `None` means connections are never closed for being idle.
     pub idle_timeout: Option<Duration>,
     /// Limit on the first bytes plus the TLS handshake.
@@ -51,7 +51,7 @@ impl Settings {
         Self {
             listen,
             backend,
-            certificate: CertSource::SelfSigned,
+            certs: CertSettings::default(),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -69,18 +69,58 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Where the server certificate comes from.
+/// How often certificate files are re-read even without a change event.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Every file that makes up the TLS identity and client checks; all of them
+/// are re-read on reload. With no pair and no directory, a self-signed
+/// development certificate is made in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertSource {
-    /// Generated in memory at start; for development only.
-    SelfSigned,
-    /// A PEM chain (leaf first) and its private key.
-    Files {
-        /// The `--cert` file.
-        cert: PathBuf,
-        /// The `--key` file.
-        key: PathBuf,
-    },
+pub struct CertSettings {
+    /// `--cert`/`--key` pairs in order; the first is the default certificate.
+    pub pairs: Vec<CertPair>,
+    /// `--cert-dir` directories, each holding `NAME.crt`+`NAME.key` or `NAME.pem`.
+    pub dirs: Vec<PathBuf>,
+    /// Refuse handshakes whose SNI matches no certificate.
+    pub strict_sni: bool,
+    /// Client certificates must chain to this PEM bundle.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: clients without a certificate are admitted.
+    pub client_ca_optional: bool,
+    /// Revocation lists for client certificates.
+    pub crls: Vec<PathBuf>,
+    /// `None`: no watching and no timer; SIGHUP still reloads.
+    pub reload_interval: Option<Duration>,
+}
+
+impl Default for CertSettings {
+    fn default() -> Self {
+        Self {
+            pairs: Vec::new(),
+            dirs: Vec::new(),
+            strict_sni: false,
+            client_ca: None,
+            client_ca_optional: false,
+            crls: Vec::new(),
+            reload_interval: Some(DEFAULT_RELOAD_INTERVAL),
+        }
+    }
+}
+
+impl CertSettings {
+    /// No certificate was given: serve the in-memory development one.
+    pub fn self_signed(&self) -> bool {
+        self.pairs.is_empty() && self.dirs.is_empty()
+    }
+}
+
+/// One `--cert` with its `--key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    /// A PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// Its PEM private key.
+    pub key: PathBuf,
 }
 
 /// The oldest TLS version wssify will speak.

@@ -1,14 +1,18 @@
 //! Building the rustls server configuration every connection shares.
 //!
 //! One place decides the crypto provider (aws-lc-rs, with the post-quantum
-//! hybrid X25519MLKEM768 preferred), the TLS versions, ALPN and session
-//! tickets, so the connection code only ever sees a finished `ServerConfig`.
+//! hybrid X25519MLKEM768 preferred), the TLS versions, ALPN, client
+//! certificate checks and session tickets, so the connection code only ever
+//! sees a finished `ServerConfig`.
 
 use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::ResolvesServerCert;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{
+    ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 
 use crate::error::StartupError;
 use crate::settings::TlsMin;
@@ -18,29 +22,63 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Builds the shared server configuration around a certificate resolver.
+/// The TLS choices fixed for the process's life (from the flags).
+pub struct TlsOptions {
+    /// The crypto provider.
+    pub provider: Arc<CryptoProvider>,
+    /// The oldest version offered.
+    pub tls_min: TlsMin,
+    /// ALPN protocols offered.
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// Session resumption state carried from one configuration to the next, so
+/// a certificate reload does not turn every reconnect into a full handshake.
+#[derive(Clone)]
+pub struct Resumption {
+    ticketer: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+}
+
+impl Resumption {
+    /// Fresh ticket keys and an empty session cache. Stateless TLS 1.3
+    /// tickets whose keys rotate (every 6 hours in rustls), so a reconnect
+    /// storm after a deploy costs resumptions rather than full handshakes.
+    /// 0-RTT stays off (rustls' default): it is replayable and a byte pipe
+    /// cannot know whether that is safe.
+    pub fn new() -> Result<Resumption, String> {
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+            .map_err(|e| format!("cannot set up TLS session tickets ({e})"))?;
+        Ok(Resumption {
+            ticketer,
+            sessions: ServerSessionMemoryCache::new(256),
+        })
+    }
+}
+
+/// Builds a server configuration around a certificate resolver and, for
+/// mTLS, a client certificate verifier.
 pub fn server_config(
-    provider: Arc<CryptoProvider>,
-    tls_min: TlsMin,
-    alpn: &[Vec<u8>],
+    options: &TlsOptions,
     resolver: Arc<dyn ResolvesServerCert>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, StartupError> {
-    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls_min {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match options.tls_min {
         TlsMin::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsMin::V1_3 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(options.provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| StartupError::new(format!("--tls-min: cannot configure TLS ({e})")))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = alpn.to_vec();
-    // Stateless TLS 1.3 session tickets whose keys rotate (every 6 hours in
-    // rustls), so a reconnect storm after a deploy costs resumptions rather
-    // than full handshakes. 0-RTT stays off (rustls' default): it is
-    // replayable and a byte pipe cannot know whether that is safe.
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
-        .map_err(|e| StartupError::new(format!("cannot set up TLS session tickets ({e})")))?;
+        .map_err(|e| StartupError::new(format!("--tls-min: cannot configure TLS ({e})")))?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = options.alpn.clone();
+    config.ticketer = resumption.ticketer.clone();
+    config.session_storage = resumption.sessions.clone();
     Ok(Arc::new(config))
 }
 
@@ -59,6 +97,12 @@ pub fn describe_handshake_error(error: &std::io::Error) -> String {
     use rustls::AlertDescription as Alert;
     if error.kind() == std::io::ErrorKind::UnexpectedEof {
         return "client closed the connection during the handshake".to_string();
+    }
+    if let Some(refused) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<crate::tls_stream::UnknownName>())
+    {
+        return refused.to_string();
     }
     let Some(tls_error) = error
         .get_ref()
@@ -80,9 +124,20 @@ pub fn describe_handshake_error(error: &std::io::Error) -> String {
             format!("the client cannot speak our TLS ({why:?}); see --tls-min")
         }
         rustls::Error::InvalidMessage(why) => format!("malformed TLS from the client ({why:?})"),
-        rustls::Error::NoCertificatesPresented => "the client sent no certificate".to_string(),
+        rustls::Error::NoCertificatesPresented => {
+            "client certificate refused: no certificate (--client-ca requires one)".to_string()
+        }
         rustls::Error::InvalidCertificate(why) => {
-            format!("the client's certificate is not valid ({why:?})")
+            use rustls::CertificateError as Why;
+            let why = match why {
+                Why::UnknownIssuer => "unknown CA (not issued under --client-ca)".to_string(),
+                Why::Expired | Why::ExpiredContext { .. } => "expired".to_string(),
+                Why::NotValidYet | Why::NotValidYetContext { .. } => "not valid yet".to_string(),
+                Why::Revoked => "revoked (listed in --crl)".to_string(),
+                Why::BadSignature => "bad signature".to_string(),
+                other => format!("{other:?}"),
+            };
+            format!("client certificate refused: {why}")
         }
         other => other.to_string(),
     }

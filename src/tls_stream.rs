@@ -68,7 +68,43 @@ pub struct Negotiated {
     pub group: Option<rustls::NamedGroup>,
     /// The ALPN protocol.
     pub alpn: Option<Vec<u8>>,
+    /// The subject of the client's certificate (mTLS), if it sent one.
+    pub client_cert: Option<String>,
 }
+
+/// A handshake refused under `--strict-sni`: no certificate has the name
+/// the client asked for (or it asked for none).
+#[derive(Debug)]
+pub struct UnknownName {
+    /// The name from the client's SNI.
+    pub sni: Option<String>,
+}
+
+impl std::fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sni {
+            Some(name) => write!(
+                f,
+                "no certificate for the requested name '{name}' (--strict-sni); sent unrecognized_name"
+            ),
+            None => f.write_str(
+                "the client sent no server name (SNI) and --strict-sni is on; sent unrecognized_name",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+/// rustls' error when the certificate resolver chose nothing, which
+/// `SniTable` does only under `--strict-sni`.
+const NOTHING_RESOLVED: &str = "no server certificate chain resolved";
+
+/// A fatal `unrecognized_name` alert as a plaintext record (RFC 6066 §3):
+/// rustls answers an unresolved certificate with `access_denied`, but this
+/// is what clients expect for an unknown name. It is sent before any
+/// ServerHello, so no record protection applies yet.
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
 impl TlsStream {
     /// Performs the server handshake on `tcp`. Bound it with a timeout.
@@ -98,6 +134,11 @@ impl TlsStream {
             suite: self.conn.negotiated_cipher_suite(),
             group: self.conn.negotiated_key_exchange_group().map(|g| g.name()),
             alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
+            client_cert: self
+                .conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| crate::certs::subject_of(leaf)),
         }
     }
 
@@ -202,6 +243,16 @@ impl TlsStream {
     /// Turns a TLS error into an I/O error, after trying once to send the
     /// alert rustls queued for it.
     fn fail(&mut self, cx: &mut Context<'_>, error: rustls::Error) -> io::Error {
+        if matches!(&error, rustls::Error::General(why) if why == NOTHING_RESOLVED) {
+            self.outgoing.extend_from_slice(&UNRECOGNIZED_NAME_ALERT);
+            let _ = self.poll_send(cx);
+            return io::Error::new(
+                io::ErrorKind::InvalidData,
+                UnknownName {
+                    sni: self.sni.clone(),
+                },
+            );
+        }
         for _ in 0..4 {
             let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
             match state {

@@ -1,0 +1,258 @@
+//! `wssify --check`: everything a real start would load, validated and
+//! summarised without listening, like `nginx -t`, for CI pipelines and for
+//! operators before a deploy.
+//!
+//! Unlike a start, which stops at the first problem, a check reports every
+//! problem it finds, and it also judges what a start tolerates: an expired
+//! certificate, a chain out of order, a backend that is down.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpStream;
+
+use crate::certs::{self, LoadedCert};
+use crate::client_auth::{self, Crls};
+use crate::loader::{self, DirFiles};
+use crate::reload::{Expiry, expiry_note};
+use crate::settings::{Settings, format_duration};
+
+/// What a check found, ready to print.
+#[derive(Default)]
+pub struct Findings {
+    lines: Vec<String>,
+    problems: usize,
+}
+
+impl Findings {
+    /// Whether everything is fine (warnings allowed).
+    pub fn ok(&self) -> bool {
+        self.problems == 0
+    }
+
+    /// The whole summary, last line `wssify --check: OK` or `FAILED (N problems)`.
+    pub fn render(&self) -> String {
+        let mut out = self.lines.join("\n");
+        out.push('\n');
+        if self.ok() {
+            out.push_str("wssify --check: OK\n");
+        } else {
+            let s = if self.problems == 1 { "" } else { "s" };
+            out.push_str(&format!(
+                "wssify --check: FAILED ({} problem{s})\n",
+                self.problems
+            ));
+        }
+        out
+    }
+
+    fn info(&mut self, line: String) {
+        self.lines.push(line);
+    }
+
+    fn warn(&mut self, line: String) {
+        self.lines.push(format!("warning: {line}"));
+    }
+
+    fn error(&mut self, line: String) {
+        self.problems += 1;
+        self.lines.push(format!("error: {line}"));
+    }
+}
+
+/// Checks every input the settings name, and the backend.
+pub async fn check(settings: &Settings) -> Findings {
+    let mut found = Findings::default();
+    let provider = crate::tls::provider();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let certs = &settings.certs;
+    let mut names: HashMap<String, String> = HashMap::new();
+
+    if certs.self_signed() {
+        found.info(
+            "certificate: none given, so a self-signed development certificate would be served; give --cert/--key or --cert-dir in production".to_string(),
+        );
+    }
+    for pair in &certs.pairs {
+        let origin = format!("--cert {}", pair.cert.display());
+        let key_label = format!("--key {}", pair.key.display());
+        let loaded = certs::read(&origin, &pair.cert, certs::CERT_WHAT).and_then(|cert| {
+            let key = certs::read(&key_label, &pair.key, certs::KEY_WHAT)?;
+            certs::from_pem(&origin, &cert, &key_label, &key, &provider)
+        });
+        judge(&mut found, &origin, loaded, now, &mut names);
+    }
+    for dir in &certs.dirs {
+        match loader::scan_dir(dir) {
+            Err(why) => found.error(why),
+            Ok(entries) if entries.is_empty() => found.error(format!(
+                "--cert-dir {}: holds no certificate (NAME.crt with NAME.key, or NAME.pem with both)",
+                dir.display()
+            )),
+            Ok(entries) => {
+                for (name, files) in &entries {
+                    let origin = format!("--cert-dir {}: {name}", dir.display());
+                    let (cert_label, key_label) = match files {
+                        DirFiles::Combined(_) => (format!("{origin}.pem"), format!("{origin}.pem")),
+                        _ => (format!("{origin}.crt"), format!("{origin}.key")),
+                    };
+                    let loaded = loader::read_dir_entry(dir, name, files).and_then(|(c, k)| {
+                        certs::from_pem(&cert_label, &c, &key_label, &k, &provider)
+                    });
+                    judge(&mut found, &origin, loaded, now, &mut names);
+                }
+            }
+        }
+    }
+    if certs.strict_sni {
+        found.info(
+            "--strict-sni: clients asking for no name or an unknown one are refused".to_string(),
+        );
+    }
+
+    if let Some(ca_path) = &certs.client_ca {
+        let label = format!("--client-ca {}", ca_path.display());
+        let ca = certs::read(&label, ca_path, client_auth::CA_WHAT)
+            .and_then(|bytes| client_auth::parse_ca(&label, &bytes));
+        let mut crls: Vec<Crls> = Vec::new();
+        for path in &certs.crls {
+            let label = format!("--crl {}", path.display());
+            match certs::read(&label, path, client_auth::CRL_WHAT)
+                .and_then(|bytes| client_auth::parse_crl(&label, &bytes))
+            {
+                Ok(list) => {
+                    found.info(format!("{label}: {} revoked certificates", list.revoked));
+                    crls.push(list);
+                }
+                Err(why) => found.error(why),
+            }
+        }
+        match ca {
+            Err(why) => found.error(why),
+            Ok(ca) => {
+                let lists: Vec<&Crls> = crls.iter().collect();
+                match client_auth::verifier(&ca, &lists, certs.client_ca_optional, provider.clone())
+                {
+                    Ok(_) => found.info(format!(
+                        "{label}: {} CA certificates; client certificates {}",
+                        ca.count,
+                        if certs.client_ca_optional {
+                            "optional (bad ones refused)"
+                        } else {
+                            "required"
+                        }
+                    )),
+                    Err(why) => found.error(why),
+                }
+            }
+        }
+    }
+
+    check_backend(&mut found, settings).await;
+    found
+}
+
+/// Adds what is known about one certificate (or why it could not load).
+fn judge(
+    found: &mut Findings,
+    origin: &str,
+    loaded: Result<LoadedCert, String>,
+    now: i64,
+    names: &mut HashMap<String, String>,
+) {
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(why) => return found.error(why),
+    };
+    let s = &loaded.summary;
+    let days = s.not_after.saturating_sub(now) / 86_400;
+    let chain = &loaded.certified_key.cert;
+    let order = certs::chain_order_problem(chain);
+    found.info(format!(
+        "certificate {origin}: {}; names {}; expires {} ({days} days); chain of {}{}; sha256 {}",
+        s.subject,
+        if s.names.is_empty() {
+            "none".to_string()
+        } else {
+            s.names.join(", ")
+        },
+        s.expires,
+        s.chain_len,
+        if order.is_none() && s.chain_len > 1 {
+            ", in order"
+        } else {
+            ""
+        },
+        s.fingerprint
+    ));
+    if let Some(why) = order {
+        found.error(format!("{origin}: {why}"));
+    }
+    match expiry_note(s, origin, now) {
+        Some(Expiry::Expired(_)) => found.error(format!(
+            "{origin}: certificate {} expired on {}; renew it",
+            s.subject, s.expires
+        )),
+        Some(Expiry::Soon(line)) => found.warn(line),
+        None => {}
+    }
+    if s.dns_names.is_empty() && s.names.is_empty() {
+        found.error(format!(
+            "{origin}: certificate {} names no host (no subjectAltName, no common name); clients will refuse it",
+            s.subject
+        ));
+    }
+    for name in &s.dns_names {
+        if let Some(first) = names.get(name) {
+            found.warn(format!(
+                "{origin}: the name {name} is also in {first}, which comes first and is served for it"
+            ));
+        } else {
+            names.insert(name.clone(), origin.to_string());
+        }
+    }
+}
+
+/// The backend must resolve and accept a TCP connection within the
+/// connect timeout, as it would for a client.
+async fn check_backend(found: &mut Findings, settings: &Settings) {
+    let backend = &settings.backend;
+    let limit = settings.connect_timeout;
+    let lookup = tokio::net::lookup_host((backend.host.as_str(), backend.port));
+    let addrs: Vec<_> = match tokio::time::timeout(limit, lookup).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => {
+            return found.error(format!(
+                "backend {backend} (--to) does not resolve ({e}); fix the name or start its container"
+            ));
+        }
+        Err(_) => {
+            return found.error(format!(
+                "backend {backend} (--to) did not resolve within {}",
+                format_duration(limit)
+            ));
+        }
+    };
+    let mut failures = Vec::new();
+    for addr in &addrs {
+        match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => {
+                return found.info(format!("backend {backend}: {addr} accepts TCP connections"));
+            }
+            Ok(Err(e)) => failures.push(format!("{addr} refused ({e})")),
+            Err(_) => failures.push(format!(
+                "{addr} gave no answer within {}",
+                format_duration(limit)
+            )),
+        }
+    }
+    if failures.is_empty() {
+        failures.push("the name resolved to no address".to_string());
+    }
+    found.error(format!(
+        "backend {backend} (--to) is unreachable: {}; start it, or fix --to",
+        failures.join(", ")
+    ));
+}

@@ -1,0 +1,720 @@
+//! The one source of the TLS configuration being served: every certificate,
+//! key, CA bundle and revocation list, read from its file at start and
+//! re-read on reload.
+//!
+//! A reload re-reads every file but re-parses only what changed, and takes a
+//! change only when it is whole and consistent: a pair half rewritten (the
+//! certificate already new, the key still old), garbage, or a file gone is
+//! refused, and what was serving keeps serving. Refusals of the same content
+//! are reported once, so a timer does not repeat them every tick.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
+
+use crate::certs::{self, CertSummary, LoadedCert};
+use crate::client_auth::{self, CaBundle, Crls};
+use crate::error::StartupError;
+use crate::settings::{CertPair, CertSettings};
+use crate::sni::SniTable;
+use crate::tls::{self, Resumption, TlsOptions};
+
+/// Everything loaded, and the bytes it was loaded from (to see changes).
+pub struct Loader {
+    options: TlsOptions,
+    strict_sni: bool,
+    dev: Option<LoadedCert>,
+    pairs: Vec<PairSlot>,
+    dirs: Vec<DirSlot>,
+    client: Option<ClientSlot>,
+    resumption: Resumption,
+}
+
+/// What one reload did.
+#[derive(Default)]
+pub struct Report {
+    /// One entry per input taken up, naming it and what it now holds.
+    pub changes: Vec<String>,
+    /// One entry per input refused, naming the file, why, and what was kept.
+    pub refusals: Vec<String>,
+    /// The configuration to serve from now on, when anything changed.
+    pub config: Option<Arc<ServerConfig>>,
+}
+
+/// A certificate being served and the file contents it came from.
+struct Served {
+    origin: String,
+    cert_bytes: Vec<u8>,
+    key_bytes: Vec<u8>,
+    loaded: LoadedCert,
+}
+
+/// One `--cert`/`--key` pair.
+struct PairSlot {
+    pair: CertPair,
+    served: Served,
+    refused: Option<u64>,
+}
+
+/// One `--cert-dir`.
+struct DirSlot {
+    dir: PathBuf,
+    served: BTreeMap<String, Served>,
+    refused: HashMap<String, u64>,
+}
+
+/// The `--client-ca` bundle, its `--crl` lists and the verifier built from them.
+struct ClientSlot {
+    ca_path: PathBuf,
+    ca_bytes: Vec<u8>,
+    ca: CaBundle,
+    crls: Vec<(PathBuf, Vec<u8>, Crls)>,
+    optional: bool,
+    verifier: Arc<dyn ClientCertVerifier>,
+    refused: Option<u64>,
+}
+
+/// The files of one name in a `--cert-dir`.
+pub enum DirFiles {
+    /// `NAME.crt` and `NAME.key`.
+    Split {
+        /// `NAME.crt`.
+        cert: PathBuf,
+        /// `NAME.key`.
+        key: PathBuf,
+    },
+    /// `NAME.pem`, holding the chain and the key.
+    Combined(PathBuf),
+    /// Only one half of a pair is there (yet).
+    Incomplete(String),
+}
+
+impl Loader {
+    /// Loads every input or fails with the first problem, naming its file.
+    pub fn start(
+        settings: &CertSettings,
+        options: TlsOptions,
+    ) -> Result<(Loader, Arc<ServerConfig>), StartupError> {
+        let provider = options.provider.clone();
+        let dev = if settings.self_signed() {
+            Some(certs::self_signed(&provider)?)
+        } else {
+            None
+        };
+        let mut pairs = Vec::new();
+        for pair in &settings.pairs {
+            let served = load_pair(pair, &provider).map_err(StartupError::new)?;
+            pairs.push(PairSlot {
+                pair: pair.clone(),
+                served,
+                refused: None,
+            });
+        }
+        let mut dirs = Vec::new();
+        for dir in &settings.dirs {
+            let mut served = BTreeMap::new();
+            for (name, files) in scan_dir(dir).map_err(StartupError::new)? {
+                let entry =
+                    load_dir_entry(dir, &name, &files, &provider).map_err(StartupError::new)?;
+                served.insert(name, entry);
+            }
+            if served.is_empty() {
+                return Err(StartupError::new(format!(
+                    "--cert-dir {}: holds no certificate (NAME.crt with NAME.key, or NAME.pem with both); add one, or drop the flag",
+                    dir.display()
+                )));
+            }
+            dirs.push(DirSlot {
+                dir: dir.clone(),
+                served,
+                refused: HashMap::new(),
+            });
+        }
+        let client = match &settings.client_ca {
+            None => None,
+            Some(ca_path) => Some(
+                load_client(
+                    ca_path,
+                    &settings.crls,
+                    settings.client_ca_optional,
+                    &provider,
+                )
+                .map_err(StartupError::new)?,
+            ),
+        };
+        let resumption = Resumption::new().map_err(StartupError::new)?;
+        let loader = Loader {
+            options,
+            strict_sni: settings.strict_sni,
+            dev,
+            pairs,
+            dirs,
+            client,
+            resumption,
+        };
+        let config = loader.build()?;
+        Ok((loader, config))
+    }
+
+    /// Every certificate served, with where it came from, first = default.
+    pub fn served(&self) -> Vec<(&str, &CertSummary)> {
+        let dev = self.dev.iter().map(|d| ("development", &d.summary));
+        let pairs = self
+            .pairs
+            .iter()
+            .map(|p| (p.served.origin.as_str(), &p.served.loaded.summary));
+        let dirs = self
+            .dirs
+            .iter()
+            .flat_map(|d| d.served.values())
+            .map(|s| (s.origin.as_str(), &s.loaded.summary));
+        dev.chain(pairs).chain(dirs).collect()
+    }
+
+    /// How the startup line describes what is served.
+    pub fn describe(&self) -> String {
+        let served = self.served();
+        match served.as_slice() {
+            [(_, only)] => only.to_string(),
+            many => format!(
+                "{} certificates by SNI, default {}",
+                many.len(),
+                many.first().map_or(String::new(), |(_, s)| s.to_string())
+            ),
+        }
+    }
+
+    /// The directories whose changes may change an input: each file's own
+    /// directory (where editors rename into place and Kubernetes swaps its
+    /// `..data` link) and, for a symbolic link, its target's directory.
+    pub fn watch_dirs(&self) -> Vec<PathBuf> {
+        let mut files: Vec<&Path> = Vec::new();
+        for slot in &self.pairs {
+            files.push(&slot.pair.cert);
+            files.push(&slot.pair.key);
+        }
+        if let Some(client) = &self.client {
+            files.push(&client.ca_path);
+            files.extend(client.crls.iter().map(|(p, _, _)| p.as_path()));
+        }
+        let mut dirs: Vec<PathBuf> = self.dirs.iter().map(|d| d.dir.clone()).collect();
+        for file in files {
+            dirs.push(parent_dir(file));
+            if let Ok(real) = std::fs::canonicalize(file) {
+                dirs.push(parent_dir(&real));
+            }
+        }
+        let mut unique = Vec::new();
+        for dir in dirs {
+            let key = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+            if !unique.iter().any(|(k, _)| *k == key) {
+                unique.push((key, dir));
+            }
+        }
+        unique.into_iter().map(|(_, dir)| dir).collect()
+    }
+
+    /// Re-reads every input and takes up what changed and is consistent.
+    /// `force` (SIGHUP) reports refusals again even if already reported.
+    pub fn reload(&mut self, force: bool) -> Report {
+        let mut report = Report::default();
+        let provider = self.options.provider.clone();
+        for slot in &mut self.pairs {
+            slot.reload(&provider, force, &mut report);
+        }
+        let mut others = self.pairs.len() + usize::from(self.dev.is_some());
+        let dir_totals: Vec<usize> = self.dirs.iter().map(|d| d.served.len()).collect();
+        for (i, slot) in self.dirs.iter_mut().enumerate() {
+            let later: usize = dir_totals[i + 1..].iter().sum();
+            slot.reload(&provider, others + later, force, &mut report);
+            others += slot.served.len();
+        }
+        let mut client_changed = false;
+        if let Some(client) = &mut self.client {
+            client_changed = client.reload(&provider, force, &mut report);
+        }
+        if client_changed {
+            // Sessions resumed from tickets skip the client certificate
+            // check: with a new CA or revocation list, old tickets must not
+            // resume, so their keys are dropped.
+            match Resumption::new() {
+                Ok(fresh) => self.resumption = fresh,
+                Err(e) => report.refusals.push(format!(
+                    "{e}; session tickets issued before this reload stay valid"
+                )),
+            }
+        }
+        if !report.changes.is_empty() {
+            match self.build() {
+                Ok(config) => report.config = Some(config),
+                Err(e) => report
+                    .refusals
+                    .push(format!("{e}; still serving the previous configuration")),
+            }
+        }
+        report
+    }
+
+    fn build(&self) -> Result<Arc<ServerConfig>, StartupError> {
+        let mut entries = Vec::new();
+        if let Some(dev) = &self.dev {
+            entries.push(dev);
+        }
+        entries.extend(self.pairs.iter().map(|p| &p.served.loaded));
+        entries.extend(
+            self.dirs
+                .iter()
+                .flat_map(|d| d.served.values().map(|s| &s.loaded)),
+        );
+        let table = SniTable::new(
+            entries
+                .into_iter()
+                .map(|l| (l.certified_key.clone(), l.summary.dns_names.clone()))
+                .collect(),
+            self.strict_sni,
+        );
+        tls::server_config(
+            &self.options,
+            Arc::new(table),
+            self.client.as_ref().map(|c| c.verifier.clone()),
+            &self.resumption,
+        )
+    }
+}
+
+impl PairSlot {
+    fn reload(
+        &mut self,
+        provider: &rustls::crypto::CryptoProvider,
+        force: bool,
+        report: &mut Report,
+    ) {
+        let (cert_label, key_label) = pair_labels(&self.pair);
+        let read = certs::read(&cert_label, &self.pair.cert, certs::CERT_WHAT)
+            .and_then(|c| certs::read(&key_label, &self.pair.key, certs::KEY_WHAT).map(|k| (c, k)));
+        let (cert_bytes, key_bytes) = match read {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                let why = format!("{why}; still serving the previous certificate");
+                refuse(&mut self.refused, why, &[], force, report);
+                return;
+            }
+        };
+        if cert_bytes == self.served.cert_bytes && key_bytes == self.served.key_bytes {
+            self.refused = None;
+            return;
+        }
+        match certs::from_pem(&cert_label, &cert_bytes, &key_label, &key_bytes, provider) {
+            Ok(loaded) => {
+                report.changes.push(format!(
+                    "{}: {}",
+                    self.served.origin,
+                    loaded.summary.describe()
+                ));
+                self.served = Served {
+                    origin: self.served.origin.clone(),
+                    cert_bytes,
+                    key_bytes,
+                    loaded,
+                };
+                self.refused = None;
+            }
+            Err(why) => {
+                let why = format!("{why}; still serving the previous certificate");
+                refuse(
+                    &mut self.refused,
+                    why,
+                    &[&cert_bytes, &key_bytes],
+                    force,
+                    report,
+                );
+            }
+        }
+    }
+}
+
+impl DirSlot {
+    /// `others`: certificates served from elsewhere, so that a removal
+    /// never leaves nothing to serve.
+    fn reload(
+        &mut self,
+        provider: &rustls::crypto::CryptoProvider,
+        others: usize,
+        force: bool,
+        report: &mut Report,
+    ) {
+        let label = format!("--cert-dir {}", self.dir.display());
+        let found = match scan_dir(&self.dir) {
+            Ok(found) => found,
+            Err(why) => {
+                let why = format!("{why}; still serving its certificates as they were");
+                let mut last = self.refused.get("").copied();
+                refuse(&mut last, why, &[], force, report);
+                self.refused.extend(last.map(|h| (String::new(), h)));
+                return;
+            }
+        };
+        self.refused.remove("");
+        for (name, files) in &found {
+            let mut last = self.refused.get(name).copied();
+            let current = self.served.get(name);
+            let kept = if current.is_some() {
+                "still serving the previous certificate"
+            } else {
+                "not served until it is fixed"
+            };
+            let read = read_dir_entry(&self.dir, name, files);
+            let (cert_bytes, key_bytes) = match read {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    refuse(&mut last, format!("{why}; {kept}"), &[], force, report);
+                    self.refused.insert(name.clone(), last.unwrap_or_default());
+                    continue;
+                }
+            };
+            if current.is_some_and(|s| s.cert_bytes == cert_bytes && s.key_bytes == key_bytes) {
+                self.refused.remove(name);
+                continue;
+            }
+            let (cert_label, key_label) = dir_labels(&self.dir, name, files);
+            match certs::from_pem(&cert_label, &cert_bytes, &key_label, &key_bytes, provider) {
+                Ok(loaded) => {
+                    let verb = if current.is_some() {
+                        "updated"
+                    } else {
+                        "added"
+                    };
+                    report.changes.push(format!(
+                        "{label}: {verb} {name}: {}",
+                        loaded.summary.describe()
+                    ));
+                    self.served.insert(
+                        name.clone(),
+                        Served {
+                            origin: format!("{label}: {name}"),
+                            cert_bytes,
+                            key_bytes,
+                            loaded,
+                        },
+                    );
+                    self.refused.remove(name);
+                }
+                Err(why) => {
+                    refuse(
+                        &mut last,
+                        format!("{why}; {kept}"),
+                        &[&cert_bytes, &key_bytes],
+                        force,
+                        report,
+                    );
+                    self.refused.insert(name.clone(), last.unwrap_or_default());
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .served
+            .keys()
+            .filter(|name| !found.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if others + self.served.len() <= 1 {
+                let mut last = self.refused.get(&name).copied();
+                let why = format!(
+                    "{label}: {name} was removed, but it is the last certificate; still serving it until another is added"
+                );
+                refuse(&mut last, why, &[], force, report);
+                self.refused.insert(name, last.unwrap_or_default());
+                continue;
+            }
+            if let Some(removed) = self.served.remove(&name) {
+                report.changes.push(format!(
+                    "{label}: removed {name} (certificate {})",
+                    removed.loaded.summary.subject
+                ));
+            }
+            self.refused.remove(&name);
+        }
+    }
+}
+
+impl ClientSlot {
+    /// Returns whether a new verifier was taken.
+    fn reload(
+        &mut self,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+        force: bool,
+        report: &mut Report,
+    ) -> bool {
+        const KEPT: &str = "still using the previous client CA and CRLs";
+        let ca_label = format!("--client-ca {}", self.ca_path.display());
+        let mut read = vec![certs::read(&ca_label, &self.ca_path, client_auth::CA_WHAT)];
+        for (path, _, _) in &self.crls {
+            let label = format!("--crl {}", path.display());
+            read.push(certs::read(&label, path, client_auth::CRL_WHAT));
+        }
+        let bytes = match read.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(bytes) => bytes,
+            Err(why) => {
+                refuse(
+                    &mut self.refused,
+                    format!("{why}; {KEPT}"),
+                    &[],
+                    force,
+                    report,
+                );
+                return false;
+            }
+        };
+        let unchanged = bytes[0] == self.ca_bytes
+            && self
+                .crls
+                .iter()
+                .zip(&bytes[1..])
+                .all(|((_, old, _), new)| old == new);
+        if unchanged {
+            self.refused = None;
+            return false;
+        }
+        let paths: Vec<PathBuf> = self.crls.iter().map(|(p, _, _)| p.clone()).collect();
+        match load_client_from(&self.ca_path, &paths, bytes, self.optional, provider) {
+            Ok(fresh) => {
+                if fresh.ca_bytes != self.ca_bytes {
+                    report
+                        .changes
+                        .push(format!("{ca_label}: {} CA certificates", fresh.ca.count));
+                }
+                for ((path, old, _), (_, new, crls)) in self.crls.iter().zip(&fresh.crls) {
+                    if old != new {
+                        report.changes.push(format!(
+                            "--crl {}: {} revoked certificates",
+                            path.display(),
+                            crls.revoked
+                        ));
+                    }
+                }
+                *self = fresh;
+                true
+            }
+            Err(why) => {
+                let all: Vec<&[u8]> = Vec::new();
+                refuse(
+                    &mut self.refused,
+                    format!("{why}; {KEPT}"),
+                    &all,
+                    force,
+                    report,
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Records a refusal, and reports it unless this very refusal (same words,
+/// same content) was reported last time and `force` is off.
+fn refuse(
+    last: &mut Option<u64>,
+    why: String,
+    content: &[&[u8]],
+    force: bool,
+    report: &mut Report,
+) {
+    let mut hasher = DefaultHasher::new();
+    why.hash(&mut hasher);
+    content.hash(&mut hasher);
+    let key = hasher.finish();
+    if force || *last != Some(key) {
+        report.refusals.push(why);
+    }
+    *last = Some(key);
+}
+
+fn pair_labels(pair: &CertPair) -> (String, String) {
+    (
+        format!("--cert {}", pair.cert.display()),
+        format!("--key {}", pair.key.display()),
+    )
+}
+
+fn load_pair(pair: &CertPair, provider: &rustls::crypto::CryptoProvider) -> Result<Served, String> {
+    let (cert_label, key_label) = pair_labels(pair);
+    let cert_bytes = certs::read(&cert_label, &pair.cert, certs::CERT_WHAT)?;
+    let key_bytes = certs::read(&key_label, &pair.key, certs::KEY_WHAT)?;
+    let loaded = certs::from_pem(&cert_label, &cert_bytes, &key_label, &key_bytes, provider)?;
+    Ok(Served {
+        origin: cert_label,
+        cert_bytes,
+        key_bytes,
+        loaded,
+    })
+}
+
+/// Lists the certificate names in a `--cert-dir`: `NAME.crt`+`NAME.key`
+/// pairs and `NAME.pem` files. Hidden entries (Kubernetes' `..data` and
+/// timestamped directories, editors' temporary files) are skipped.
+pub fn scan_dir(dir: &Path) -> Result<BTreeMap<String, DirFiles>, String> {
+    let label = format!("--cert-dir {}", dir.display());
+    let entries = std::fs::read_dir(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("{label}: no such directory; give the directory holding NAME.crt and NAME.key files")
+        }
+        std::io::ErrorKind::NotADirectory => {
+            format!("{label}: not a directory; give the directory holding NAME.crt and NAME.key files, or use --cert/--key for one pair")
+        }
+        _ => format!("{label}: cannot be listed ({e})"),
+    })?;
+    let mut crt = BTreeMap::new();
+    let mut key = BTreeMap::new();
+    let mut pem = BTreeMap::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if file_name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        let Some((name, ext)) = file_name.rsplit_once('.') else {
+            continue;
+        };
+        let kind = match ext {
+            "crt" => &mut crt,
+            "key" => &mut key,
+            "pem" => &mut pem,
+            _ => continue,
+        };
+        kind.insert(name.to_string(), path);
+    }
+    let mut found = BTreeMap::new();
+    let names: std::collections::BTreeSet<String> = crt
+        .keys()
+        .chain(key.keys())
+        .chain(pem.keys())
+        .cloned()
+        .collect();
+    for name in names {
+        let files = match (crt.remove(&name), key.remove(&name), pem.remove(&name)) {
+            (Some(cert), Some(key), _) => DirFiles::Split { cert, key },
+            (_, _, Some(combined)) => DirFiles::Combined(combined),
+            (Some(_), None, None) => DirFiles::Incomplete(format!(
+                "{label}: {name}.crt has no {name}.key beside it; add the key, or put both in {name}.pem"
+            )),
+            (None, Some(_), None) => DirFiles::Incomplete(format!(
+                "{label}: {name}.key has no {name}.crt beside it; add the certificate chain, or put both in {name}.pem"
+            )),
+            (None, None, None) => continue,
+        };
+        found.insert(name, files);
+    }
+    Ok(found)
+}
+
+fn dir_labels(dir: &Path, name: &str, files: &DirFiles) -> (String, String) {
+    let label = format!("--cert-dir {}", dir.display());
+    match files {
+        DirFiles::Combined(_) => (
+            format!("{label}: {name}.pem"),
+            format!("{label}: {name}.pem"),
+        ),
+        _ => (
+            format!("{label}: {name}.crt"),
+            format!("{label}: {name}.key"),
+        ),
+    }
+}
+
+/// Reads a `--cert-dir` entry's certificate and key bytes (for `NAME.pem`,
+/// the same bytes twice).
+pub fn read_dir_entry(
+    dir: &Path,
+    name: &str,
+    files: &DirFiles,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let (cert_label, key_label) = dir_labels(dir, name, files);
+    match files {
+        DirFiles::Split { cert, key } => Ok((
+            certs::read(&cert_label, cert, certs::CERT_WHAT)?,
+            certs::read(&key_label, key, certs::KEY_WHAT)?,
+        )),
+        DirFiles::Combined(path) => {
+            let bytes = certs::read(&cert_label, path, "a PEM file with the chain and its key")?;
+            Ok((bytes.clone(), bytes))
+        }
+        DirFiles::Incomplete(why) => Err(why.clone()),
+    }
+}
+
+/// Loads one `--cert-dir` entry.
+fn load_dir_entry(
+    dir: &Path,
+    name: &str,
+    files: &DirFiles,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Served, String> {
+    let (cert_bytes, key_bytes) = read_dir_entry(dir, name, files)?;
+    let (cert_label, key_label) = dir_labels(dir, name, files);
+    let loaded = certs::from_pem(&cert_label, &cert_bytes, &key_label, &key_bytes, provider)?;
+    Ok(Served {
+        origin: format!("--cert-dir {}: {name}", dir.display()),
+        cert_bytes,
+        key_bytes,
+        loaded,
+    })
+}
+
+fn load_client(
+    ca_path: &Path,
+    crl_paths: &[PathBuf],
+    optional: bool,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<ClientSlot, String> {
+    let ca_label = format!("--client-ca {}", ca_path.display());
+    let mut bytes = vec![certs::read(&ca_label, ca_path, client_auth::CA_WHAT)?];
+    for path in crl_paths {
+        let label = format!("--crl {}", path.display());
+        bytes.push(certs::read(&label, path, client_auth::CRL_WHAT)?);
+    }
+    load_client_from(ca_path, crl_paths, bytes, optional, provider)
+}
+
+/// `bytes`: the CA bundle's, then each CRL's, in order.
+fn load_client_from(
+    ca_path: &Path,
+    crl_paths: &[PathBuf],
+    bytes: Vec<Vec<u8>>,
+    optional: bool,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<ClientSlot, String> {
+    let mut bytes = bytes.into_iter();
+    let ca_bytes = bytes.next().unwrap_or_default();
+    let ca = client_auth::parse_ca(&format!("--client-ca {}", ca_path.display()), &ca_bytes)?;
+    let mut crls = Vec::new();
+    for (path, crl_bytes) in crl_paths.iter().zip(bytes) {
+        let parsed = client_auth::parse_crl(&format!("--crl {}", path.display()), &crl_bytes)?;
+        crls.push((path.clone(), crl_bytes, parsed));
+    }
+    let lists: Vec<&Crls> = crls.iter().map(|(_, _, c)| c).collect();
+    let verifier = client_auth::verifier(&ca, &lists, optional, provider.clone())?;
+    Ok(ClientSlot {
+        ca_path: ca_path.to_path_buf(),
+        ca_bytes,
+        ca,
+        crls,
+        optional,
+        verifier,
+        refused: None,
+    })
+}
+
+fn parent_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
