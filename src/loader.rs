@@ -718,3 +718,153 @@ fn parent_dir(file: &Path) -> PathBuf {
         _ => PathBuf::from("."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::TlsMin;
+
+    fn options() -> TlsOptions {
+        TlsOptions {
+            provider: tls::provider(),
+            tls_min: TlsMin::V1_2,
+            alpn: Vec::new(),
+        }
+    }
+
+    /// A self-signed certificate for `name`, as (certificate PEM, key PEM).
+    fn pem_pair(name: &str) -> (String, String) {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        (made.cert.pem(), made.signing_key.serialize_pem())
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn subjects(loader: &Loader) -> Vec<String> {
+        loader
+            .served()
+            .iter()
+            .map(|(_, s)| s.names.join(","))
+            .collect()
+    }
+
+    #[test]
+    fn a_half_written_pair_is_refused_once_then_taken_when_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let (a_cert, a_key) = pem_pair("a.test");
+        let (b_cert, b_key) = pem_pair("b.test");
+        write(&cert, &a_cert);
+        write(&key, &a_key);
+        let settings = CertSettings {
+            pairs: vec![CertPair {
+                cert: cert.clone(),
+                key: key.clone(),
+            }],
+            ..CertSettings::default()
+        };
+        let (mut loader, _) = Loader::start(&settings, options()).unwrap();
+        assert!(loader.reload(false).config.is_none(), "nothing changed");
+
+        write(&cert, &b_cert);
+        let report = loader.reload(false);
+        assert!(report.config.is_none());
+        assert_eq!(report.refusals.len(), 1);
+        assert!(
+            report.refusals[0].contains("does not match the certificate in --cert"),
+            "{:?}",
+            report.refusals
+        );
+        assert!(report.refusals[0].contains("still serving the previous certificate"));
+        assert_eq!(subjects(&loader), ["a.test"]);
+        // The same refusal is not repeated by a timer, but is on SIGHUP.
+        assert!(loader.reload(false).refusals.is_empty());
+        assert_eq!(loader.reload(true).refusals.len(), 1);
+
+        write(&key, &b_key);
+        let report = loader.reload(false);
+        assert!(report.config.is_some());
+        assert!(report.refusals.is_empty());
+        assert!(report.changes[0].contains("names b.test, expires"));
+        assert_eq!(subjects(&loader), ["b.test"]);
+    }
+
+    #[test]
+    fn a_cert_dir_follows_additions_updates_and_removals_but_never_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_cert, a_key) = pem_pair("a.test");
+        write(&dir.path().join("a.crt"), &a_cert);
+        write(&dir.path().join("a.key"), &a_key);
+        write(&dir.path().join("notes.txt"), "not a certificate");
+        let settings = CertSettings {
+            dirs: vec![dir.path().to_path_buf()],
+            ..CertSettings::default()
+        };
+        let (mut loader, _) = Loader::start(&settings, options()).unwrap();
+        assert_eq!(subjects(&loader), ["a.test"]);
+
+        // Half of a new pair: refused, not served, until the key comes.
+        let (b_cert, b_key) = pem_pair("b.test");
+        write(&dir.path().join("b.crt"), &b_cert);
+        let report = loader.reload(false);
+        assert!(
+            report.refusals[0].contains("b.crt has no b.key"),
+            "{:?}",
+            report.refusals
+        );
+        write(&dir.path().join("b.key"), &b_key);
+        let report = loader.reload(false);
+        assert!(
+            report.changes[0].contains("added b: certificate rcgen self signed cert, names b.test"),
+            "{:?}",
+            report.changes
+        );
+        assert_eq!(subjects(&loader), ["a.test", "b.test"]);
+
+        // A combined NAME.pem.
+        let (c_cert, c_key) = pem_pair("c.test");
+        write(&dir.path().join("c.pem"), &format!("{c_cert}{c_key}"));
+        let report = loader.reload(false);
+        assert!(
+            report.changes[0].contains("added c"),
+            "{:?}",
+            report.changes
+        );
+
+        for name in ["a.crt", "a.key", "c.pem"] {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        let report = loader.reload(false);
+        assert_eq!(report.changes.len(), 2, "{:?}", report.changes);
+        assert!(report.changes[0].contains("removed a (certificate "));
+        assert_eq!(subjects(&loader), ["b.test"]);
+
+        // Removing the last one is refused: something must be served.
+        std::fs::remove_file(dir.path().join("b.crt")).unwrap();
+        std::fs::remove_file(dir.path().join("b.key")).unwrap();
+        let report = loader.reload(false);
+        assert!(report.config.is_none());
+        assert!(
+            report.refusals[0].contains("last certificate"),
+            "{:?}",
+            report.refusals
+        );
+        assert_eq!(subjects(&loader), ["b.test"]);
+    }
+
+    #[test]
+    fn an_empty_cert_dir_does_not_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = CertSettings {
+            dirs: vec![dir.path().to_path_buf()],
+            ..CertSettings::default()
+        };
+        let err = Loader::start(&settings, options())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+    }
+}
