@@ -65,7 +65,10 @@ struct PairSlot {
 struct DirSlot {
     dir: PathBuf,
     served: BTreeMap<String, Served>,
+    /// The last refusal reported per name.
     refused: HashMap<String, u64>,
+    /// The last refusal reported for listing the directory itself.
+    listing_refused: Option<u64>,
 }
 
 /// The `--client-ca` bundle, its `--crl` lists and the verifier built from them.
@@ -133,6 +136,7 @@ impl Loader {
                 dir: dir.clone(),
                 served,
                 refused: HashMap::new(),
+                listing_refused: None,
             });
         }
         let client = match &settings.client_ca {
@@ -353,13 +357,11 @@ impl DirSlot {
             Ok(found) => found,
             Err(why) => {
                 let why = format!("{why}; still serving its certificates as they were");
-                let mut last = self.refused.get("").copied();
-                refuse(&mut last, why, &[], force, report);
-                self.refused.extend(last.map(|h| (String::new(), h)));
+                refuse(&mut self.listing_refused, why, &[], force, report);
                 return;
             }
         };
-        self.refused.remove("");
+        self.listing_refused = None;
         for (name, files) in &found {
             let mut last = self.refused.get(name).copied();
             let current = self.served.get(name);
@@ -482,6 +484,7 @@ impl ClientSlot {
             return false;
         }
         let paths: Vec<PathBuf> = self.crls.iter().map(|(p, _, _)| p.clone()).collect();
+        let content: Vec<u8> = bytes.concat();
         match load_client_from(&self.ca_path, &paths, bytes, self.optional, provider) {
             Ok(fresh) => {
                 if fresh.ca_bytes != self.ca_bytes {
@@ -502,14 +505,8 @@ impl ClientSlot {
                 true
             }
             Err(why) => {
-                let all: Vec<&[u8]> = Vec::new();
-                refuse(
-                    &mut self.refused,
-                    format!("{why}; {KEPT}"),
-                    &all,
-                    force,
-                    report,
-                );
+                let why = format!("{why}; {KEPT}");
+                refuse(&mut self.refused, why, &[&content], force, report);
                 false
             }
         }
