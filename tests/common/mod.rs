@@ -3,6 +3,8 @@
 //! readiness (a log line, a socket), never on a sleep.
 #![allow(dead_code)]
 
+pub mod ca;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -115,6 +117,28 @@ impl Wssify {
                 _ => {
                     return self.lines.lock().unwrap().iter().find(|l| pred(l)).cloned();
                 }
+            }
+        }
+    }
+
+    /// Waits (bounded by [`WAIT`]) until `n` lines contain `needle`.
+    pub async fn wait_for_lines(&mut self, needle: &str, n: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.changed.borrow_and_update();
+            let found = self.lines_with(needle);
+            if found.len() >= n {
+                return found;
+            }
+            let woke = tokio::time::timeout_at(deadline, self.changed.changed()).await;
+            if !matches!(woke, Ok(Ok(()))) {
+                let found = self.lines_with(needle);
+                assert!(
+                    found.len() >= n,
+                    "{n} lines with {needle:?} expected; log:\n{}",
+                    self.log()
+                );
+                return found;
             }
         }
     }
