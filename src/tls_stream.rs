@@ -254,7 +254,12 @@ impl TlsStream {
             );
         }
         for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            // The bytes still pending, not an empty slice: rustls may hold
+            // the rest of the client's flight as ranges into them (a bad
+            // client certificate arrives before its CertificateVerify),
+            // and looks there once the alert is encoded.
+            let UnbufferedStatus { state, .. } =
+                self.conn.process_tls_records(self.incoming.pending_mut());
             match state {
                 Ok(ConnectionState::EncodeTlsData(mut s)) => {
                     if encode_into(&mut self.outgoing, |out| s.encode(out)).is_err() {
