@@ -1,0 +1,247 @@
+//! `wssify --check`: validates every input and the backend without
+//! listening, prints a summary, and exits 0 only when all is well.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use common::ca::{Ca, Leaf, days_from_today};
+use common::*;
+
+/// A backend that accepts TCP connections (the kernel completes them).
+fn backend() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    (listener, addr)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn check(args: &[String]) -> (i32, String) {
+    let mut all = vec!["--check".to_string()];
+    all.extend(args.iter().cloned());
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    run_to_exit(&all)
+}
+
+/// A server chain (leaf then its CA) and key in `dir`, as `NAME.crt`/`NAME.key`.
+fn chain(dir: &Path, ca: &Ca, leaf: &Leaf, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = leaf.write(dir, name);
+    std::fs::write(&cert, format!("{}{}", leaf.cert_pem, ca.cert_pem())).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn a_good_set_passes_and_check_never_listens() {
+    let ca = Ca::new("check CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = chain(dir.path(), &ca, &ca.server(&["example.test"]), "site");
+    let clients = Ca::new("clients");
+    let bundle = dir.path().join("clients.pem");
+    std::fs::write(&bundle, clients.cert_pem()).unwrap();
+    let crl = dir.path().join("clients.crl");
+    std::fs::write(&crl, clients.crl(&[5, 6])).unwrap();
+    let (_backend, to) = backend();
+    // The port is taken: a check that tried to listen would fail.
+    let (_taken, listen) = backend();
+
+    let (code, out) = check(&[
+        "--listen".into(),
+        listen,
+        "--to".into(),
+        to.clone(),
+        "--cert".into(),
+        s(&cert),
+        "--key".into(),
+        s(&key),
+        "--client-ca".into(),
+        s(&bundle),
+        "--crl".into(),
+        s(&crl),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "certificate --cert {}: example.test; names example.test; expires 2049-01-01",
+            cert.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("chain of 2, in order"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "--client-ca {}: 1 CA certificates; client certificates required",
+            bundle.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("--crl {}: 2 revoked certificates", crl.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("backend {to}: {to} accepts TCP connections")),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("wssify --check: OK"), "{out}");
+}
+
+#[test]
+fn each_broken_input_fails_the_check_naming_its_file() {
+    let ca = Ca::new("check CA");
+    let other = Ca::new("another CA");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (good_cert, good_key) = chain(d, &ca, &ca.server(&["good.test"]), "good");
+    let (_, other_key) = ca.server(&["other.test"]).write(d, "other");
+    let garbage = d.join("garbage.pem");
+    std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    // The leaf followed by a CA that did not issue it.
+    let wrong = ca.server(&["wrong.test"]);
+    let (wrong_cert, wrong_key) = wrong.write(d, "wrong");
+    std::fs::write(
+        &wrong_cert,
+        format!("{}{}", wrong.cert_pem, other.cert_pem()),
+    )
+    .unwrap();
+    let expired_on = days_from_today(-2);
+    let (expired_cert, expired_key) = ca
+        .server_until(&["old.test"], expired_on)
+        .write(d, "expired");
+    let empty_dir = d.join("empty");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let missing = d.join("missing.pem");
+    let (_backend, to) = backend();
+
+    let pair = |c: &Path, k: &Path| vec!["--cert".to_string(), s(c), "--key".to_string(), s(k)];
+    let with_ca = |extra: Vec<String>| {
+        let mut v = pair(&good_cert, &good_key);
+        v.extend(extra);
+        v
+    };
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            pair(&missing, &good_key),
+            format!("--cert {}: no such file", missing.display()),
+        ),
+        (
+            pair(&garbage, &good_key),
+            format!("--cert {} has no PEM certificate", garbage.display()),
+        ),
+        (
+            pair(&good_cert, &garbage),
+            format!("--key {} has no private key", garbage.display()),
+        ),
+        (
+            pair(&good_cert, &other_key),
+            format!(
+                "--key {} does not match the certificate in --cert {}",
+                other_key.display(),
+                good_cert.display()
+            ),
+        ),
+        (
+            pair(&wrong_cert, &wrong_key),
+            format!("--cert {}: chain out of order", wrong_cert.display()),
+        ),
+        (
+            pair(&expired_cert, &expired_key),
+            format!(
+                "certificate old.test expired on {}",
+                common::ca::ymd_text(expired_on)
+            ),
+        ),
+        (
+            vec!["--cert-dir".into(), s(&empty_dir)],
+            format!("--cert-dir {}: holds no certificate", empty_dir.display()),
+        ),
+        (
+            with_ca(vec!["--client-ca".into(), s(&garbage)]),
+            format!("--client-ca {} has no PEM certificate", garbage.display()),
+        ),
+        (
+            with_ca(vec![
+                "--client-ca".into(),
+                s(&good_cert),
+                "--crl".into(),
+                s(&garbage),
+            ]),
+            format!("--crl {} has no CRL", garbage.display()),
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec![
+            "--listen".to_string(),
+            "9300".into(),
+            "--to".into(),
+            to.clone(),
+        ];
+        all.extend(args.iter().cloned());
+        let (code, out) = check(&all);
+        assert_eq!(code, 1, "{args:?} must fail:\n{out}");
+        assert!(
+            out.contains(&format!("error: {expected}")) || out.contains(&expected),
+            "{args:?}: expected {expected:?} in:\n{out}"
+        );
+        assert!(
+            out.contains("wssify --check: FAILED (1 problem)"),
+            "{args:?}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_backend_fails_the_check() {
+    let (listener, to) = backend();
+    drop(listener);
+    let (code, out) = check(&["--listen".into(), "9300".into(), "--to".into(), to.clone()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("error: backend {to} (--to) is unreachable")),
+        "{out}"
+    );
+    assert!(out.contains("refused"), "{out}");
+    assert!(out.contains("wssify --check: FAILED (1 problem)"), "{out}");
+    // The development certificate is fine for a check, but said so.
+    assert!(out.contains("self-signed development certificate"), "{out}");
+}
+
+#[test]
+fn a_certificate_expiring_soon_is_a_warning_not_a_failure() {
+    let ca = Ca::new("check CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca
+        .server_until(&["soon.test"], days_from_today(5))
+        .write(dir.path(), "soon");
+    let (_backend, to) = backend();
+    let (code, out) = check(&[
+        "--listen".into(),
+        "9300".into(),
+        "--to".into(),
+        to,
+        "--cert".into(),
+        s(&cert),
+        "--key".into(),
+        s(&key),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning: certificate soon.test"), "{out}");
+    assert!(out.contains("wssify --check: OK"), "{out}");
+}
+
+#[test]
+fn flag_mistakes_are_usage_errors_as_in_a_real_run() {
+    let (code, out) = check(&[
+        "--listen".into(),
+        "9300".into(),
+        "--to".into(),
+        "127.0.0.1:1".into(),
+        "--crl".into(),
+        "x.crl".into(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--crl needs --client-ca"), "{out}");
+}
