@@ -180,3 +180,44 @@ async fn optional_client_certificates_admit_none_but_refuse_bad_ones() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_new_client_ca_bundle_is_taken_while_running() {
+    bounded(WAIT * 2, async {
+        let server_ca = Ca::new("server CA");
+        let (old_ca, new_ca) = (Ca::new("old client CA"), Ca::new("new client CA"));
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("clients.pem");
+        std::fs::write(&bundle, old_ca.cert_pem()).unwrap();
+        let mut w = serve(
+            &server_ca,
+            dir.path(),
+            &[
+                "--client-ca".into(),
+                bundle.display().to_string(),
+                "--reload-interval".into(),
+                "1h".into(),
+            ],
+        )
+        .await;
+        let old_client = old_ca.client("old-device", 1, (2049, 1, 1));
+        let new_client = new_ca.client("new-device", 2, (2049, 1, 1));
+        assert!(echoes(&w, old_client.client_config(&[server_ca.der()])).await);
+        assert!(!echoes(&w, new_client.client_config(&[server_ca.der()])).await);
+
+        write_atomic(&bundle, &new_ca.cert_pem());
+        let line = w.wait_for_log("reloaded (").await;
+        assert!(
+            line.contains(&format!(
+                "--client-ca {}: 1 CA certificates",
+                bundle.display()
+            )),
+            "{line}"
+        );
+        assert!(echoes(&w, new_client.client_config(&[server_ca.der()])).await);
+        assert!(!echoes(&w, old_client.client_config(&[server_ca.der()])).await);
+        w.wait_for_lines("client certificate refused: unknown CA", 2)
+            .await;
+    })
+    .await;
+}
