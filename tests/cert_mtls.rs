@@ -15,18 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// wssify with the server certificate from `server_ca` and these flags.
 async fn serve(server_ca: &Ca, dir: &std::path::Path, extra: &[String]) -> Wssify {
     let (cert, key) = server_ca.server(&["localhost"]).write(dir, "server");
-    let backend = echo_backend().await;
-    let mut args = vec![
-        "--to".to_string(),
-        backend.to_string(),
-        "--cert".to_string(),
-        cert.display().to_string(),
-        "--key".to_string(),
-        key.display().to_string(),
-    ];
-    args.extend(extra.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Wssify::start(&args).await
+    Wssify::serving_pair(&cert, &key, extra).await
 }
 
 /// Whether bytes make it through and back: the handshake (which a TLS 1.3

@@ -13,18 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// wssify serving `cert`/`key` in front of an echo backend.
 async fn serve(cert: &Path, key: &Path, extra: &[&str]) -> Wssify {
-    let backend = echo_backend().await;
-    let mut args = vec![
-        "--to".to_string(),
-        backend.to_string(),
-        "--cert".to_string(),
-        cert.display().to_string(),
-        "--key".to_string(),
-        key.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Wssify::start(&args).await
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    Wssify::serving_pair(cert, key, &extra).await
 }
 
 /// The fingerprint of the certificate a new handshake gets.
@@ -52,6 +42,34 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(tls: &mut
     let mut back = vec![0u8; msg.len()];
     tls.read_exact(&mut back).await.unwrap();
     assert_eq!(back, msg);
+}
+
+/// A CA, two `localhost` pairs from it, and the first written as
+/// `tls.crt`/`tls.key` in a fresh directory.
+struct Pairs {
+    ca: Ca,
+    a: Leaf,
+    b: Leaf,
+    dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pairs {
+    fn new() -> Pairs {
+        let ca = Ca::new("reload CA");
+        let (a, b) = (ca.server(&["localhost"]), ca.server(&["localhost"]));
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = a.write(dir.path(), "tls");
+        Pairs {
+            ca,
+            a,
+            b,
+            dir,
+            cert,
+            key,
+        }
+    }
 }
 
 fn pair(dir: &Path) -> (PathBuf, PathBuf) {
@@ -92,10 +110,14 @@ async fn sighup_serves_the_new_pair_to_new_handshakes_and_keeps_open_connections
 #[tokio::test]
 async fn a_pair_renamed_into_place_is_taken_without_a_signal() {
     bounded(WAIT * 2, async {
-        let ca = Ca::new("reload CA");
-        let (a, b) = (ca.server(&["localhost"]), ca.server(&["localhost"]));
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = a.write(dir.path(), "tls");
+        let Pairs {
+            ca,
+            a: _,
+            b,
+            dir: _dir,
+            cert,
+            key,
+        } = Pairs::new();
         // The timer is far away: only watching can notice.
         let mut w = serve(&cert, &key, &["--reload-interval", "1h"]).await;
         let mut open = open_connection(&w, &ca).await;
@@ -153,10 +175,14 @@ async fn the_kubernetes_data_symlink_swap_is_taken() {
 #[tokio::test]
 async fn a_half_written_pair_is_refused_until_the_key_arrives() {
     bounded(WAIT * 2, async {
-        let ca = Ca::new("reload CA");
-        let (a, b) = (ca.server(&["localhost"]), ca.server(&["localhost"]));
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = a.write(dir.path(), "tls");
+        let Pairs {
+            ca: _,
+            a,
+            b,
+            dir: _dir,
+            cert,
+            key,
+        } = Pairs::new();
         let mut w = serve(&cert, &key, &["--reload-interval", "1h"]).await;
 
         // The certificate is new, the key still old.
@@ -188,10 +214,14 @@ async fn a_half_written_pair_is_refused_until_the_key_arrives() {
 #[tokio::test]
 async fn a_garbage_pair_is_refused_and_a_later_good_pair_is_taken() {
     bounded(WAIT * 2, async {
-        let ca = Ca::new("reload CA");
-        let (a, b) = (ca.server(&["localhost"]), ca.server(&["localhost"]));
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = a.write(dir.path(), "tls");
+        let Pairs {
+            ca: _,
+            a,
+            b,
+            dir: _dir,
+            cert,
+            key,
+        } = Pairs::new();
         let mut w = serve(&cert, &key, &["--reload-interval", "1h"]).await;
 
         write_atomic(&cert, "this is not a certificate\n");
@@ -218,10 +248,14 @@ async fn a_garbage_pair_is_refused_and_a_later_good_pair_is_taken() {
 #[tokio::test]
 async fn reload_interval_zero_watches_nothing_and_waits_for_sighup() {
     bounded(WAIT * 2, async {
-        let ca = Ca::new("reload CA");
-        let (a, b) = (ca.server(&["localhost"]), ca.server(&["localhost"]));
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = a.write(dir.path(), "tls");
+        let Pairs {
+            ca: _,
+            a,
+            b,
+            dir,
+            cert,
+            key,
+        } = Pairs::new();
 
         // With watching on, the directory is watched...
         let watching = serve(&cert, &key, &[]).await;
@@ -332,6 +366,38 @@ async fn an_expired_certificate_at_start_is_served_with_an_error() {
         let line = w.wait_for_log("is still served").await;
         assert!(line.contains("ERROR"), "{line}");
         assert_eq!(served(&w).await, expired.fingerprint);
+    })
+    .await;
+}
+
+/// The timer catches what no watched directory reports: here the
+/// certificate's directory is itself a symlink, swapped in a parent that
+/// wssify does not watch, the kind of event a watcher misses.
+#[tokio::test]
+async fn the_timer_takes_up_a_change_no_watched_directory_reported() {
+    bounded(WAIT * 2, async {
+        let ca = Ca::new("reload CA");
+        let (a, b) = (ca.server(&["localhost"]), ca.server(&["localhost"]));
+        let root = tempfile::tempdir().unwrap();
+        for (leaf, version) in [(&a, "v1"), (&b, "v2")] {
+            std::fs::create_dir(root.path().join(version)).unwrap();
+            leaf.write(&root.path().join(version), "tls");
+        }
+        let current = root.path().join("current");
+        std::os::unix::fs::symlink("v1", &current).unwrap();
+        let (cert, key) = pair(&current);
+        let mut w = serve(&cert, &key, &["--reload-interval", "1s"]).await;
+        assert_eq!(served(&w).await, a.fingerprint);
+
+        // Swap `current` to v2 the atomic way, in a directory not watched.
+        let staged = root.path().join("current.tmp");
+        std::os::unix::fs::symlink("v2", &staged).unwrap();
+        std::fs::rename(&staged, &current).unwrap();
+
+        let line = w.wait_for_log("reloaded (").await;
+        assert!(line.contains("reloaded (timer)"), "{line}");
+        assert!(line.contains(&b.fingerprint), "{line}");
+        assert_eq!(served(&w).await, b.fingerprint);
     })
     .await;
 }

@@ -39,8 +39,7 @@ async fn each_name_gets_its_certificate_and_unknown_names_get_the_first() {
         for (cert, key) in &files {
             args.extend(["--cert".into(), path(cert), "--key".into(), path(key)]);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut w = Wssify::start(&args).await;
+        let mut w = Wssify::start_owned(&args).await;
         let line = w.wait_for_log("listening on").await;
         assert!(
             line.contains("4 certificates by SNI, default a.test"),

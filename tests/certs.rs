@@ -3,13 +3,14 @@
 //! `--key` help promises, each served by the real binary to a real client.
 
 mod common;
+use common::ca::ca_params;
 use common::*;
 
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SigningKey, date_time_ymd,
+    CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+    KeyUsagePurpose, SigningKey, date_time_ymd,
 };
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -80,20 +81,6 @@ fn pem_helpers_match_known_answers() {
 const LEAF_CN: &str = "wssify test server";
 const LEAF_EXPIRES: (i32, u8, u8) = (2040, 6, 15);
 const LEAF_EXPIRES_TEXT: &str = "2040-06-15";
-
-fn ca_params(cn: &str) -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.not_before = date_time_ymd(2020, 1, 1);
-    params.not_after = date_time_ymd(2050, 1, 1);
-    params
-}
 
 /// A self-signed root CA.
 fn root_ca(cn: &str) -> CertifiedIssuer<'static, KeyPair> {

@@ -46,6 +46,32 @@ impl Wssify {
         Self::start_raw(&all).await
     }
 
+    /// [`Wssify::start`] for arguments built as owned strings.
+    pub async fn start_owned(args: &[String]) -> Wssify {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(&args).await
+    }
+
+    /// Starts wssify serving `cert`/`key` in front of a new echo backend,
+    /// with `extra` flags.
+    pub async fn serving_pair(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        extra: &[String],
+    ) -> Wssify {
+        let backend = echo_backend().await;
+        let mut args = vec![
+            "--to".to_string(),
+            backend.to_string(),
+            "--cert".to_string(),
+            cert.display().to_string(),
+            "--key".to_string(),
+            key.display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        Self::start_owned(&args).await
+    }
+
     /// Starts the binary with exactly `args` and waits for "listening on".
     pub async fn start_raw(args: &[&str]) -> Wssify {
         Self::start_raw_command(env!("CARGO_BIN_EXE_wssify"), args).await
@@ -275,7 +301,16 @@ pub fn pinned_client(fingerprint: &str) -> Arc<rustls::ClientConfig> {
 /// A verifier that accepts exactly the certificate with this fingerprint.
 pub fn pinned_verifier(fingerprint: &str) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
     Arc::new(Pinned {
-        fingerprint: fingerprint.to_string(),
+        fingerprint: Some(fingerprint.to_string()),
+        provider: provider(),
+    })
+}
+
+/// A verifier that accepts any certificate (signatures are still checked),
+/// so a test can look at what the server chose.
+pub fn any_cert_verifier() -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    Arc::new(Pinned {
+        fingerprint: None,
         provider: provider(),
     })
 }
@@ -355,7 +390,8 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: String,
+    /// `None` accepts any certificate.
+    fingerprint: Option<String>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -368,7 +404,11 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity) == self.fingerprint {
+        if self
+            .fingerprint
+            .as_ref()
+            .is_none_or(|pinned| fingerprint(end_entity) == *pinned)
+        {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
