@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::certs::{self, LoadedCert};
 use crate::client_auth::{self, Crls};
-use crate::loader::{self, DirFiles};
+use crate::loader;
 use crate::reload::{Expiry, expiry_note};
 use crate::settings::{Settings, format_duration};
 
@@ -77,11 +77,7 @@ pub async fn check(settings: &Settings) -> Findings {
     }
     for pair in &certs.pairs {
         let origin = format!("--cert {}", pair.cert.display());
-        let key_label = format!("--key {}", pair.key.display());
-        let loaded = certs::read(&origin, &pair.cert, certs::CERT_WHAT).and_then(|cert| {
-            let key = certs::read(&key_label, &pair.key, certs::KEY_WHAT)?;
-            certs::from_pem(&origin, &cert, &key_label, &key, &provider)
-        });
+        let loaded = loader::load_pair(pair, &provider).map(|served| served.loaded);
         judge(&mut found, &origin, loaded, now, &mut names);
     }
     for dir in &certs.dirs {
@@ -94,13 +90,8 @@ pub async fn check(settings: &Settings) -> Findings {
             Ok(entries) => {
                 for (name, files) in &entries {
                     let origin = format!("--cert-dir {}: {name}", dir.display());
-                    let (cert_label, key_label) = match files {
-                        DirFiles::Combined(_) => (format!("{origin}.pem"), format!("{origin}.pem")),
-                        _ => (format!("{origin}.crt"), format!("{origin}.key")),
-                    };
-                    let loaded = loader::read_dir_entry(dir, name, files).and_then(|(c, k)| {
-                        certs::from_pem(&cert_label, &c, &key_label, &k, &provider)
-                    });
+                    let loaded = loader::load_dir_entry(dir, name, files, &provider)
+                        .map(|served| served.loaded);
                     judge(&mut found, &origin, loaded, now, &mut names);
                 }
             }

@@ -47,11 +47,13 @@ pub struct Report {
 }
 
 /// A certificate being served and the file contents it came from.
-struct Served {
-    origin: String,
+pub(crate) struct Served {
+    /// Where it came from, as the logs name it (`--cert PATH`, `--cert-dir DIR: NAME`).
+    pub(crate) origin: String,
     cert_bytes: Vec<u8>,
     key_bytes: Vec<u8>,
-    loaded: LoadedCert,
+    /// The certificate itself.
+    pub(crate) loaded: LoadedCert,
 }
 
 /// One `--cert`/`--key` pair.
@@ -539,7 +541,11 @@ fn pair_labels(pair: &CertPair) -> (String, String) {
     )
 }
 
-fn load_pair(pair: &CertPair, provider: &rustls::crypto::CryptoProvider) -> Result<Served, String> {
+/// Loads one `--cert`/`--key` pair.
+pub(crate) fn load_pair(
+    pair: &CertPair,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Served, String> {
     let (cert_label, key_label) = pair_labels(pair);
     let cert_bytes = certs::read(&cert_label, &pair.cert, certs::CERT_WHAT)?;
     let key_bytes = certs::read(&key_label, &pair.key, certs::KEY_WHAT)?;
@@ -628,11 +634,7 @@ fn dir_labels(dir: &Path, name: &str, files: &DirFiles) -> (String, String) {
 
 /// Reads a `--cert-dir` entry's certificate and key bytes (for `NAME.pem`,
 /// the same bytes twice).
-pub fn read_dir_entry(
-    dir: &Path,
-    name: &str,
-    files: &DirFiles,
-) -> Result<(Vec<u8>, Vec<u8>), String> {
+fn read_dir_entry(dir: &Path, name: &str, files: &DirFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
     let (cert_label, key_label) = dir_labels(dir, name, files);
     match files {
         DirFiles::Split { cert, key } => Ok((
@@ -648,7 +650,7 @@ pub fn read_dir_entry(
 }
 
 /// Loads one `--cert-dir` entry.
-fn load_dir_entry(
+pub(crate) fn load_dir_entry(
     dir: &Path,
     name: &str,
     files: &DirFiles,
