@@ -245,3 +245,47 @@ fn flag_mistakes_are_usage_errors_as_in_a_real_run() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("--crl needs --client-ca"), "{out}");
 }
+
+/// Without --check, the same mistakes stop the start with one line naming
+/// the file, and exit code 1.
+#[test]
+fn a_real_start_stops_at_a_bad_input_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not PEM\n").unwrap();
+    let (_backend, to) = backend();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--cert-dir".into(), s(&empty)],
+            format!(
+                "wssify: --cert-dir {}: holds no certificate",
+                empty.display()
+            ),
+        ),
+        (
+            vec!["--client-ca".into(), s(&garbage)],
+            format!(
+                "wssify: --client-ca {} has no PEM certificate",
+                garbage.display()
+            ),
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--to".into(),
+            to.clone(),
+        ];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out) = run_to_exit(&args);
+        assert_eq!(code, 1, "{args:?}:\n{out}");
+        let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("wssify: ")).collect();
+        assert_eq!(errors.len(), 1, "{out}");
+        assert!(errors[0].starts_with(&expected), "{out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
