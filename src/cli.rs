@@ -19,7 +19,8 @@ use crate::settings::{
 #[argh(
     example = "Put wss://localhost:9300 in front of a ws:// server on port 9200,\nwith a self-signed development certificate:\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200",
     example = "Serve a real certificate on 443 to a backend found by name:\n  $ {command_name} --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem --idle-timeout 1d",
-    note = "Durations read like 90s, 5m, 1h, 1d, 250ms or plain seconds. RUST_LOG=debug shows more.\nSIGTERM or SIGINT drains open connections for --drain-timeout; a second signal exits at once."
+    example = "Check certificates, keys and the backend before a deploy, without listening:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
+    note = "Durations read like 90s, 5m, 1h, 1d, 250ms or plain seconds. RUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open connection touched; SIGHUP re-reads them too.\nSIGTERM or SIGINT drains open connections for --drain-timeout; a second signal exits at once."
 )]
 pub struct Args {
     /// where to accept TLS: a port (all interfaces, IPv4 and IPv6), IP:PORT

@@ -120,7 +120,7 @@ fn run(args: &[String]) -> (i32, String) {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn help_lists_every_flag_its_defaults_and_two_examples() {
+fn help_lists_every_flag_its_defaults_and_three_examples() {
     let (code, out) = run_to_exit(&["--help"]);
     assert_eq!(code, 0, "{out}");
     // Whitespace-insensitive, so help text wrapping does not matter.
@@ -130,6 +130,13 @@ fn help_lists_every_flag_its_defaults_and_two_examples() {
         "--to",
         "--cert",
         "--key",
+        "--cert-dir",
+        "--strict-sni",
+        "--client-ca",
+        "--client-ca-optional",
+        "--crl",
+        "--reload-interval",
+        "--check",
         "--idle-timeout",
         "--handshake-timeout",
         "--connect-timeout",
@@ -158,7 +165,7 @@ fn help_lists_every_flag_its_defaults_and_two_examples() {
         .lines()
         .filter(|l| l.trim_start().starts_with("$ wssify "))
         .count();
-    assert_eq!(examples, 2, "two example commands:\n{out}");
+    assert_eq!(examples, 3, "three example commands:\n{out}");
     assert!(
         flat.contains("$ wssify --listen 9300 --to 127.0.0.1:9200"),
         "{out}"
@@ -167,6 +174,8 @@ fn help_lists_every_flag_its_defaults_and_two_examples() {
         flat.contains("--cert fullchain.pem --key privkey.pem"),
         "{out}"
     );
+    assert!(flat.contains("$ wssify --check "), "{out}");
+    assert!(flat.contains("SIGHUP re-reads them"), "{out}");
 }
 
 #[test]
