@@ -233,12 +233,10 @@ impl Loader {
         for slot in &mut self.pairs {
             slot.reload(&provider, force, &mut report);
         }
-        let mut others = self.pairs.len() + usize::from(self.dev.is_some());
-        let dir_totals: Vec<usize> = self.dirs.iter().map(|d| d.served.len()).collect();
-        for (i, slot) in self.dirs.iter_mut().enumerate() {
-            let later: usize = dir_totals[i + 1..].iter().sum();
-            slot.reload(&provider, others + later, force, &mut report);
-            others += slot.served.len();
+        for i in 0..self.dirs.len() {
+            // What stays served if this directory empties.
+            let elsewhere = self.served().len() - self.dirs[i].served.len();
+            self.dirs[i].reload(&provider, elsewhere, force, &mut report);
         }
         let mut client_changed = false;
         if let Some(client) = &mut self.client {
@@ -345,12 +343,12 @@ impl PairSlot {
 }
 
 impl DirSlot {
-    /// `others`: certificates served from elsewhere, so that a removal
-    /// never leaves nothing to serve.
+    /// `elsewhere`: certificates served from other inputs, so that a
+    /// removal never leaves nothing to serve.
     fn reload(
         &mut self,
         provider: &rustls::crypto::CryptoProvider,
-        others: usize,
+        elsewhere: usize,
         force: bool,
         report: &mut Report,
     ) {
@@ -427,7 +425,7 @@ impl DirSlot {
             .cloned()
             .collect();
         for name in gone {
-            if others + self.served.len() <= 1 {
+            if elsewhere + self.served.len() <= 1 {
                 let mut last = self.refused.get(&name).copied();
                 let why = format!(
                     "{label}: {name} was removed, but it is the last certificate; still serving it until another is added"
