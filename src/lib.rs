@@ -61,7 +61,7 @@ impl Server {
             alpn: settings.alpn.clone(),
         };
         let (loader, config) = loader::Loader::start(&settings.certs, options)?;
-        if let [("development", dev)] = loader.served().as_slice() {
+        if let Some(dev) = loader.development() {
             warn!(
                 "no --cert/--key given: serving a self-signed certificate made in memory for {}. For development only: clients must trust it explicitly (or pin it), browsers will warn",
                 dev.names.join(", ")

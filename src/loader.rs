@@ -167,6 +167,11 @@ impl Loader {
         Ok((loader, config))
     }
 
+    /// The in-memory development certificate, when no certificate was given.
+    pub fn development(&self) -> Option<&CertSummary> {
+        self.dev.as_ref().map(|d| &d.summary)
+    }
+
     /// Every certificate served, with where it came from, first = default.
     pub fn served(&self) -> Vec<(&str, &CertSummary)> {
         let dev = self.dev.iter().map(|d| ("development", &d.summary));
