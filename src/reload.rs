@@ -174,9 +174,13 @@ pub fn hangups() -> Result<Signal, StartupError> {
 /// interval, also directory watching and the timer.
 pub fn spawn(reloader: Arc<Reloader>, mut hangups: Signal, interval: Option<Duration>) {
     let (tx, mut changes) = mpsc::channel::<()>(1);
+    let dirs = reloader.watch_dirs();
+    // The development certificate has no file: nothing to watch or poll.
+    let interval = interval.filter(|_| !dirs.is_empty());
     // Kept alive by the task; dropping it stops the watching.
-    let watcher = interval.and_then(|_| watch(&reloader.watch_dirs(), tx));
+    let watcher = interval.and_then(|_| watch(&dirs, tx));
     match interval {
+        _ if dirs.is_empty() => {}
         Some(every) => info!(
             "certificates reload on SIGHUP, on file change{} and every {}",
             if watcher.is_some() {
