@@ -198,7 +198,7 @@ async fn start_wssify(backend: SocketAddr) -> Result<Target> {
 }
 
 async fn measure_all(o: Options) -> Result<()> {
-    pin_self(1);
+    pin_self(LOAD_CPU);
     raise_fd_limit();
     let target = match (o.target, o.pid) {
         (Some(addr), Some(pid)) => Target {
@@ -256,7 +256,7 @@ async fn measure_all(o: Options) -> Result<()> {
     if !held.is_empty() {
         idle_then_busy(target.pid, held).await?;
     }
-    rates(&o, target.addr, full).await
+    rates(&o, &target, full).await
 }
 
 /// Every held connection echoes once more, and memory is read again.
@@ -288,37 +288,117 @@ async fn idle_then_busy(pid: u32, mut held: Vec<Tls>) -> Result<()> {
     Ok(())
 }
 
-/// Latency, throughput, and full and resumed handshakes per second.
-async fn rates(o: &Options, addr: SocketAddr, full: Arc<rustls::ClientConfig>) -> Result<()> {
+/// Latency, throughput, and full and resumed handshakes per second, each
+/// with the CPU both cores spent on it.
+async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) -> Result<()> {
+    let addr = target.addr;
+    let cpu = CpuMeter::start(target.pid)?;
     let latency = latency(addr, full.clone(), 20_000).await?;
     println!(
-        "{:<14} p50_us={:.1} p99_us={:.1} (64-byte echo, 1 connection, 20000 round trips)",
-        "latency", latency.0, latency.1
+        "{:<14} p50_us={:.1} p99_us={:.1} (64-byte echo, 1 connection, 20000 round trips) {}",
+        "latency",
+        latency.0,
+        latency.1,
+        cpu.report()?
     );
 
+    let cpu = CpuMeter::start(target.pid)?;
     let mbps = throughput(addr, full.clone(), 4, o.bulk_mib).await?;
     println!(
-        "{:<14} mb_per_s={mbps:.0} (4 connections x {} MiB, echoed, payload MB/s each way)",
-        "throughput", o.bulk_mib
+        "{:<14} mb_per_s={mbps:.0} (4 connections x {} MiB, echoed, payload MB/s each way) {}",
+        "throughput",
+        o.bulk_mib,
+        cpu.report()?
     );
 
     let secs = Duration::from_secs_f64(o.seconds);
+    let cpu = CpuMeter::start(target.pid)?;
     let (rate, _) = handshakes(addr, || full.clone(), 32, secs).await?;
     println!(
-        "{:<14} per_s={rate:.0} (32 concurrent, no resumption, each echoes 1 byte)",
-        "full-handshake"
+        "{:<14} per_s={rate:.0} (32 concurrent, no resumption, each echoes 1 byte) {}",
+        "full-handshake",
+        cpu.report()?
     );
 
     // Each resuming client keeps its own ticket store, as each browser does:
     // one shared store (rustls keeps 8 tickets per server) runs dry under
     // 32 concurrent clients, which measures the load client, not the server.
+    let cpu = CpuMeter::start(target.pid)?;
     let (rate, share) = handshakes(addr, || client_config(true, o.kx), 32, secs).await?;
     println!(
-        "{:<14} per_s={rate:.0} resumed_share={:.0}% (32 concurrent, TLS 1.3 tickets)",
+        "{:<14} per_s={rate:.0} resumed_share={:.0}% (32 concurrent, TLS 1.3 tickets) {}",
         "resumed",
-        share * 100.0
+        share * 100.0,
+        cpu.report()?
     );
     Ok(())
+}
+
+/// Which side set a figure: the terminator's CPU time over the phase (one
+/// core is 100%) and how busy the load's core (cpu 1) was. A rate is the
+/// terminator's only while its core is near 100% and the load's is not.
+struct CpuMeter {
+    pid: u32,
+    started: Instant,
+    terminator_ticks: u64,
+    load_core: (u64, u64),
+}
+
+impl CpuMeter {
+    fn start(pid: u32) -> Result<CpuMeter> {
+        Ok(CpuMeter {
+            pid,
+            started: Instant::now(),
+            terminator_ticks: process_ticks(pid)?,
+            load_core: core_ticks(LOAD_CPU)?,
+        })
+    }
+
+    fn report(&self) -> Result<String> {
+        let ticks_per_s = 100.0; // USER_HZ, 100 on every Linux ABI in use
+        let secs = self.started.elapsed().as_secs_f64();
+        let terminator = (process_ticks(self.pid)? - self.terminator_ticks) as f64;
+        let (busy, total) = core_ticks(LOAD_CPU)?;
+        let load = (busy - self.load_core.0) as f64 / (total - self.load_core.1).max(1) as f64;
+        Ok(format!(
+            "cpu_terminator={:.0}% cpu_load_core={:.0}%",
+            terminator / ticks_per_s / secs * 100.0,
+            load * 100.0
+        ))
+    }
+}
+
+/// The core the load client and the echo backend are pinned to.
+const LOAD_CPU: usize = 1;
+
+/// User plus system time of every thread of `pid`, in clock ticks.
+fn process_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may itself hold spaces.
+    let rest = stat.rsplit_once(')').ok_or("bad /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64> { Ok(fields.get(i).ok_or("short stat")?.parse()?) };
+    // utime and stime are fields 14 and 15 of the whole line.
+    Ok(field(11)? + field(12)?)
+}
+
+/// (busy, total) clock ticks of one core since boot.
+fn core_ticks(cpu: usize) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .ok_or("no such cpu in /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    // idle and iowait
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
 }
 
 fn raise_fd_limit() {
@@ -427,7 +507,14 @@ async fn throughput(
     let results = futures_join(conns, |_| {
         let config = config.clone();
         async move {
-            let tls = connect(addr, config).await?;
+            // rustls' buffered client reads the socket 4 KiB at a time; a
+            // 256 KiB read buffer under it saves the load core most of
+            // those system calls, so the terminator sets the figure.
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let tcp = tokio::io::BufReader::with_capacity(256 * 1024, tcp);
+            let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+            let tls = TlsConnector::from(config).connect(name, tcp).await?;
             let (mut rd, mut wr) = tokio::io::split(tls);
             // No half-close at the end: nginx's stream module closes both
             // ways on the first FIN (proxy_half_close is off by default) and
@@ -526,16 +613,35 @@ async fn handshakes(
     ))
 }
 
+/// The echo backend. It shares the load's core, so it must cost little:
+/// `tokio::io::copy`'s 8 KiB buffer made it half of that core during the
+/// bulk test, and the load core, not the terminator, set the figure. Reads
+/// of up to 256 KiB (a buffer grown only by a connection that fills it)
+/// take far fewer system calls.
 async fn echo_loop(listener: TcpListener) {
     while let Ok((mut stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let (mut r, mut w) = stream.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                if n == buf.len() && buf.len() < ECHO_BUFFER_MAX {
+                    buf.resize(buf.len() * 4, 0);
+                }
+            }
+            let _ = stream.shutdown().await;
         });
     }
 }
+
+/// The echo backend's largest read.
+const ECHO_BUFFER_MAX: usize = 256 * 1024;
 
 /// A client that trusts any server certificate without checking signatures:
 /// the load generator must cost as little as possible, and it only ever

@@ -130,7 +130,8 @@ kill "$WSSIFY_PID"
 
 # --- the table ---
 field() { # name label key -> the median over the rounds that have it
-  cat "$WORK/$1".*.out | grep "^$2 " | grep -o "$3=[0-9.]*" | cut -d= -f2 | sort -n |
+  # (`|| true`: a figure not measured, such as memory under --idle 0, is blank)
+  { cat "$WORK/$1".*.out | grep "^$2 " || true; } | grep -o "$3=[0-9.]*" | cut -d= -f2 | sort -n |
     awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }
 row() { # title label key unit
@@ -152,3 +153,9 @@ row "64-byte echo latency p50"          latency        p50_us       us
 row "64-byte echo latency p99"          latency        p99_us       us
 echo
 echo "ratio = wssify / nginx: higher is better for throughput and handshakes, lower for memory and latency."
+echo
+# A rate measures the terminator only while its core is the one that is full.
+for phase in throughput full-handshake resumed; do
+  echo "cpu during $phase (medians): nginx $(field nginx "$phase" cpu_terminator)% with the load core at $(field nginx "$phase" cpu_load_core)%;" \
+    "wssify $(field wssify "$phase" cpu_terminator)% with the load core at $(field wssify "$phase" cpu_load_core)%"
+done
