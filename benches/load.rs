@@ -15,7 +15,9 @@
 //! Options for the measuring modes: `--idle N[,N...]` (idle connections to
 //! hold), `--seconds S` (per rate figure), `--bulk-mib M` (per connection),
 //! `--kx x25519` (classical key exchange only, as a client without
-//! post-quantum support), `--name NAME` (for the report), `--memory-only`
+//! post-quantum support), `--name NAME` (for the report), `--only
+//! latency|throughput|full-handshake|resumed` (one rate figure, for A/B
+//! runs and profilers), `--memory-only`
 //! (hold the idle connections until killed, for a heap profiler).
 
 use std::net::SocketAddr;
@@ -41,6 +43,8 @@ struct Options {
     kx: Kx,
     /// Measure memory only, then hold the connections until killed.
     memory_only: bool,
+    /// Measure only this rate figure (its label in the output).
+    only: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -102,6 +106,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         name: "wssify".to_string(),
         kx: Kx::Default,
         memory_only: false,
+        only: None,
     };
     let mut it = args.iter().skip_while(|a| *a == "run");
     while let Some(flag) = it.next() {
@@ -119,6 +124,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--pid" => o.pid = Some(value()?.parse()?),
             "--name" => o.name = value()?.clone(),
             "--memory-only" => o.memory_only = true,
+            "--only" => o.only = Some(value()?.clone()),
             "--kx" => {
                 o.kx = match value()?.as_str() {
                     "x25519" => Kx::X25519,
@@ -292,45 +298,54 @@ async fn idle_then_busy(pid: u32, mut held: Vec<Tls>) -> Result<()> {
 /// with the CPU both cores spent on it.
 async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) -> Result<()> {
     let addr = target.addr;
-    let cpu = CpuMeter::start(target.pid)?;
-    let latency = latency(addr, full.clone(), 20_000).await?;
-    println!(
-        "{:<14} p50_us={:.1} p99_us={:.1} (64-byte echo, 1 connection, 20000 round trips) {}",
-        "latency",
-        latency.0,
-        latency.1,
-        cpu.report()?
-    );
+    let wanted = |label: &str| o.only.as_deref().is_none_or(|only| only == label);
+    if wanted("latency") {
+        let cpu = CpuMeter::start(target.pid)?;
+        let latency = latency(addr, full.clone(), 20_000).await?;
+        println!(
+            "{:<14} p50_us={:.1} p99_us={:.1} (64-byte echo, 1 connection, 20000 round trips) {}",
+            "latency",
+            latency.0,
+            latency.1,
+            cpu.report()?
+        );
+    }
 
-    let cpu = CpuMeter::start(target.pid)?;
-    let mbps = throughput(addr, full.clone(), 4, o.bulk_mib).await?;
-    println!(
-        "{:<14} mb_per_s={mbps:.0} (4 connections x {} MiB, echoed, payload MB/s each way) {}",
-        "throughput",
-        o.bulk_mib,
-        cpu.report()?
-    );
+    if wanted("throughput") {
+        let cpu = CpuMeter::start(target.pid)?;
+        let mbps = throughput(addr, full.clone(), 4, o.bulk_mib).await?;
+        println!(
+            "{:<14} mb_per_s={mbps:.0} (4 connections x {} MiB, echoed, payload MB/s each way) {}",
+            "throughput",
+            o.bulk_mib,
+            cpu.report()?
+        );
+    }
 
     let secs = Duration::from_secs_f64(o.seconds);
-    let cpu = CpuMeter::start(target.pid)?;
-    let (rate, _) = handshakes(addr, || full.clone(), 32, secs).await?;
-    println!(
-        "{:<14} per_s={rate:.0} (32 concurrent, no resumption, each echoes 1 byte) {}",
-        "full-handshake",
-        cpu.report()?
-    );
+    if wanted("full-handshake") {
+        let cpu = CpuMeter::start(target.pid)?;
+        let (rate, _) = handshakes(addr, || full.clone(), 32, secs).await?;
+        println!(
+            "{:<14} per_s={rate:.0} (32 concurrent, no resumption, each echoes 1 byte) {}",
+            "full-handshake",
+            cpu.report()?
+        );
+    }
 
     // Each resuming client keeps its own ticket store, as each browser does:
     // one shared store (rustls keeps 8 tickets per server) runs dry under
     // 32 concurrent clients, which measures the load client, not the server.
-    let cpu = CpuMeter::start(target.pid)?;
-    let (rate, share) = handshakes(addr, || client_config(true, o.kx), 32, secs).await?;
-    println!(
-        "{:<14} per_s={rate:.0} resumed_share={:.0}% (32 concurrent, TLS 1.3 tickets) {}",
-        "resumed",
-        share * 100.0,
-        cpu.report()?
-    );
+    if wanted("resumed") {
+        let cpu = CpuMeter::start(target.pid)?;
+        let (rate, share) = handshakes(addr, || client_config(true, o.kx), 32, secs).await?;
+        println!(
+            "{:<14} per_s={rate:.0} resumed_share={:.0}% (32 concurrent, TLS 1.3 tickets) {}",
+            "resumed",
+            share * 100.0,
+            cpu.report()?
+        );
+    }
     Ok(())
 }
 
