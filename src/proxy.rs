@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 /// The copy buffer for small messages: one full TLS record of plaintext.
@@ -152,8 +152,8 @@ enum Failure {
 /// One direction of the copy.
 #[derive(Default)]
 struct Half {
-    /// Present only while bytes are in flight.
-    buf: Option<Box<[u8]>>,
+    /// Present only while bytes are in flight; its length is what was read.
+    buf: Option<Vec<u8>>,
     /// Next byte of `buf` to write.
     pos: usize,
     /// End of the bytes read into `buf`.
@@ -186,17 +186,19 @@ impl Half {
         loop {
             if self.pos == self.cap && !self.read_done {
                 let size = self.size.max(COPY_BUFFER_MIN);
-                let buf = self
-                    .buf
-                    .get_or_insert_with(|| vec![0; size].into_boxed_slice());
-                let mut read_buf = ReadBuf::new(buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
-                    Poll::Ready(Ok(())) => {
-                        let n = read_buf.filled().len();
-                        if n == read_buf.capacity() {
+                let buf = self.buf.get_or_insert_with(|| Vec::with_capacity(size));
+                buf.clear();
+                let capacity = buf.capacity();
+                // Into spare capacity, so a new buffer is not zeroed first
+                // (calloc's memset was 6% of the instructions of a bulk
+                // transfer under callgrind). The future only borrows; when
+                // it is pending, dropping it loses nothing.
+                match std::pin::pin!(reader.read_buf(buf)).poll(cx) {
+                    Poll::Ready(Ok(n)) => {
+                        if n == capacity {
                             self.size = (n * 2).min(COPY_BUFFER_MAX);
-                        } else if n < read_buf.capacity() / 4 {
-                            self.size = (read_buf.capacity() / 2).max(COPY_BUFFER_MIN);
+                        } else if n < capacity / 4 {
+                            self.size = (capacity / 2).max(COPY_BUFFER_MIN);
                         }
                         if n == 0 {
                             self.read_done = true;
