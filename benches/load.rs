@@ -237,6 +237,11 @@ async fn measure_all(o: Options) -> Result<()> {
     // hide growth. Connections are handshaken, echo once, then sit idle.
     let mut held = Vec::new();
     let base = rss_kib(target.pid)?;
+    // The previous count and its RSS: growth between two counts is the
+    // marginal cost of a connection, without the one-off growth (runtime
+    // tables, the heap's high-water mark from a burst of handshakes) that
+    // the first count also carries. Flat means this stays put.
+    let mut previous: Option<(usize, u64)> = None;
     // `--idle 0` skips the memory figures (for repeated rate rounds).
     for &n in o.idle.iter().filter(|&&n| n > 0) {
         let started = Instant::now();
@@ -248,11 +253,19 @@ async fn measure_all(o: Options) -> Result<()> {
         settle().await;
         let rss = rss_kib(target.pid)?;
         let per = (rss.saturating_sub(base)) as f64 / n as f64;
+        let marginal = match previous {
+            Some((m, before)) if n > m => format!(
+                " marginal_kib={:.2} (from {m})",
+                rss.saturating_sub(before) as f64 / (n - m) as f64
+            ),
+            _ => String::new(),
+        };
         println!(
-            "{:<14} idle_conns={n} rss_kib={rss} base_kib={base} per_conn_kib={per:.2} (opened in {:.1}s)",
+            "{:<14} idle_conns={n} rss_kib={rss} base_kib={base} per_conn_kib={per:.2}{marginal} (opened in {:.1}s)",
             "memory",
             started.elapsed().as_secs_f64()
         );
+        previous = Some((n, rss));
     }
     if o.memory_only {
         println!("holding {} connections; stop with Ctrl-C", held.len());

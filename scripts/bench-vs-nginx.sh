@@ -70,6 +70,12 @@ wait_port() { # wait (bounded) until something listens on $1
 }
 wait_port "$BACKEND"
 
+idle_counts() { # 1000,5000,$IDLE without counts at or above $IDLE
+  local counts="" n
+  for n in 1000 5000; do [ "$n" -lt "$IDLE" ] && counts="$counts$n,"; done
+  echo "$counts$IDLE"
+}
+
 run_load() { # name round target pid kx idle -> $WORK/name.round.out
   "$LOAD" run --name "$1" --target "$3" --pid "$4" --kx "$5" \
     --idle "$6" --seconds "$SECONDS_PER_RATE" --bulk-mib "$BULK_MIB" | tee "$WORK/$1.$2.out"
@@ -115,7 +121,9 @@ start_wssify "$WSSIFY_ADDR"
 WSSIFY_MAIN=$WSSIFY_PID
 
 for round in $(seq 1 "$ROUNDS"); do
-  idle=0; [ "$round" = 1 ] && idle=$IDLE   # memory once, on fresh processes
+  # Memory once, on fresh processes, at 1,000 and 5,000 on the way to
+  # $IDLE: growth between counts shows whether the cost stays flat.
+  idle=0; [ "$round" = 1 ] && idle=$(idle_counts)
   echo; echo "== round $round of $ROUNDS: nginx (worker pid $NGINX_WORKER)"
   run_load nginx "$round" "$NGINX_ADDR" "$NGINX_WORKER" x25519 "$idle"
   echo; echo "== round $round of $ROUNDS: wssify $("$WSSIFY" --version | cut -d' ' -f2) (pid $WSSIFY_MAIN), X25519 like nginx"
@@ -125,7 +133,7 @@ kill "$(cat "$WORK/nginx.pid")"; kill "$WSSIFY_MAIN"
 
 start_wssify 127.0.0.1:19303
 echo; echo "== wssify (pid $WSSIFY_PID), client default: X25519MLKEM768 post-quantum hybrid (one round)"
-run_load wssify-pq 1 127.0.0.1:19303 "$WSSIFY_PID" default "$IDLE"
+run_load wssify-pq 1 127.0.0.1:19303 "$WSSIFY_PID" default "$(idle_counts)"
 kill "$WSSIFY_PID"
 
 # --- the table ---
@@ -145,7 +153,8 @@ echo "Same run, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /p
 echo
 echo "| per core                           | nginx stream     | wssify (X25519)  | ratio   | wssify (PQ)      |"
 echo "|------------------------------------|------------------|------------------|---------|------------------|"
-row "memory per idle connection"        memory         per_conn_kib KiB
+row "memory per idle connection"        "memory .*idle_conns=$IDLE" per_conn_kib KiB
+row "  growth per connection, last step" "memory .*idle_conns=$IDLE" marginal_kib KiB
 row "bulk throughput, echoed"           throughput     mb_per_s     MB/s
 row "full handshakes/s"                 full-handshake per_s        /s
 row "resumed handshakes/s"              resumed        per_s        /s
