@@ -8,12 +8,13 @@
 # Terminator on cpu 0, load client and echo backend on cpu 1. Installs nginx
 # and its stream module from Debian's packages when missing (needs root).
 # Memory is measured once, on fresh processes; the rate figures are measured
-# in R rounds that alternate nginx and wssify, and the table gives medians,
-# because a shared VM moves single figures by a lot from minute to minute.
+# in R rounds (default 5) that alternate nginx and wssify, and the table
+# gives medians, the ratios as medians of each round's ratio, because a
+# shared VM moves single figures by a lot from minute to minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IDLE=10000 SECONDS_PER_RATE=10 BULK_MIB=256 ROUNDS=3
+IDLE=10000 SECONDS_PER_RATE=5 BULK_MIB=256 ROUNDS=5
 while [ $# -gt 0 ]; do
   case "$1" in
     --idle) IDLE=$2; shift 2 ;;
@@ -137,16 +138,33 @@ run_load wssify-pq 1 127.0.0.1:19303 "$WSSIFY_PID" default "$(idle_counts)"
 kill "$WSSIFY_PID"
 
 # --- the table ---
-field() { # name label key -> the median over the rounds that have it
+median() { # numbers on stdin, one a line -> their median (blank if none)
+  sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+values() { # file-glob label key -> the key's values on the label's lines
   # (`|| true`: a figure not measured, such as memory under --idle 0, is blank)
-  { cat "$WORK/$1".*.out | grep "^$2 " || true; } | grep -o "$3=[0-9.]*" | cut -d= -f2 | sort -n |
-    awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+  { cat $1 | grep "^$2 " || true; } | grep -o "$3=[0-9.]*" | cut -d= -f2
+}
+field() { # name label key -> the median over the rounds that have it
+  values "$WORK/$1.*.out" "$2" "$3" | median
+}
+ratio() { # label key -> the median over rounds of wssify / nginx within a round
+  # Each round's pair ran back to back, so a slow spell of the VM weighs on
+  # both sides of a ratio rather than on one side of the medians.
+  local r n w
+  for r in $(seq 1 "$ROUNDS"); do
+    n=$(values "$WORK/nginx.$r.out" "$1" "$2"); w=$(values "$WORK/wssify.$r.out" "$1" "$2")
+    if [ -n "$n" ] && [ -n "$w" ]; then
+      awk -v n="$n" -v w="$w" 'BEGIN { if (n > 0) print w / n }'
+    fi
+  done | median
 }
 row() { # title label key unit
-  local n w q
+  local n w q x
   n=$(field nginx "$2" "$3"); w=$(field wssify "$2" "$3"); q=$(field wssify-pq "$2" "$3")
-  awk -v t="$1" -v n="$n" -v w="$w" -v q="$q" -v u="$4" 'BEGIN {
-    printf "| %-34s | %10s %-5s | %10s %-5s | %6.2fx | %10s %-5s |\n", t, n, u, w, u, (n > 0 ? w / n : 0), q, u }'
+  x=$(ratio "$2" "$3")
+  awk -v t="$1" -v n="$n" -v w="$w" -v q="$q" -v u="$4" -v x="$x" 'BEGIN {
+    printf "| %-34s | %10s %-5s | %10s %-5s | %6.2fx | %10s %-5s |\n", t, n, u, w, u, x, q, u }'
 }
 echo
 echo "Same run, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), terminator pinned to cpu 0, load + echo on cpu 1, $IDLE idle connections; rate figures are medians of $ROUNDS alternating rounds (the PQ column: one round):"
@@ -161,7 +179,7 @@ row "resumed handshakes/s"              resumed        per_s        /s
 row "64-byte echo latency p50"          latency        p50_us       us
 row "64-byte echo latency p99"          latency        p99_us       us
 echo
-echo "ratio = wssify / nginx: higher is better for throughput and handshakes, lower for memory and latency."
+echo "ratio = wssify / nginx within each round, median over the rounds: higher is better for throughput and handshakes, lower for memory and latency."
 echo
 # A rate measures the terminator only while its core is the one that is full.
 for phase in throughput full-handshake resumed; do
