@@ -454,10 +454,25 @@ fn rss_kib(pid: u32) -> Result<u64> {
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    tls_over(connect_tcp(addr).await?, config).await
+}
+
+async fn connect_tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// The client handshake over any byte stream (a plain or a buffered socket).
+async fn tls_over<IO>(
+    io: IO,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-    TlsConnector::from(config).connect(name, tcp).await
+    TlsConnector::from(config).connect(name, io).await
 }
 
 async fn open_idle(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
@@ -538,11 +553,8 @@ async fn throughput(
             // rustls' buffered client reads the socket 4 KiB at a time; a
             // 256 KiB read buffer under it saves the load core most of
             // those system calls, so the terminator sets the figure.
-            let tcp = TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let tcp = tokio::io::BufReader::with_capacity(256 * 1024, tcp);
-            let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-            let tls = TlsConnector::from(config).connect(name, tcp).await?;
+            let tcp = tokio::io::BufReader::with_capacity(256 * 1024, connect_tcp(addr).await?);
+            let tls = tls_over(tcp, config).await?;
             let (mut rd, mut wr) = tokio::io::split(tls);
             // No half-close at the end: nginx's stream module closes both
             // ways on the first FIN (proxy_half_close is off by default) and
