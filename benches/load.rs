@@ -314,12 +314,14 @@ async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) ->
     let wanted = |label: &str| o.only.as_deref().is_none_or(|only| only == label);
     if wanted("latency") {
         let cpu = CpuMeter::start(target.pid)?;
-        let latency = latency(addr, full.clone(), 20_000).await?;
+        let at = latency(addr, full.clone(), 20_000).await?;
         println!(
-            "{:<14} p50_us={:.1} p99_us={:.1} (64-byte echo, 1 connection, 20000 round trips) {}",
+            "{:<14} p50_us={:.1} p99_us={:.1} p90_us={:.1} p999_us={:.1} (64-byte echo, 1 connection, 20000 round trips) {}",
             "latency",
-            latency.0,
-            latency.1,
+            at(0.50),
+            at(0.99),
+            at(0.90),
+            at(0.999),
             cpu.report()?
         );
     }
@@ -519,7 +521,7 @@ async fn latency(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     rounds: usize,
-) -> Result<(f64, f64)> {
+) -> Result<impl Fn(f64) -> f64> {
     let mut tls = connect(addr, config).await?;
     let msg = [0x42u8; 64];
     let mut buf = [0u8; 64];
@@ -535,8 +537,7 @@ async fn latency(
         samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
     samples.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    Ok((at(0.50), at(0.99)))
+    Ok(move |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)])
 }
 
 async fn throughput(

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod loader;
 pub mod proxy;
 pub mod reload;
+pub mod runtime;
 pub mod settings;
 pub mod shutdown;
 pub mod sni;

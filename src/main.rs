@@ -51,16 +51,7 @@ fn main() -> ExitCode {
         }
     };
 
-    // One thread needs no work-stealing scheduler: the current-thread
-    // runtime does the same work without cross-thread wake-ups.
-    let mut builder = if settings.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(settings.threads);
-        builder
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match wssify::runtime::build(settings.threads, settings.busy_poll) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("wssify: cannot start the runtime ({e}); try a smaller --threads");

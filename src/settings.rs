@@ -43,6 +43,9 @@ pub struct Settings {
     pub alpn: Vec<Vec<u8>>,
     /// Worker threads for the runtime.
     pub threads: usize,
+    /// How long an idle worker checks for I/O before it sleeps; `None`
+    /// sleeps at once (see `runtime`).
+    pub busy_poll: Option<Duration>,
 }
 
 impl Settings {
@@ -60,9 +63,14 @@ impl Settings {
             tls_min: TlsMin::V1_2,
             alpn: Vec::new(),
             threads: default_threads(),
+            busy_poll: None,
         }
     }
 }
+
+/// The longest `--busy-poll` window: beyond it a worker burns more CPU
+/// than a sleep and a wake-up cost, even on a VM.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
 /// The cores this process may run on, or 1 when that cannot be known.
 pub fn default_threads() -> usize {
@@ -246,7 +254,7 @@ fn parse_port(text: &str) -> Result<u16, String> {
 
 /// Reads `90s`, `5m`, `1h`, `2d`, `250ms` or plain seconds (`30`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const EXPECTED: &str = "expected a duration like 90s, 5m, 1h, 250ms or plain seconds";
+    const EXPECTED: &str = "expected a duration like 90s, 5m, 1h, 250ms, 200us or plain seconds";
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -258,6 +266,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let scale = match unit.trim() {
         "" | "s" | "sec" | "secs" => 1.0,
         "ms" => 0.001,
+        "us" | "µs" => 0.000_001,
         "m" | "min" | "mins" => 60.0,
         "h" => 3600.0,
         "d" => 86_400.0,
@@ -283,6 +292,9 @@ pub fn format_duration(duration: Duration) -> String {
             return format!("{}m", secs / 60);
         }
         return format!("{secs}s");
+    }
+    if duration < Duration::from_millis(1) {
+        return format!("{}us", duration.as_micros());
     }
     if duration < Duration::from_secs(1) {
         return format!("{}ms", duration.as_millis());
@@ -345,6 +357,8 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_duration("50µs"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
@@ -353,7 +367,7 @@ mod tests {
 
     #[test]
     fn durations_print_back() {
-        for text in ["1h", "90s", "5m", "10s", "250ms", "2d"] {
+        for text in ["1h", "90s", "5m", "10s", "250ms", "200us", "2d"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
     }

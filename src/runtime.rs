@@ -1,0 +1,110 @@
+//! The tokio runtime wssify runs on, and `--busy-poll`.
+//!
+//! A core that goes idle between two messages pays a wake-up when the next
+//! one arrives: a few microseconds on bare metal, tens of them on a virtual
+//! machine, whose idle vCPU halts and waits for the host to schedule it
+//! again (on the 2-core VM of the README's figures, two such wake-ups are
+//! about 70 of the 160 µs an echoed message takes). With `--busy-poll`, a
+//! worker that runs out of work keeps checking the runtime's event queue
+//! for up to the window before it sleeps, so a message that arrives within
+//! it is handled at once. Like HAProxy's `busy-polling` it is off by
+//! default: it spends CPU (up to the window each time a worker would
+//! sleep) to buy latency, which suits a core of one's own, not a shared or
+//! CPU-quota'd one.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::{Builder, Runtime};
+
+/// Builds the runtime: one thread needs no work-stealing scheduler (the
+/// current-thread runtime does the same work without cross-thread
+/// wake-ups); more get the multi-thread one. `busy_poll` is the window a
+/// worker spins for before it sleeps, if any.
+pub fn build(threads: usize, busy_poll: Option<Duration>) -> io::Result<Runtime> {
+    let mut builder = if threads == 1 {
+        Builder::new_current_thread()
+    } else {
+        let mut builder = Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all();
+    let Some(window) = busy_poll else {
+        return builder.build();
+    };
+
+    // The hook is installed before the runtime exists; the descriptor it
+    // watches is known only once the runtime has made it.
+    let queue = Arc::new(AtomicI32::new(NO_QUEUE));
+    let hook_queue = queue.clone();
+    builder.on_thread_park(move || {
+        let fd = hook_queue.load(Ordering::Relaxed);
+        if fd != NO_QUEUE {
+            spin_until_ready(fd, window);
+        }
+    });
+    let before = event_queues();
+    let runtime = builder.build()?;
+    match event_queues().into_iter().find(|fd| !before.contains(fd)) {
+        Some(fd) => {
+            queue.store(fd, Ordering::Relaxed);
+            log::info!(
+                "busy polling: a worker checks for I/O for up to {} before it sleeps",
+                crate::settings::format_duration(window)
+            );
+        }
+        None => log::warn!(
+            "--busy-poll: cannot find the runtime's event queue in /proc/self/fd; workers sleep as soon as they are idle"
+        ),
+    }
+    Ok(runtime)
+}
+
+/// The hook's descriptor before the runtime's event queue is known.
+const NO_QUEUE: RawFd = -1;
+
+/// The epoll descriptors this process holds. tokio does not expose its own,
+/// so [`build`] takes the one that appears while the runtime is built (the
+/// process has no other thread yet that could make one meanwhile).
+fn event_queues() -> Vec<RawFd> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventpoll]")
+        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Returns once the event queue has something to report (the worker's next
+/// wait then returns at once, without sleeping) or when `window` has passed.
+fn spin_until_ready(queue: RawFd, window: Duration) {
+    let deadline = Instant::now() + window;
+    let mut poll_fd = libc::pollfd {
+        fd: queue,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll(2) with a timeout of 0 reads and writes exactly the
+        // one `pollfd` it is given, which lives on this stack frame for the
+        // whole call; it needs nothing of the descriptor (a closed one is
+        // reported as POLLNVAL, which ends the spin). Neither std nor tokio
+        // offers a way to ask an epoll descriptor whether it is ready
+        // without taking its events, so the call goes to libc.
+        let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
+        // Ready (> 0) or failing (< 0): either way, stop spinning.
+        if ready != 0 || Instant::now() >= deadline {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
