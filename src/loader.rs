@@ -10,6 +10,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -200,10 +201,8 @@ impl Loader {
         }
     }
 
-    /// The directories whose changes may change an input: each file's own
-    /// directory (where editors rename into place and Kubernetes swaps its
-    /// `..data` link) and, for a symbolic link, its target's directory.
-    pub fn watch_dirs(&self) -> Vec<PathBuf> {
+    /// Every input named by a flag (`--cert-dir` contents aside).
+    fn input_files(&self) -> Vec<&Path> {
         let mut files: Vec<&Path> = Vec::new();
         for slot in &self.pairs {
             files.push(&slot.pair.cert);
@@ -213,8 +212,29 @@ impl Loader {
             files.push(&client.ca_path);
             files.extend(client.crls.iter().map(|(p, _, _)| p.as_path()));
         }
+        files
+    }
+
+    /// The file names of the inputs and, for symbolic links, of their
+    /// targets: a change under one of these names in a watched directory
+    /// is a change to an input.
+    pub fn input_names(&self) -> Vec<OsString> {
+        let mut names = Vec::new();
+        for file in self.input_files() {
+            names.extend(file.file_name().map(OsStr::to_os_string));
+            if let Ok(real) = std::fs::canonicalize(file) {
+                names.extend(real.file_name().map(OsStr::to_os_string));
+            }
+        }
+        names
+    }
+
+    /// The directories whose changes may change an input: each file's own
+    /// directory (where editors rename into place and Kubernetes swaps its
+    /// `..data` link) and, for a symbolic link, its target's directory.
+    pub fn watch_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self.dirs.iter().map(|d| d.dir.clone()).collect();
-        for file in files {
+        for file in self.input_files() {
             dirs.push(parent_dir(file));
             if let Ok(real) = std::fs::canonicalize(file) {
                 dirs.push(parent_dir(&real));
@@ -593,6 +613,7 @@ pub fn scan_dir(dir: &Path) -> Result<BTreeMap<String, DirFiles>, String> {
             "crt" => &mut crt,
             "key" => &mut key,
             "pem" => &mut pem,
+            // Keep in step with DIR_EXTENSIONS.
             _ => continue,
         };
         kind.insert(name.to_string(), path);
@@ -713,6 +734,9 @@ fn load_client_from(
         refused: None,
     })
 }
+
+/// The extensions of the files a `--cert-dir` serves.
+pub const DIR_EXTENSIONS: [&str; 3] = ["crt", "key", "pem"];
 
 fn parent_dir(file: &Path) -> PathBuf {
     match file.parent() {

@@ -6,7 +6,8 @@
 //! never leaves an old certificate serving. A reload swaps the configuration
 //! new handshakes use; open connections keep the one they started with.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::certs::CertSummary;
 use crate::error::StartupError;
-use crate::loader::Loader;
+use crate::loader::{DIR_EXTENSIONS, Loader};
 use crate::settings::format_duration;
 
 /// Certificates expiring within this many days get a warning.
@@ -82,6 +83,11 @@ impl Reloader {
     /// The directories to watch.
     pub fn watch_dirs(&self) -> Vec<PathBuf> {
         self.lock().watch_dirs()
+    }
+
+    /// The file names whose changes in those directories matter.
+    pub fn input_names(&self) -> Vec<OsString> {
+        self.lock().input_names()
     }
 
     /// Re-reads every input and logs one line for what was taken and one
@@ -178,7 +184,7 @@ pub fn spawn(reloader: Arc<Reloader>, mut hangups: Signal, interval: Option<Dura
     // The development certificate has no file: nothing to watch or poll.
     let interval = interval.filter(|_| !dirs.is_empty());
     // Kept alive by the task; dropping it stops the watching.
-    let watcher = interval.and_then(|_| watch(&dirs, tx));
+    let watcher = interval.and_then(|_| watch(&dirs, reloader.input_names(), tx));
     match interval {
         _ if dirs.is_empty() => {}
         Some(every) => info!(
@@ -221,6 +227,25 @@ pub fn spawn(reloader: Arc<Reloader>, mut hangups: Signal, interval: Option<Dura
     });
 }
 
+/// Whether a change to `path`, in a watched directory, may change an input:
+/// one named by `names` (an input or a link's target), a Kubernetes
+/// `..data` link and its siblings, or a name a `--cert-dir` would serve (or
+/// a renewal writes beside a link's target). Anything else must not wake
+/// the reloader: a log file written into the same directory would have it
+/// re-read every certificate every 2 seconds, and wake the runtime on
+/// every line.
+fn may_change_an_input(path: &Path, names: &[OsString]) -> bool {
+    let Some(name) = path.file_name() else {
+        return true;
+    };
+    names.iter().any(|n| n == name)
+        || name.as_encoded_bytes().starts_with(b"..")
+        || path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| DIR_EXTENSIONS.contains(&e))
+}
+
 /// Waits until events stop arriving for [`SETTLE`], or [`SETTLE_AT_MOST`].
 async fn settle(changes: &mut mpsc::Receiver<()>) {
     let until = tokio::time::Instant::now() + SETTLE_AT_MOST;
@@ -232,9 +257,13 @@ async fn settle(changes: &mut mpsc::Receiver<()>) {
     {}
 }
 
-/// Watches `dirs` (not recursively); every change that could alter a file
-/// sends on `tx`. `None` when inotify cannot be used: the timer remains.
-fn watch(dirs: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+/// Watches `dirs` (not recursively); every change that could alter an
+/// input sends on `tx`. `None` when inotify cannot be used: the timer remains.
+fn watch(
+    dirs: &[PathBuf],
+    names: Vec<OsString>,
+    tx: mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         // Opening and reading files (our own reloads among them) changes nothing.
@@ -246,6 +275,12 @@ fn watch(dirs: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWa
         ) {
             return;
         }
+        // No path: the kernel's queue overflowed, and anything may have changed.
+        let matters = |p: &PathBuf| may_change_an_input(p, &names);
+        if !event.paths.is_empty() && !event.paths.iter().any(matters) {
+            return;
+        }
+        debug!("certificate change seen: {:?}", event.paths);
         // Full means a reload is already due.
         let _ = tx.try_send(());
     };
@@ -282,6 +317,25 @@ mod tests {
             dns_names: Vec::new(),
             self_signed: false,
             chain_len: 1,
+        }
+    }
+
+    #[test]
+    fn only_changes_to_inputs_wake_the_reloader() {
+        let names = vec![OsString::from("fullchain"), OsString::from("tls.key")];
+        for path in [
+            "/etc/x/fullchain",
+            "/etc/x/tls.key",
+            "/etc/x/..data",
+            "/etc/x/..2026_11_23_10_00_00.123",
+            "/etc/x/new.crt",
+            "/etc/archive/fullchain4.pem",
+            "/",
+        ] {
+            assert!(may_change_an_input(Path::new(path), &names), "{path}");
+        }
+        for path in ["/etc/x/wssify.log", "/etc/x/fullchain.tmp", "/etc/x/notes"] {
+            assert!(!may_change_an_input(Path::new(path), &names), "{path}");
         }
     }
 

@@ -133,6 +133,37 @@ async fn a_pair_renamed_into_place_is_taken_without_a_signal() {
     .await;
 }
 
+/// A file written again and again beside the certificates (a log, say)
+/// must not wake the reloader: it would re-read every certificate every
+/// 2 seconds and wake the runtime on each write.
+#[tokio::test]
+async fn other_files_in_the_directory_are_not_watched() {
+    bounded(WAIT, async {
+        let Pairs { dir, cert, key, .. } = Pairs::new();
+        let mut w = serve(&cert, &key, &["--reload-interval", "1h"]).await;
+        w.wait_for_log("certificates reload on SIGHUP, on file change")
+            .await;
+        let log = dir.path().join("wssify.log");
+        for i in 0..20 {
+            std::fs::write(&log, format!("line {i}\n")).unwrap();
+        }
+        // Events are handled in order: once this one is seen, the writes
+        // before it have been handled too.
+        let marker = dir.path().join("marker.pem");
+        std::fs::write(&marker, "not a certificate").unwrap();
+        let seen = w.wait_for_log("marker.pem").await;
+        assert!(seen.contains("certificate change seen"), "{seen}");
+        assert!(
+            w.lines_with("certificate change seen")
+                .iter()
+                .all(|l| !l.contains("wssify.log")),
+            "{}",
+            w.log()
+        );
+    })
+    .await;
+}
+
 /// How a Kubernetes secret volume looks and changes: the files are symlinks
 /// through `..data`, itself a symlink to a timestamped directory, and an
 /// update re-points `..data` with one rename.
