@@ -3,7 +3,8 @@
 //! real sockets against a TLS terminator on one core.
 //!
 //! `cargo bench` runs it self-contained: an echo backend and the load client
-//! here, the release `wssify` beside them. `scripts/bench-vs-nginx.sh` uses
+//! here, the release `wssify` beside them, and then the latency figures once
+//! more with `--busy-poll`. `scripts/bench-vs-nginx.sh` uses
 //! its other modes to put nginx and wssify through the same load:
 //!
 //! ```text
@@ -16,8 +17,8 @@
 //! hold), `--seconds S` (per rate figure), `--bulk-mib M` (per connection),
 //! `--kx x25519` (classical key exchange only, as a client without
 //! post-quantum support), `--name NAME` (for the report), `--only
-//! latency|throughput|full-handshake|resumed` (one rate figure, for A/B
-//! runs and profilers), `--memory-only`
+//! latency,latency-paced,throughput,full-handshake,resumed` (some of the
+//! rate figures, for A/B runs and profilers), `--memory-only`
 //! (hold the idle connections until killed, for a heap profiler).
 
 use std::net::SocketAddr;
@@ -168,12 +169,16 @@ fn pin_self(cpu: usize) {
         .status();
 }
 
-async fn start_wssify(backend: SocketAddr) -> Result<Target> {
+/// The `--busy-poll` window of the self-contained run's second wssify.
+const BUSY_POLL: &str = "100us";
+
+async fn start_wssify(backend: SocketAddr, extra: &[&str]) -> Result<Target> {
     let exe = env!("CARGO_BIN_EXE_wssify");
     let mut child = Command::new("taskset")
         .args(["-c", "0", exe, "--listen", "127.0.0.1:0", "--to"])
         .arg(backend.to_string())
         .args(["--threads", "1"])
+        .args(extra)
         .env("RUST_LOG", "warn,wssify=info,wssify::connection=warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -206,6 +211,8 @@ async fn start_wssify(backend: SocketAddr) -> Result<Target> {
 async fn measure_all(o: Options) -> Result<()> {
     pin_self(LOAD_CPU);
     raise_fd_limit();
+    // The echo backend of a self-contained run.
+    let mut backend = None;
     let target = match (o.target, o.pid) {
         (Some(addr), Some(pid)) => Target {
             addr,
@@ -214,9 +221,10 @@ async fn measure_all(o: Options) -> Result<()> {
         },
         (None, None) => {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
-            let backend = listener.local_addr()?;
+            let addr = listener.local_addr()?;
             tokio::spawn(echo_loop(listener));
-            start_wssify(backend).await?
+            backend = Some(addr);
+            start_wssify(addr, &[]).await?
         }
         _ => return Err("give both --target and --pid, or neither".into()),
     };
@@ -275,7 +283,23 @@ async fn measure_all(o: Options) -> Result<()> {
     if !held.is_empty() {
         idle_then_busy(target.pid, held).await?;
     }
-    rates(&o, &target, full).await
+    rates(&o, &target, full.clone()).await?;
+
+    // Latency again with busy polling, on a fresh wssify on the same core.
+    if let (Some(backend), None) = (backend, &o.only) {
+        drop(target);
+        let busy = start_wssify(backend, &["--busy-poll", BUSY_POLL]).await?;
+        println!(
+            "# {} --busy-poll {BUSY_POLL}: {} (pid {})",
+            o.name, busy.addr, busy.pid
+        );
+        let only = Options {
+            only: Some("latency,latency-paced".to_string()),
+            ..o
+        };
+        rates(&only, &busy, full).await?;
+    }
+    Ok(())
 }
 
 /// Every held connection echoes once more, and memory is read again.
@@ -311,17 +335,38 @@ async fn idle_then_busy(pid: u32, mut held: Vec<Tls>) -> Result<()> {
 /// with the CPU both cores spent on it.
 async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) -> Result<()> {
     let addr = target.addr;
-    let wanted = |label: &str| o.only.as_deref().is_none_or(|only| only == label);
+    let wanted = |label: &str| {
+        o.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|l| l == label))
+    };
     if wanted("latency") {
         let cpu = CpuMeter::start(target.pid)?;
-        let at = latency(addr, full.clone(), 20_000).await?;
+        let at = latency(addr, full.clone(), 20_000, None).await?;
         println!(
-            "{:<14} p50_us={:.1} p99_us={:.1} p90_us={:.1} p999_us={:.1} (64-byte echo, 1 connection, 20000 round trips) {}",
+            "{:<14} p50_us={:.1} p99_us={:.1} p90_us={:.1} p999_us={:.1} (64-byte echo, 1 connection, 20000 round trips back to back) {}",
             "latency",
             at(0.50),
             at(0.99),
             at(0.90),
             at(0.999),
+            cpu.report()?
+        );
+    }
+
+    // A WebSocket's messages come apart, not back to back: here the
+    // terminator's core goes idle between them, and its CPU share over the
+    // phase is what each message costs it (busy polling shows its price).
+    if wanted("latency-paced") {
+        let cpu = CpuMeter::start(target.pid)?;
+        let pace = Duration::from_secs(1) / PACED_PER_S;
+        let at = latency(addr, full.clone(), 3 * PACED_PER_S as usize, Some(pace)).await?;
+        println!(
+            "{:<14} p50_us={:.1} p99_us={:.1} p90_us={:.1} (64-byte echo, 1 connection, {PACED_PER_S} round trips a second) {}",
+            "latency-paced",
+            at(0.50),
+            at(0.99),
+            at(0.90),
             cpu.report()?
         );
     }
@@ -517,10 +562,16 @@ where
         .collect()
 }
 
+/// Round trips a second in the paced latency phase.
+const PACED_PER_S: u32 = 1000;
+
+/// Times `rounds` 64-byte round trips, back to back or one every `pace`;
+/// returns the quantile function of the samples, in µs.
 async fn latency(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     rounds: usize,
+    pace: Option<Duration>,
 ) -> Result<impl Fn(f64) -> f64> {
     let mut tls = connect(addr, config).await?;
     let msg = [0x42u8; 64];
@@ -529,8 +580,16 @@ async fn latency(
         tls.write_all(&msg).await?;
         tls.read_exact(&mut buf).await?;
     }
+    let mut ticks = pace.map(|p| {
+        let mut ticks = tokio::time::interval(p);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
+        if let Some(ticks) = ticks.as_mut() {
+            ticks.tick().await;
+        }
         let t = Instant::now();
         tls.write_all(&msg).await?;
         tls.read_exact(&mut buf).await?;
