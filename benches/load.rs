@@ -340,33 +340,30 @@ async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) ->
             .as_deref()
             .is_none_or(|only| only.split(',').any(|l| l == label))
     };
-    if wanted("latency") {
+    // Back to back, then as a WebSocket's messages come: apart, so that the
+    // terminator's core goes idle between them and its CPU share over the
+    // phase is what each message costs it (busy polling shows its price).
+    let paced = Duration::from_secs(1) / PACED_PER_S;
+    for (label, rounds, pace, how) in [
+        ("latency", 20_000, None, "back to back".to_string()),
+        (
+            "latency-paced",
+            3 * PACED_PER_S as usize,
+            Some(paced),
+            format!("{PACED_PER_S} a second"),
+        ),
+    ] {
+        if !wanted(label) {
+            continue;
+        }
         let cpu = CpuMeter::start(target.pid)?;
-        let at = latency(addr, full.clone(), 20_000, None).await?;
+        let at = latency(addr, full.clone(), rounds, pace).await?;
         println!(
-            "{:<14} p50_us={:.1} p99_us={:.1} p90_us={:.1} p999_us={:.1} (64-byte echo, 1 connection, 20000 round trips back to back) {}",
-            "latency",
+            "{label:<14} p50_us={:.1} p99_us={:.1} p90_us={:.1} p999_us={:.1} (64-byte echo, 1 connection, {rounds} round trips {how}) {}",
             at(0.50),
             at(0.99),
             at(0.90),
             at(0.999),
-            cpu.report()?
-        );
-    }
-
-    // A WebSocket's messages come apart, not back to back: here the
-    // terminator's core goes idle between them, and its CPU share over the
-    // phase is what each message costs it (busy polling shows its price).
-    if wanted("latency-paced") {
-        let cpu = CpuMeter::start(target.pid)?;
-        let pace = Duration::from_secs(1) / PACED_PER_S;
-        let at = latency(addr, full.clone(), 3 * PACED_PER_S as usize, Some(pace)).await?;
-        println!(
-            "{:<14} p50_us={:.1} p99_us={:.1} p90_us={:.1} (64-byte echo, 1 connection, {PACED_PER_S} round trips a second) {}",
-            "latency-paced",
-            at(0.50),
-            at(0.99),
-            at(0.90),
             cpu.report()?
         );
     }

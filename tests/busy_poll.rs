@@ -8,23 +8,31 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// wssify in front of an echo backend, once it says busy polling is on.
+async fn busy_polling(threads: &str, window: &str) -> Wssify {
+    let backend = echo_backend().await;
+    let mut w = Wssify::start(&[
+        "--to",
+        &backend.to_string(),
+        "--threads",
+        threads,
+        "--busy-poll",
+        window,
+    ])
+    .await;
+    w.wait_for_log(&format!(
+        "busy polling: a worker checks for I/O for up to {window} before it sleeps"
+    ))
+    .await;
+    w
+}
+
 /// Small messages and a large one echo through a busy-polling wssify, and
 /// SIGTERM (which reaches a spinning worker through the event queue it
 /// watches) drains and exits 0.
 async fn echoes_then_drains(threads: &str) {
     bounded(WAIT, async {
-        let backend = echo_backend().await;
-        let mut w = Wssify::start(&[
-            "--to",
-            &backend.to_string(),
-            "--threads",
-            threads,
-            "--busy-poll",
-            "200us",
-        ])
-        .await;
-        w.wait_for_log("busy polling: a worker checks for I/O for up to 200us")
-            .await;
+        let mut w = busy_polling(threads, "200us").await;
         let mut tls = dev_connect(&mut w).await;
         let mut back = [0u8; 64];
         for i in 0..500u32 {
@@ -66,16 +74,7 @@ async fn two_threads_echo_and_drain() {
 #[tokio::test]
 async fn an_idle_process_stops_spinning() {
     bounded(WAIT, async {
-        let backend = echo_backend().await;
-        let mut w = Wssify::start(&[
-            "--to",
-            &backend.to_string(),
-            "--threads",
-            "2",
-            "--busy-poll",
-            "10ms",
-        ])
-        .await;
+        let mut w = busy_polling("2", "10ms").await;
         let mut tls = dev_connect(&mut w).await;
         tls.write_all(b"ping").await.unwrap();
         let mut back = [0u8; 4];
