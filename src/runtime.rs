@@ -23,7 +23,9 @@ use tokio::runtime::{Builder, Runtime};
 /// Builds the runtime: one thread needs no work-stealing scheduler (the
 /// current-thread runtime does the same work without cross-thread
 /// wake-ups); more get the multi-thread one. `busy_poll` is the window a
-/// worker spins for before it sleeps, if any.
+/// worker spins for before it sleeps, if any. Call it before starting any
+/// thread that could make an epoll descriptor of its own (see
+/// `event_queues`).
 pub fn build(threads: usize, busy_poll: Option<Duration>) -> io::Result<Runtime> {
     let mut builder = if threads == 1 {
         Builder::new_current_thread()
