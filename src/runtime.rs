@@ -58,6 +58,12 @@ pub fn build(threads: usize, busy_poll: Option<Duration>) -> io::Result<Runtime>
                 "busy polling: a worker checks for I/O for up to {} before it sleeps",
                 crate::settings::format_duration(window)
             );
+            let cores = crate::settings::default_threads();
+            if threads > cores {
+                log::warn!(
+                    "--busy-poll with --threads {threads} on {cores} cores: a spinning worker holds a core another worker may be waiting for; give each worker a core (--threads {cores})"
+                );
+            }
         }
         None => log::warn!(
             "--busy-poll: cannot find the runtime's event queue in /proc/self/fd; workers sleep as soon as they are idle"

@@ -111,3 +111,17 @@ fn cpu_ticks(pid: u32) -> u64 {
         .collect();
     fields.iter().sum()
 }
+
+/// More spinning workers than cores make workers wait on each other: said at
+/// start, with the count to use instead.
+#[tokio::test]
+async fn more_threads_than_cores_is_warned_about() {
+    bounded(WAIT, async {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (cores + 1).to_string();
+        let mut w = busy_polling(&threads, "50us").await;
+        let line = w.wait_for_log("--busy-poll with --threads").await;
+        assert!(line.contains(&format!("(--threads {cores})")), "{line}");
+    })
+    .await;
+}
