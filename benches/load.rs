@@ -376,19 +376,27 @@ async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) ->
     if wanted("throughput") {
         let cpu = CpuMeter::start(target.pid)?;
         let limit = Duration::from_secs(60 + (4 * o.bulk_mib / 10) as u64);
-        match tokio::time::timeout(limit, throughput(addr, full.clone(), 4, o.bulk_mib)).await {
-            Ok(mbps) => println!(
+        let bulk = throughput(addr, full.clone(), 4, o.bulk_mib);
+        tokio::pin!(bulk);
+        tokio::select! {
+            mbps = &mut bulk => println!(
                 "{:<14} mb_per_s={:.0} (4 connections x {} MiB, echoed, payload MB/s each way) {}",
                 "throughput",
                 mbps?,
                 o.bulk_mib,
                 cpu.report()?
             ),
-            Err(_) => println!(
-                "{:<14} stalled: not done within {}s; left out of the figures",
-                "throughput",
-                limit.as_secs()
-            ),
+            _ = tokio::time::sleep(limit) => {
+                println!(
+                    "{:<14} stalled: not done within {}s; left out of the figures; the sockets:",
+                    "throughput",
+                    limit.as_secs()
+                );
+                // The TCP state of the stalled connections (still open
+                // here), for whoever looks into the next stall.
+                let port = format!("( sport = :{0} or dport = :{0} )", addr.port());
+                let _ = Command::new("ss").args(["-tmi", &port]).status();
+            }
         }
     }
 
