@@ -9,8 +9,8 @@ use argh::FromArgs;
 
 use crate::error::StartupError;
 use crate::settings::{
-    Backend, CertPair, CertSettings, ListenAddr, MAX_BUSY_POLL, Settings, TlsMin, format_duration,
-    parse_backend, parse_duration, parse_listen,
+    Backend, CertPair, CertSettings, ListenAddr, MAX_BUSY_POLL, MIN_MAX_MEMORY, Settings, TlsMin,
+    format_duration, format_size, parse_backend, parse_duration, parse_listen, parse_size,
 };
 
 /// Accept TLS (wss://, https://, any TCP) on its own port and pipe the raw
@@ -96,10 +96,32 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub drain_timeout: Option<String>,
 
-    /// most connections at once; more wait to be accepted (default: (open-file
-    /// limit - 64) / 2, as each connection uses two descriptors)
+    /// most connections at once; more wait to be accepted (default: what
+    /// both the open-file limit and --max-memory can carry)
     #[argh(option, arg_name = "N")]
     pub max_conns: Option<String>,
+
+    /// memory all connections' buffers may hold together, e.g. 64MiB; when
+    /// reached, connections stop reading until buffers drain (default: half
+    /// the container's memory limit, else a quarter of physical memory)
+    #[argh(option, arg_name = "SIZE")]
+    pub max_memory: Option<String>,
+
+    /// close a connection when the client or backend has taken none of the
+    /// bytes waiting for it for this long; 0 = never (default: 5m)
+    #[argh(option, arg_name = "DURATION")]
+    pub stall_timeout: Option<String>,
+
+    /// TLS handshakes in progress at once; more clients wait to be accepted
+    /// (default: 256 per core)
+    #[argh(option, arg_name = "N")]
+    pub max_handshakes: Option<String>,
+
+    /// connections open at once from one client IP address; over it a new
+    /// connection is closed at once (default: no limit, as mobile carriers
+    /// put many users behind one address)
+    #[argh(option, arg_name = "N")]
+    pub max_conns_per_ip: Option<String>,
 
     /// oldest TLS version to accept: 1.2 or 1.3 (default: 1.2)
     #[argh(option, arg_name = "VERSION")]
@@ -168,6 +190,27 @@ impl Args {
         }
         if let Some(text) = &self.max_conns {
             settings.max_conns = Some(count_flag("--max-conns", text)?);
+        }
+        if let Some(text) = &self.max_memory {
+            let size = parse_size(text).map_err(|why| flag_error("--max-memory", text, &why))?;
+            if size < MIN_MAX_MEMORY {
+                let why = format!(
+                    "at least {}: a connection moving data needs a few buffers of 16KiB",
+                    format_size(MIN_MAX_MEMORY)
+                );
+                return Err(flag_error("--max-memory", text, &why));
+            }
+            settings.max_memory = Some(size);
+        }
+        if let Some(text) = &self.stall_timeout {
+            let stall = duration_flag("--stall-timeout", text)?;
+            settings.stall_timeout = (!stall.is_zero()).then_some(stall);
+        }
+        if let Some(text) = &self.max_handshakes {
+            settings.max_handshakes = count_flag("--max-handshakes", text)?;
+        }
+        if let Some(text) = &self.max_conns_per_ip {
+            settings.max_conns_per_ip = Some(count_flag("--max-conns-per-ip", text)?);
         }
         if let Some(text) = &self.threads {
             settings.threads = count_flag("--threads", text)?;

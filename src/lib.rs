@@ -83,9 +83,25 @@ impl Server {
         );
         let certificate = reloader.describe();
 
-        let max_conns = settings
-            .max_conns
-            .unwrap_or_else(|| limits::max_conns_for(fd_limit.unwrap_or(1024)));
+        let (max_memory, memory_origin) = match settings.max_memory {
+            Some(bytes) => (bytes, "--max-memory".to_string()),
+            None => limits::default_max_memory(),
+        };
+        let by_fds = limits::max_conns_for(fd_limit.unwrap_or(1024));
+        let by_memory = limits::max_conns_for_memory(max_memory);
+        let max_conns = match settings.max_conns {
+            Some(n) => {
+                if n > by_memory {
+                    warn!(
+                        "--max-conns {n} is more than --max-memory {} can give each connection room to move data ({by_memory} connections); when all are busy they will take turns",
+                        settings::format_size(max_memory)
+                    );
+                }
+                n
+            }
+            None => by_fds.min(by_memory),
+        }
+        .min(Semaphore::MAX_PERMITS);
         let bound = settings
             .listen
             .iter()
@@ -109,9 +125,22 @@ impl Server {
             );
         }
         info!(
-            "limits: at most {max_conns} connections; idle timeout {}, handshake {}, connect {}, drain {}",
+            "limits: at most {max_conns} connections ({}), {} handshakes at once, {} per IP; buffer memory {} ({memory_origin}); idle timeout {}, stall {}, handshake {}, connect {}, drain {}",
+            match settings.max_conns {
+                Some(_) => "--max-conns",
+                None if by_memory < by_fds => "what --max-memory carries",
+                None => "what the open-file limit carries",
+            },
+            settings.max_handshakes,
+            settings
+                .max_conns_per_ip
+                .map_or("no limit".to_string(), |n| n.to_string()),
+            settings::format_size(max_memory),
             settings
                 .idle_timeout
+                .map_or("never".to_string(), format_duration),
+            settings
+                .stall_timeout
                 .map_or("never".to_string(), format_duration),
             format_duration(settings.handshake_timeout),
             format_duration(settings.connect_timeout),

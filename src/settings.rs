@@ -17,6 +17,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long open connections may run on after SIGTERM/SIGINT.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a peer may leave bytes waiting for it without taking any: longer
+/// than the radio outages (tunnels, lifts, hand-overs) that a phone's TCP
+/// connection survives, so a healthy mobile WebSocket is never cut; a peer
+/// that takes nothing for this long has gone (TCP itself gives up after
+/// about 15 minutes of retransmissions) or is hostile.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Everything wssify needs to run, already checked.
 #[derive(Debug, Clone)]
@@ -35,8 +41,22 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Limit on letting open connections finish at shutdown.
     pub drain_timeout: Duration,
-    /// `None` derives the limit from the open-file limit at start.
+    /// `None` derives the limit from the open-file limit and the memory
+    /// budget at start.
     pub max_conns: Option<usize>,
+    /// Bytes that all connections' buffers may hold together; `None`
+    /// derives it at start from the cgroup memory limit or physical memory
+    /// (see `limits::default_max_memory`).
+    pub max_memory: Option<usize>,
+    /// Close a connection when a peer has taken none of the bytes waiting
+    /// for it for this long; `None`: never.
+    pub stall_timeout: Option<Duration>,
+    /// TLS handshakes in progress at once; further clients wait in the
+    /// kernel's accept queue.
+    pub max_handshakes: usize,
+    /// Connections open at once from one client address; `None`: no limit
+    /// (carriers put many users behind one address).
+    pub max_conns_per_ip: Option<usize>,
     /// The oldest TLS version offered.
     pub tls_min: TlsMin,
     /// ALPN protocols offered, in order of preference; empty offers none.
@@ -60,6 +80,10 @@ impl Settings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_conns: None,
+            max_memory: None,
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
+            max_handshakes: default_max_handshakes(),
+            max_conns_per_ip: None,
             tls_min: TlsMin::V1_2,
             alpn: Vec::new(),
             threads: default_threads(),
@@ -68,6 +92,9 @@ impl Settings {
     }
 }
 
+/// The smallest `--max-memory`: a few connections' worth of buffers.
+pub const MIN_MAX_MEMORY: usize = 1 << 20;
+
 /// The longest `--busy-poll` window: beyond it a worker burns more CPU
 /// than a sleep and a wake-up cost, even on a VM.
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
@@ -75,6 +102,18 @@ pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 /// The cores this process may run on, or 1 when that cannot be known.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Handshakes in progress per core by default. A core completes about
+/// 4,000 full handshakes a second and a handshake mostly waits for the
+/// client's next flight (one round trip), so 256 per core never holds back
+/// a real client, while a flood of clients that open handshakes and stall
+/// waits in the kernel's accept queue instead of holding state here.
+pub const HANDSHAKES_PER_CORE: usize = 256;
+
+/// The default `--max-handshakes`: [`HANDSHAKES_PER_CORE`] per core.
+pub fn default_max_handshakes() -> usize {
+    HANDSHAKES_PER_CORE * default_threads()
 }
 
 /// How often certificate files are re-read even without a change event.
@@ -278,6 +317,47 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("'{text}' is out of range; {EXPECTED}"))
 }
 
+/// Reads a size in bytes: `64MiB`, `1GiB`, `512KiB`, `64M`, `1G` (binary
+/// units, as memory limits are) or plain bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    const EXPECTED: &str = "expected a size like 64MiB, 1GiB, 512KiB or plain bytes";
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let Ok(value) = number.parse::<u64>() else {
+        return Err(format!("'{text}' is not a size; {EXPECTED}"));
+    };
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown unit '{other}' in '{text}'; {EXPECTED}")),
+    };
+    value
+        .checked_mul(scale)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| format!("'{text}' is out of range; {EXPECTED}"))
+}
+
+/// Writes a size the way a person would type it back (`64MiB`, `1GiB`).
+pub fn format_size(bytes: usize) -> String {
+    const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (scale, unit) in UNITS {
+        if bytes >= scale {
+            return if bytes.is_multiple_of(scale) {
+                format!("{}{unit}", bytes / scale)
+            } else {
+                format!("{:.1}{unit}", bytes as f64 / scale as f64)
+            };
+        }
+    }
+    format!("{bytes}B")
+}
+
 /// Writes a duration the way a person would type it back (`1h`, `90s`, `1.5s`).
 pub fn format_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
@@ -363,6 +443,26 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512kib"), Ok(512 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("99999999999999999999G").is_err());
+        assert!(
+            parse_size("9999999999T")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        for text in ["64MiB", "1GiB", "512KiB", "100B"] {
+            assert_eq!(format_size(parse_size(text).unwrap()), text);
+        }
     }
 
     #[test]
