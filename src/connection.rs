@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::proxy::{self, End};
+use crate::budget::Budget;
+use crate::proxy::{self, End, Timeouts};
 use crate::settings::{Backend, format_duration};
 use crate::shutdown::{ConnectionGuard, Phase, reached};
 use crate::sniff::{self, FirstBytes};
@@ -41,6 +42,10 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// `None`: never close for idleness.
     pub idle_timeout: Option<Duration>,
+    /// `None`: never close a connection whose peer stopped taking bytes.
+    pub stall_timeout: Option<Duration>,
+    /// The memory every connection's buffers draw from (`--max-memory`).
+    pub budget: Arc<Budget>,
 }
 
 /// What is known about a connection for its log line.
@@ -73,7 +78,7 @@ pub async fn serve(
     permit: OwnedSemaphorePermit,
     guard: ConnectionGuard,
 ) {
-    let _held = (permit, guard);
+    let _held = (permit, guard, shared.budget.connection());
     // Opening is boxed: its futures (sniff, handshake, connect) are freed
     // once it is done instead of sizing the task for the connection's whole
     // life. Measured with -Zprint-type-sizes: the task went from 2968 bytes.
@@ -197,7 +202,11 @@ async fn relay(
     } = &mut *session;
     // Pinned here and lent to `pipe`, so the future is stored only once.
     let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
-    let outcome = proxy::pipe(client, backend, shared.idle_timeout, stop.as_mut()).await;
+    let timeouts = Timeouts {
+        idle: shared.idle_timeout,
+        stall: shared.stall_timeout,
+    };
+    let outcome = proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await;
     if matches!(outcome.end, End::IdleTimeout(_) | End::Drained) {
         // Say goodbye properly: close_notify to the client, FIN to the backend.
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;

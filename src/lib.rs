@@ -8,6 +8,7 @@
 //! [`tls`], [`listener`]) → [`connection`] → [`proxy`]; [`reload`] swaps
 //! what [`loader`] built while connections run.
 
+pub mod budget;
 pub mod certs;
 pub mod check;
 pub mod cli;
@@ -153,6 +154,8 @@ impl Server {
             handshake_timeout: settings.handshake_timeout,
             connect_timeout: settings.connect_timeout,
             idle_timeout: settings.idle_timeout,
+            stall_timeout: settings.stall_timeout,
+            budget: Arc::new(budget::Budget::new(max_memory)),
         });
         Ok(Server {
             bound,

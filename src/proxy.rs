@@ -7,6 +7,15 @@
 //! A finished direction is passed on as a half-close (FIN towards the
 //! backend, close_notify then FIN towards the client), and the idle timeout
 //! fires only when no byte has moved in either direction for that long.
+//!
+//! Two rules keep what a connection holds bounded by what its peers do:
+//! a direction reads again only once its destination has taken everything
+//! written so far (a client that stops reading pins one read's worth, not a
+//! queue), and every copy buffer is granted by the process-wide
+//! [`Budget`](crate::budget::Budget) first, so when the budget is spent
+//! connections stop reading and their senders meet TCP backpressure. A
+//! destination that takes none of the bytes waiting for it for the stall
+//! timeout ends the connection.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -17,6 +26,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
+
+use crate::budget::{Budget, MIN_GRANT, Waiting};
 
 /// The copy buffer for small messages: one full TLS record of plaintext.
 pub const COPY_BUFFER_MIN: usize = 16 * 1024;
@@ -33,6 +44,10 @@ pub enum End {
     BackendClosed,
     /// No byte moved either way for the idle timeout.
     IdleTimeout(Duration),
+    /// The client took none of the bytes waiting for it for the stall timeout.
+    ClientStalled(Duration),
+    /// The backend took none of the bytes waiting for it for the stall timeout.
+    BackendStalled(Duration),
     /// Reading from or writing to the client failed.
     ClientError(io::Error),
     /// Reading from or writing to the backend failed.
@@ -49,6 +64,16 @@ impl fmt::Display for End {
             End::IdleTimeout(d) => write!(
                 f,
                 "idle timeout ({} with no bytes)",
+                crate::settings::format_duration(*d)
+            ),
+            End::ClientStalled(d) => write!(
+                f,
+                "client stalled (took none of the bytes waiting for it for {})",
+                crate::settings::format_duration(*d)
+            ),
+            End::BackendStalled(d) => write!(
+                f,
+                "backend stalled (took none of the bytes waiting for it for {})",
                 crate::settings::format_duration(*d)
             ),
             End::ClientError(e) => write!(f, "client error: {e}"),
@@ -69,34 +94,65 @@ pub struct Outcome {
     pub end: End,
 }
 
-/// Copies both ways until both directions are finished, an error occurs, the
-/// idle timeout passes with no byte moving (`None`: never), or `stop`
-/// completes.
+/// A destination that can say how far its socket has got with bytes it
+/// already accepted from `poll_write`: a TLS stream accepts a write into
+/// its record queue before the socket takes it, so a stall is judged on
+/// this, not on writes alone.
+pub trait Progress {
+    /// A count that grows whenever the destination's socket takes bytes it
+    /// had queued; a destination that queues nothing keeps the default.
+    fn progress(&self) -> u64 {
+        0
+    }
+}
+
+impl Progress for tokio::net::TcpStream {}
+
+/// The timeouts a proxied connection runs under; `None`: never.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// No byte moved either way for this long.
+    pub idle: Option<Duration>,
+    /// A destination took none of the bytes waiting for it for this long.
+    pub stall: Option<Duration>,
+}
+
+/// Copies both ways until both directions are finished, an error occurs, a
+/// timeout passes, or `stop` completes. Copy buffers are granted by `budget`.
 pub async fn pipe<C, B, S>(
     client: &mut C,
     backend: &mut B,
-    idle_timeout: Option<Duration>,
+    timeouts: Timeouts,
+    budget: &Budget,
     mut stop: S,
 ) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Progress + Unpin,
+    B: AsyncRead + AsyncWrite + Progress + Unpin,
     S: Future<Output = ()> + Unpin,
 {
-    let mut up = Half::default();
-    let mut down = Half::default();
+    let mut halves = Halves {
+        up: Half::default(),
+        down: Half::default(),
+        budget,
+    };
     let mut first_done: Option<End> = None;
     let mut last_activity = Instant::now();
-    let idle = idle_timeout.map(tokio::time::sleep);
-    tokio::pin!(idle);
+    let first_deadline = match (timeouts.idle, timeouts.stall) {
+        (Some(idle), Some(stall)) => Some(idle.min(stall)),
+        (idle, stall) => idle.or(stall),
+    };
+    let timer = first_deadline.map(|d| tokio::time::sleep_until(last_activity + d));
+    tokio::pin!(timer);
 
     let end = poll_fn(|cx| {
         if Pin::new(&mut stop).poll(cx).is_ready() {
             return Poll::Ready(End::Drained);
         }
+        let Halves { up, down, budget } = &mut halves;
         let mut moved = false;
         if !up.done {
-            match up.poll_copy(cx, &mut *client, &mut *backend, &mut moved) {
+            match up.poll_copy(cx, &mut *client, &mut *backend, budget, &mut moved) {
                 Poll::Ready(Ok(())) => {
                     first_done.get_or_insert(End::ClientClosed);
                 }
@@ -106,7 +162,7 @@ where
             }
         }
         if !down.done {
-            match down.poll_copy(cx, &mut *backend, &mut *client, &mut moved) {
+            match down.poll_copy(cx, &mut *backend, &mut *client, budget, &mut moved) {
                 Poll::Ready(Ok(())) => {
                     first_done.get_or_insert(End::BackendClosed);
                 }
@@ -121,15 +177,53 @@ where
         if moved {
             last_activity = Instant::now();
         }
-        if let (Some(mut sleep), Some(limit)) = (idle.as_mut().as_pin_mut(), idle_timeout) {
-            // The timer is re-armed lazily: only when it fires do we look at
-            // when bytes last moved, so busy connections never touch it.
-            while sleep.as_mut().poll(cx).is_ready() {
-                let deadline = last_activity + limit;
-                if Instant::now() >= deadline {
+        let Some(mut timer) = timer.as_mut().as_pin_mut() else {
+            return Poll::Pending;
+        };
+        if let Some(stall) = timeouts.stall {
+            // A direction that starts waiting on its destination (or sees it
+            // take bytes) gets a new mark; the timer must not sleep past it.
+            let marks = [
+                up.mark_stall(backend.progress()),
+                down.mark_stall(client.progress()),
+            ];
+            if let Some(at) = marks.into_iter().flatten().min().map(|at| at + stall)
+                && at < timer.deadline()
+            {
+                timer.as_mut().reset(at);
+            }
+        }
+        // The timer is re-armed lazily: only when it fires do we look at
+        // when bytes last moved, so busy connections never touch it.
+        while timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            if let Some(limit) = timeouts.idle {
+                let at = last_activity + limit;
+                if now >= at {
                     return Poll::Ready(End::IdleTimeout(limit));
                 }
-                sleep.as_mut().reset(deadline);
+                next = Some(at);
+            }
+            if let Some(limit) = timeouts.stall {
+                for (half, end) in [
+                    (&*down, End::ClientStalled(limit)),
+                    (&*up, End::BackendStalled(limit)),
+                ] {
+                    if let Some((since, _)) = half.stalled {
+                        let at = since + limit;
+                        if now >= at {
+                            return Poll::Ready(end);
+                        }
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                    }
+                }
+                // Nothing waiting: look again after a stall's length.
+                next.get_or_insert(now + limit);
+            }
+            match next {
+                Some(at) => timer.as_mut().reset(at),
+                None => break,
             }
         }
         Poll::Pending
@@ -137,8 +231,8 @@ where
     .await;
 
     Outcome {
-        to_backend: up.bytes,
-        to_client: down.bytes,
+        to_backend: halves.up.bytes,
+        to_client: halves.down.bytes,
         end,
     }
 }
@@ -149,11 +243,30 @@ enum Failure {
     Write(io::Error),
 }
 
+/// Both directions, giving their buffers back to the budget however the
+/// copy ends (even if the future is dropped).
+struct Halves<'b> {
+    up: Half,
+    down: Half,
+    budget: &'b Budget,
+}
+
+impl Drop for Halves<'_> {
+    fn drop(&mut self) {
+        self.up.free(self.budget);
+        self.down.free(self.budget);
+    }
+}
+
 /// One direction of the copy.
 #[derive(Default)]
 struct Half {
     /// Present only while bytes are in flight; its length is what was read.
     buf: Option<Vec<u8>>,
+    /// What the budget granted for `buf`.
+    granted: usize,
+    /// This direction's place in the budget's wait list.
+    waiting: Waiting,
     /// Next byte of `buf` to write.
     pos: usize,
     /// End of the bytes read into `buf`.
@@ -162,6 +275,12 @@ struct Half {
     read_done: bool,
     /// Bytes were written since the last flush.
     need_flush: bool,
+    /// The destination has bytes of ours it has not taken yet and cannot
+    /// take more now.
+    blocked: bool,
+    /// While blocked: since when the destination has taken nothing, and its
+    /// progress count then.
+    stalled: Option<(Instant, u64)>,
     /// EOF was passed on as a shutdown: this direction is over.
     done: bool,
     /// Bytes written to the destination.
@@ -172,11 +291,37 @@ struct Half {
 }
 
 impl Half {
+    /// Gives the copy buffer and its grant back.
+    fn free(&mut self, budget: &Budget) {
+        self.buf = None;
+        budget.release(std::mem::take(&mut self.granted));
+    }
+
+    /// Follows whether the destination is taking bytes: returns when a new
+    /// stall mark was set (the destination just started waiting, or took
+    /// some bytes while blocked), so the caller can arm its timer.
+    fn mark_stall(&mut self, destination_progress: u64) -> Option<Instant> {
+        if !self.blocked {
+            self.stalled = None;
+            return None;
+        }
+        let progress = self.bytes + destination_progress;
+        match self.stalled {
+            Some((_, seen)) if seen == progress => None,
+            _ => {
+                let now = Instant::now();
+                self.stalled = Some((now, progress));
+                Some(now)
+            }
+        }
+    }
+
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
         writer: &mut W,
+        budget: &Budget,
         moved: &mut bool,
     ) -> Poll<Result<(), Failure>>
     where
@@ -185,8 +330,31 @@ impl Half {
     {
         loop {
             if self.pos == self.cap && !self.read_done {
-                let size = self.size.max(COPY_BUFFER_MIN);
-                let buf = self.buf.get_or_insert_with(|| Vec::with_capacity(size));
+                // Read more only once the destination has taken everything
+                // written so far: a peer that stops reading then pins what
+                // it was last sent, not a growing queue.
+                if self.need_flush {
+                    match Pin::new(&mut *writer).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => self.need_flush = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Write(e))),
+                        Poll::Pending => {
+                            self.free(budget);
+                            self.blocked = true;
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                self.blocked = false;
+                if self.buf.is_none() {
+                    let want = self.size.max(COPY_BUFFER_MIN);
+                    let granted =
+                        ready!(budget.poll_reserve(cx, &mut self.waiting, 0, want, MIN_GRANT));
+                    self.granted = granted;
+                    self.buf = Some(Vec::with_capacity(granted));
+                }
+                let Some(buf) = self.buf.as_mut() else {
+                    continue;
+                };
                 buf.clear();
                 let capacity = buf.capacity();
                 // Into spare capacity, so a new buffer is not zeroed first
@@ -217,12 +385,7 @@ impl Half {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Read(e))),
                     Poll::Pending => {
                         // Nothing to move: give the buffer back while idle.
-                        self.buf = None;
-                        if self.need_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))
-                                .map_err(Failure::Write)?;
-                            self.need_flush = false;
-                        }
+                        self.free(budget);
                         return Poll::Pending;
                     }
                 }
@@ -232,25 +395,31 @@ impl Half {
                 let Some(buf) = self.buf.as_deref() else {
                     break;
                 };
-                match ready!(Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap])) {
-                    Ok(0) => {
+                match Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap]) {
+                    Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
                     }
-                    Ok(n) => {
+                    Poll::Ready(Ok(n)) => {
                         self.pos += n;
                         self.bytes += n as u64;
                         self.need_flush = true;
+                        self.blocked = false;
                         *moved = true;
                     }
-                    Err(e) => return Poll::Ready(Err(Failure::Write(e))),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::Write(e))),
+                    Poll::Pending => {
+                        self.blocked = true;
+                        return Poll::Pending;
+                    }
                 }
             }
             self.pos = 0;
             self.cap = 0;
 
             if self.read_done {
-                self.buf = None;
+                self.free(budget);
                 // Shutdown flushes first, then passes the half-close on.
+                self.blocked = true;
                 match ready!(Pin::new(&mut *writer).poll_shutdown(cx)) {
                     // The destination already went away entirely: nothing
                     // is left to tell it, and nothing was lost.
@@ -258,6 +427,7 @@ impl Half {
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
                     Err(e) => return Poll::Ready(Err(Failure::Write(e))),
                 }
+                self.blocked = false;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }

@@ -570,3 +570,7 @@ fn shrink_if_empty(buf: &mut Vec<u8>) {
         *buf = Vec::new();
     }
 }
+
+/// The stall timeout's view of the client: progress is judged by
+/// `poll_write` alone until the stream reports what its socket took.
+impl crate::proxy::Progress for TlsStream {}
