@@ -99,7 +99,9 @@ impl Budget {
     ) -> Poll<usize> {
         let min = min.min(want);
         let holders = self.conns.load(Ordering::Relaxed).max(1) * GATED_HOLDERS_PER_CONN;
-        let share = self.limit / 2 / holders;
+        // Never below the least worth granting: a budget too small for its
+        // connections then serves them in turns rather than none at all.
+        let share = (self.limit / 2 / holders).max(min);
         let granted = self.try_take(|used| {
             if used + want <= self.limit / 2 {
                 Some(want)
