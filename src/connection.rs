@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::logsafe;
 use crate::proxy::{self, End};
 use crate::settings::{Backend, format_duration};
 use crate::shutdown::{ConnectionGuard, Phase, reached};
@@ -49,7 +50,7 @@ struct Facts {
     sni: Option<String>,
     version: &'static str,
     cipher: String,
-    alpn: Option<String>,
+    alpn: Option<Vec<u8>>,
     group: String,
     client_cert: Option<String>,
 }
@@ -141,7 +142,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             info!(
                 "peer={peer} duration={} end=\"handshake failed: {}\"",
                 elapsed(started),
-                tls::describe_handshake_error(&e)
+                // It may quote the client's SNI (--strict-sni).
+                logsafe::quoted(tls::describe_handshake_error(&e).as_bytes())
             );
             return None;
         }
@@ -214,17 +216,27 @@ async fn relay(
 }
 
 impl Facts {
+    /// The fields of the log line. What the client chose (SNI, ALPN, its
+    /// certificate's subject) is escaped, so it can neither end the line
+    /// nor add a field.
     fn describe(&self) -> String {
         let mut line = format!(
             "sni={} tls={} cipher={} kx={} alpn={}",
-            self.sni.as_deref().unwrap_or("-"),
+            self.sni
+                .as_deref()
+                .map_or(logsafe::bare(b"-"), |s| logsafe::bare(s.as_bytes())),
             self.version,
             self.cipher,
             self.group,
-            self.alpn.as_deref().unwrap_or("-"),
+            self.alpn
+                .as_deref()
+                .map_or(logsafe::bare(b"-"), logsafe::bare),
         );
         if let Some(subject) = &self.client_cert {
-            line.push_str(&format!(" client_cert=\"{}\"", subject.replace('"', "'")));
+            line.push_str(&format!(
+                " client_cert=\"{}\"",
+                logsafe::quoted(subject.as_bytes())
+            ));
         }
         line
     }
@@ -237,9 +249,7 @@ fn facts_of(negotiated: Negotiated) -> Facts {
         cipher: negotiated
             .suite
             .map_or("-".to_string(), |s| format!("{:?}", s.suite())),
-        alpn: negotiated
-            .alpn
-            .map(|p| String::from_utf8_lossy(&p).into_owned()),
+        alpn: negotiated.alpn,
         group: negotiated
             .group
             .map_or("-".to_string(), |g| format!("{g:?}")),

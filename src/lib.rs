@@ -17,6 +17,7 @@ pub mod error;
 pub mod limits;
 pub mod listener;
 pub mod loader;
+pub mod logsafe;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;
