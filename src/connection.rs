@@ -20,6 +20,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::logsafe;
 use crate::proxy::{self, End};
+use crate::ratelog::{Kind, info_limited};
 use crate::settings::{Backend, format_duration};
 use crate::shutdown::{ConnectionGuard, Phase, reached};
 use crate::sniff::{self, FirstBytes};
@@ -95,12 +96,16 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
     match sniff::classify(&mut tcp, deadline).await {
         Ok(Some(FirstBytes::Tls)) => {}
         Ok(Some(FirstBytes::Nothing)) => {
-            debug!("peer={peer} end=\"closed before sending anything\"");
+            info_limited!(
+                Kind::Probe,
+                "peer={peer} end=\"closed before sending anything\""
+            );
             return None;
         }
         Ok(Some(FirstBytes::PlainHttp)) => {
             let answered = sniff::answer_plain_http(&mut tcp).await;
-            info!(
+            info_limited!(
+                Kind::PlainHttp,
                 "peer={peer} duration={} end=\"plain HTTP on the TLS port: {}\"",
                 elapsed(started),
                 match answered {
@@ -111,7 +116,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
         Ok(Some(FirstBytes::NotTls(byte))) => {
-            info!(
+            info_limited!(
+                Kind::Probe,
                 "peer={peer} duration={} end=\"not TLS (first byte 0x{byte:02x}): closed\"",
                 elapsed(started)
             );
@@ -119,7 +125,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
         Ok(None) => {
-            info!(
+            info_limited!(
+                Kind::HandshakeFailed,
                 "peer={peer} duration={} end=\"handshake failed: no bytes within {}\"",
                 elapsed(started),
                 format_duration(shared.handshake_timeout)
@@ -127,7 +134,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
         Err(e) => {
-            info!(
+            info_limited!(
+                Kind::HandshakeFailed,
                 "peer={peer} duration={} end=\"client error: {e}\"",
                 elapsed(started)
             );
@@ -139,7 +147,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
     let mut client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            info!(
+            info_limited!(
+                Kind::HandshakeFailed,
                 "peer={peer} duration={} end=\"handshake failed: {}\"",
                 elapsed(started),
                 // It may quote the client's SNI (--strict-sni).
@@ -148,7 +157,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
         Err(_) => {
-            info!(
+            info_limited!(
+                Kind::HandshakeFailed,
                 "peer={peer} duration={} end=\"handshake failed: not finished within {}\"",
                 elapsed(started),
                 format_duration(shared.handshake_timeout)

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod loader;
 pub mod logsafe;
 pub mod proxy;
+pub mod ratelog;
 pub mod reload;
 pub mod runtime;
 pub mod settings;
@@ -173,6 +174,8 @@ impl Server {
     pub async fn serve(self, mut shutdown: mpsc::Receiver<()>) -> Exit {
         let coordinator = Arc::new(Coordinator::new());
         let limit = Arc::new(Semaphore::new(self.max_conns));
+        // Reports the count of rate-limited lines when a flood stops.
+        let summaries = tokio::spawn(ratelog::report_held_back());
         let mut loops = Vec::new();
         for bound in self.bound {
             loops.push(tokio::spawn(listener::accept_loop(
@@ -203,7 +206,9 @@ impl Server {
                 Err(_) => Exit::Drained,
             }
         };
-        drain.await
+        let exit = drain.await;
+        summaries.abort();
+        exit
     }
 }
 
