@@ -18,11 +18,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::listener::Held;
 use crate::logsafe;
 use crate::proxy::{self, End};
 use crate::ratelog::{Kind, info_limited};
 use crate::settings::{Backend, format_duration};
-use crate::shutdown::{ConnectionGuard, Phase, reached};
+use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
 use crate::tls_stream::{Negotiated, TlsStream};
@@ -64,22 +65,25 @@ struct Session {
     started: Instant,
 }
 
-/// Serves one accepted client until it is done. `permit` and `guard` are
-/// held for the connection's whole life: dropping them frees a slot under
-/// `--max-conns` and tells the drain this connection has ended.
+/// Serves one accepted client until it is done. `held` is kept for the
+/// connection's whole life: dropping it frees its places under
+/// `--max-conns` and `--max-conns-per-ip` and tells the drain this
+/// connection has ended. `handshake` is given back as soon as the
+/// handshake ends, so slow or stalled handshakes are what
+/// `--max-handshakes` limits, never connections that are open.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
-    permit: OwnedSemaphorePermit,
-    guard: ConnectionGuard,
+    held: Held,
+    handshake: OwnedSemaphorePermit,
 ) {
-    let _held = (permit, guard);
+    let _held = held;
     // Opening is boxed: its futures (sniff, handshake, connect) are freed
     // once it is done instead of sizing the task for the connection's whole
     // life. Measured with -Zprint-type-sizes: the task went from 2968 bytes.
-    if let Some(session) = Box::pin(open(tcp, peer, &shared)).await {
+    if let Some(session) = Box::pin(open(tcp, peer, &shared, handshake)).await {
         // The session is boxed too: moved by value into `relay`, async fn
         // layout would otherwise hold it twice (1.3 KiB each).
         relay(session, peer, &shared, phase).await;
@@ -88,7 +92,12 @@ pub async fn serve(
 
 /// Everything before bytes flow: first-bytes sniff, TLS handshake, backend
 /// connect. Every way this can fail is logged here; `None` means it did.
-async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Box<Session>> {
+async fn open(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    handshake: OwnedSemaphorePermit,
+) -> Option<Box<Session>> {
     let started = Instant::now();
     tune(&tcp);
     let deadline = started + shared.handshake_timeout;
@@ -166,6 +175,7 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
     };
+    drop(handshake);
     let facts = facts_of(client.negotiated());
 
     let backend = match timeout(shared.connect_timeout, connect(&shared.backend)).await {

@@ -50,6 +50,8 @@ pub struct Server {
     bound: Vec<Bound>,
     shared: Arc<Shared>,
     max_conns: usize,
+    max_handshakes: usize,
+    max_conns_per_ip: Option<usize>,
     drain_timeout: std::time::Duration,
 }
 
@@ -104,6 +106,7 @@ impl Server {
             None => by_fds.min(by_memory),
         }
         .min(Semaphore::MAX_PERMITS);
+        let max_handshakes = settings.max_handshakes.clamp(1, Semaphore::MAX_PERMITS);
         let bound = settings
             .listen
             .iter()
@@ -133,7 +136,7 @@ impl Server {
                 None if by_memory < by_fds => "what --max-memory carries",
                 None => "what the open-file limit carries",
             },
-            settings.max_handshakes,
+            max_handshakes,
             settings
                 .max_conns_per_ip
                 .map_or("no limit".to_string(), |n| n.to_string()),
@@ -160,6 +163,8 @@ impl Server {
             bound,
             shared,
             max_conns,
+            max_handshakes,
+            max_conns_per_ip: settings.max_conns_per_ip,
             drain_timeout: settings.drain_timeout,
         })
     }
@@ -174,6 +179,14 @@ impl Server {
     pub async fn serve(self, mut shutdown: mpsc::Receiver<()>) -> Exit {
         let coordinator = Arc::new(Coordinator::new());
         let limit = Arc::new(Semaphore::new(self.max_conns));
+        let gates = listener::Gates {
+            conns: limit.clone(),
+            max_conns: self.max_conns,
+            // Shared by every listener: the limit is on the work, not per port.
+            handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
+            max_handshakes: self.max_handshakes,
+            per_ip: self.max_conns_per_ip.map(listener::PerIp::new),
+        };
         // Reports the count of rate-limited lines when a flood stops.
         let summaries = tokio::spawn(ratelog::report_held_back());
         let mut loops = Vec::new();
@@ -181,8 +194,7 @@ impl Server {
             loops.push(tokio::spawn(listener::accept_loop(
                 bound,
                 self.shared.clone(),
-                limit.clone(),
-                self.max_conns,
+                gates.clone(),
                 coordinator.clone(),
             )));
         }
