@@ -19,9 +19,12 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::budget::Budget;
+use crate::listener::Held;
+use crate::logsafe;
 use crate::proxy::{self, End, Timeouts};
+use crate::ratelog::{Kind, info_limited};
 use crate::settings::{Backend, format_duration};
-use crate::shutdown::{ConnectionGuard, Phase, reached};
+use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
 use crate::tls_stream::{Negotiated, TlsStream};
@@ -54,7 +57,7 @@ struct Facts {
     sni: Option<String>,
     version: &'static str,
     cipher: String,
-    alpn: Option<String>,
+    alpn: Option<Vec<u8>>,
     group: String,
     client_cert: Option<String>,
 }
@@ -67,22 +70,25 @@ struct Session {
     started: Instant,
 }
 
-/// Serves one accepted client until it is done. `permit` and `guard` are
-/// held for the connection's whole life: dropping them frees a slot under
-/// `--max-conns` and tells the drain this connection has ended.
+/// Serves one accepted client until it is done. `held` is kept for the
+/// connection's whole life: dropping it frees its places under
+/// `--max-conns` and `--max-conns-per-ip` and tells the drain this
+/// connection has ended. `handshake` is given back as soon as the
+/// handshake ends, so slow or stalled handshakes are what
+/// `--max-handshakes` limits, never connections that are open.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
-    permit: OwnedSemaphorePermit,
-    guard: ConnectionGuard,
+    held: Held,
+    handshake: OwnedSemaphorePermit,
 ) {
-    let _held = (permit, guard, shared.budget.connection());
+    let _held = (held, shared.budget.connection());
     // Opening is boxed: its futures (sniff, handshake, connect) are freed
     // once it is done instead of sizing the task for the connection's whole
     // life. Measured with -Zprint-type-sizes: the task went from 2968 bytes.
-    if let Some(session) = Box::pin(open(tcp, peer, &shared)).await {
+    if let Some(session) = Box::pin(open(tcp, peer, &shared, handshake)).await {
         // The session is boxed too: moved by value into `relay`, async fn
         // layout would otherwise hold it twice (1.3 KiB each).
         relay(session, peer, &shared, phase).await;
@@ -91,7 +97,12 @@ pub async fn serve(
 
 /// Everything before bytes flow: first-bytes sniff, TLS handshake, backend
 /// connect. Every way this can fail is logged here; `None` means it did.
-async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<Box<Session>> {
+async fn open(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    handshake: OwnedSemaphorePermit,
+) -> Option<Box<Session>> {
     let started = Instant::now();
     tune(&tcp);
     let deadline = started + shared.handshake_timeout;
@@ -99,12 +110,16 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
     match sniff::classify(&mut tcp, deadline).await {
         Ok(Some(FirstBytes::Tls)) => {}
         Ok(Some(FirstBytes::Nothing)) => {
-            debug!("peer={peer} end=\"closed before sending anything\"");
+            info_limited!(
+                Kind::Probe,
+                "peer={peer} end=\"closed before sending anything\""
+            );
             return None;
         }
         Ok(Some(FirstBytes::PlainHttp)) => {
             let answered = sniff::answer_plain_http(&mut tcp).await;
-            info!(
+            info_limited!(
+                Kind::PlainHttp,
                 "peer={peer} duration={} end=\"plain HTTP on the TLS port: {}\"",
                 elapsed(started),
                 match answered {
@@ -115,7 +130,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
         Ok(Some(FirstBytes::NotTls(byte))) => {
-            info!(
+            info_limited!(
+                Kind::Probe,
                 "peer={peer} duration={} end=\"not TLS (first byte 0x{byte:02x}): closed\"",
                 elapsed(started)
             );
@@ -123,7 +139,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
         Ok(None) => {
-            info!(
+            info_limited!(
+                Kind::HandshakeFailed,
                 "peer={peer} duration={} end=\"handshake failed: no bytes within {}\"",
                 elapsed(started),
                 format_duration(shared.handshake_timeout)
@@ -131,7 +148,8 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
         Err(e) => {
-            info!(
+            info_limited!(
+                Kind::HandshakeFailed,
                 "peer={peer} duration={} end=\"client error: {e}\"",
                 elapsed(started)
             );
@@ -143,15 +161,18 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
     let mut client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            info!(
+            info_limited!(
+                Kind::HandshakeFailed,
                 "peer={peer} duration={} end=\"handshake failed: {}\"",
                 elapsed(started),
-                tls::describe_handshake_error(&e)
+                // It may quote the client's SNI (--strict-sni).
+                logsafe::quoted(tls::describe_handshake_error(&e).as_bytes())
             );
             return None;
         }
         Err(_) => {
-            info!(
+            info_limited!(
+                Kind::HandshakeFailed,
                 "peer={peer} duration={} end=\"handshake failed: not finished within {}\"",
                 elapsed(started),
                 format_duration(shared.handshake_timeout)
@@ -159,6 +180,7 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             return None;
         }
     };
+    drop(handshake);
     let facts = facts_of(client.negotiated());
 
     let backend = match timeout(shared.connect_timeout, connect(&shared.backend)).await {
@@ -223,17 +245,27 @@ async fn relay(
 }
 
 impl Facts {
+    /// The fields of the log line. What the client chose (SNI, ALPN, its
+    /// certificate's subject) is escaped, so it can neither end the line
+    /// nor add a field.
     fn describe(&self) -> String {
         let mut line = format!(
             "sni={} tls={} cipher={} kx={} alpn={}",
-            self.sni.as_deref().unwrap_or("-"),
+            self.sni
+                .as_deref()
+                .map_or(logsafe::bare(b"-"), |s| logsafe::bare(s.as_bytes())),
             self.version,
             self.cipher,
             self.group,
-            self.alpn.as_deref().unwrap_or("-"),
+            self.alpn
+                .as_deref()
+                .map_or(logsafe::bare(b"-"), logsafe::bare),
         );
         if let Some(subject) = &self.client_cert {
-            line.push_str(&format!(" client_cert=\"{}\"", subject.replace('"', "'")));
+            line.push_str(&format!(
+                " client_cert=\"{}\"",
+                logsafe::quoted(subject.as_bytes())
+            ));
         }
         line
     }
@@ -246,9 +278,7 @@ fn facts_of(negotiated: Negotiated) -> Facts {
         cipher: negotiated
             .suite
             .map_or("-".to_string(), |s| format!("{:?}", s.suite())),
-        alpn: negotiated
-            .alpn
-            .map(|p| String::from_utf8_lossy(&p).into_owned()),
+        alpn: negotiated.alpn,
         group: negotiated
             .group
             .map_or("-".to_string(), |g| format!("{g:?}")),

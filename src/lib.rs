@@ -18,7 +18,9 @@ pub mod error;
 pub mod limits;
 pub mod listener;
 pub mod loader;
+pub mod logsafe;
 pub mod proxy;
+pub mod ratelog;
 pub mod reload;
 pub mod runtime;
 pub mod settings;
@@ -49,6 +51,8 @@ pub struct Server {
     bound: Vec<Bound>,
     shared: Arc<Shared>,
     max_conns: usize,
+    max_handshakes: usize,
+    max_conns_per_ip: Option<usize>,
     drain_timeout: std::time::Duration,
 }
 
@@ -103,6 +107,7 @@ impl Server {
             None => by_fds.min(by_memory),
         }
         .min(Semaphore::MAX_PERMITS);
+        let max_handshakes = settings.max_handshakes.clamp(1, Semaphore::MAX_PERMITS);
         let bound = settings
             .listen
             .iter()
@@ -132,7 +137,7 @@ impl Server {
                 None if by_memory < by_fds => "what --max-memory carries",
                 None => "what the open-file limit carries",
             },
-            settings.max_handshakes,
+            max_handshakes,
             settings
                 .max_conns_per_ip
                 .map_or("no limit".to_string(), |n| n.to_string()),
@@ -161,6 +166,8 @@ impl Server {
             bound,
             shared,
             max_conns,
+            max_handshakes,
+            max_conns_per_ip: settings.max_conns_per_ip,
             drain_timeout: settings.drain_timeout,
         })
     }
@@ -175,13 +182,22 @@ impl Server {
     pub async fn serve(self, mut shutdown: mpsc::Receiver<()>) -> Exit {
         let coordinator = Arc::new(Coordinator::new());
         let limit = Arc::new(Semaphore::new(self.max_conns));
+        let gates = listener::Gates {
+            conns: limit.clone(),
+            max_conns: self.max_conns,
+            // Shared by every listener: the limit is on the work, not per port.
+            handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
+            max_handshakes: self.max_handshakes,
+            per_ip: self.max_conns_per_ip.map(listener::PerIp::new),
+        };
+        // Reports the count of rate-limited lines when a flood stops.
+        let summaries = tokio::spawn(ratelog::report_held_back());
         let mut loops = Vec::new();
         for bound in self.bound {
             loops.push(tokio::spawn(listener::accept_loop(
                 bound,
                 self.shared.clone(),
-                limit.clone(),
-                self.max_conns,
+                gates.clone(),
                 coordinator.clone(),
             )));
         }
@@ -205,7 +221,9 @@ impl Server {
                 Err(_) => Exit::Drained,
             }
         };
-        drain.await
+        let exit = drain.await;
+        summaries.abort();
+        exit
     }
 }
 

@@ -1,23 +1,28 @@
 //! Binding the listening sockets and running the accept loops.
 //!
-//! The accept loop is where overload is handled: at `--max-conns` it stops
-//! accepting until a connection ends (logged once per burst), and accept
-//! errors such as running out of descriptors back off instead of spinning.
+//! The accept loop is where overload is handled: at `--max-conns` or
+//! `--max-handshakes` it stops accepting until a connection or a handshake
+//! ends (logged once per burst), so further clients wait in the kernel's
+//! accept queue; over `--max-conns-per-ip` a new connection is closed at
+//! once; an accept error that concerns one connection is skipped, and
+//! running out of descriptors or memory backs off instead of spinning.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::connection::{self, Shared};
 use crate::error::StartupError;
-use crate::settings::ListenAddr;
-use crate::shutdown::{Coordinator, Phase, reached};
+use crate::ratelog::{Kind, info_limited};
+use crate::settings::{ListenAddr, format_duration};
+use crate::shutdown::{ConnectionGuard, Coordinator, Phase, reached};
 
 /// Pending connections the kernel may queue for us.
 const BACKLOG: i32 = 1024;
@@ -104,13 +109,40 @@ fn bind_error(addr: &ListenAddr, e: &io::Error) -> StartupError {
     StartupError::new(format!("--listen {addr}: {why}"))
 }
 
-/// Accepts until the drain starts. `limit` holds one permit per connection
-/// allowed at once.
+/// What an accept loop admits clients by; shared by every listener.
+#[derive(Clone)]
+pub struct Gates {
+    /// One permit per connection allowed at once (`--max-conns`).
+    pub conns: Arc<Semaphore>,
+    /// `--max-conns`, for the log line when it is reached.
+    pub max_conns: usize,
+    /// One permit per handshake in progress (`--max-handshakes`). Taken
+    /// before `accept()`, so that past the limit new clients wait in the
+    /// kernel's accept queue, holding nothing here.
+    pub handshakes: Arc<Semaphore>,
+    /// `--max-handshakes`, for the log line when it is reached.
+    pub max_handshakes: usize,
+    /// Open connections per client address, with `--max-conns-per-ip`.
+    pub per_ip: Option<Arc<PerIp>>,
+}
+
+/// What an accepted connection holds for its whole life; dropping it frees
+/// its place under `--max-conns` and `--max-conns-per-ip`, and tells the
+/// drain the connection has ended.
+pub struct Held {
+    /// Its `--max-conns` permit.
+    pub permit: OwnedSemaphorePermit,
+    /// Its place in the drain's count.
+    pub guard: ConnectionGuard,
+    /// Its place in its address's count, when that is limited.
+    pub per_ip: Option<IpSlot>,
+}
+
+/// Accepts until the drain starts.
 pub async fn accept_loop(
     bound: Bound,
     shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
-    max_conns: usize,
+    gates: Gates,
     coordinator: Arc<Coordinator>,
 ) {
     let Bound {
@@ -120,28 +152,30 @@ pub async fn accept_loop(
     } = bound;
     let mut phase = coordinator.watch();
     let mut backoff = BACKOFF_MIN;
-    let mut failing = false;
-    let mut last_at_limit: Option<tokio::time::Instant> = None;
+    // Since when, and how often, accept() has failed for want of resources.
+    let mut failing: Option<(tokio::time::Instant, u64)> = None;
+    let mut conns_full = None;
+    let mut handshakes_full = None;
     loop {
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let now = tokio::time::Instant::now();
-                if last_at_limit.is_none_or(|at| now - at >= LIMIT_REPORT_QUIET) {
-                    warn!(
-                        "{local_addr}: connection limit reached (--max-conns {}); new clients wait until a connection ends",
-                        max_conns
-                    );
-                }
-                last_at_limit = Some(now);
-                let waited = tokio::select! {
-                    permit = limit.clone().acquire_owned() => permit,
-                    _ = reached(&mut phase, Phase::Draining) => break,
-                };
-                let Ok(permit) = waited else { break };
-                debug!("{local_addr}: below the connection limit again; accepting");
-                permit
-            }
+        let Some(permit) = take(&gates.conns, &mut phase, &mut conns_full, || {
+            warn!(
+                "{local_addr}: connection limit reached (--max-conns {}); new clients wait until a connection ends",
+                gates.max_conns
+            );
+        })
+        .await
+        else {
+            break;
+        };
+        let Some(handshake) = take(&gates.handshakes, &mut phase, &mut handshakes_full, || {
+            warn!(
+                "{local_addr}: handshake limit reached (--max-handshakes {}); new clients wait until a handshake ends",
+                gates.max_handshakes
+            );
+        })
+        .await
+        else {
+            break;
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -151,42 +185,67 @@ pub async fn accept_loop(
             Ok((tcp, peer)) => {
                 // Show IPv4 clients of a dual-stack socket as plain IPv4.
                 let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                if failing {
-                    info!("{local_addr}: accepting again");
-                    failing = false;
+                if let Some((since, failures)) = failing.take() {
+                    info!(
+                        "{local_addr}: accepting again after {failures} failed accepts over {}",
+                        format_duration(since.elapsed())
+                    );
                 }
                 backoff = BACKOFF_MIN;
+                let per_ip = match &gates.per_ip {
+                    None => None,
+                    Some(per_ip) => match per_ip.admit(peer.ip()) {
+                        Ok(slot) => Some(slot),
+                        Err(open) => {
+                            refuse(tcp, peer, open, per_ip.limit);
+                            continue;
+                        }
+                    },
+                };
+                let held = Held {
+                    permit,
+                    guard: coordinator.guard(),
+                    per_ip,
+                };
                 tokio::spawn(connection::serve(
                     tcp,
                     peer,
                     shared.clone(),
                     coordinator.watch(),
-                    permit,
-                    coordinator.guard(),
+                    held,
+                    handshake,
                 ));
             }
-            Err(e) if is_per_connection(&e) => {
-                debug!("{local_addr}: a connection failed while being accepted: {e}");
-            }
-            Err(e) => {
-                if !failing {
-                    warn!(
-                        "{local_addr}: cannot accept ({e}); pausing and retrying{}",
-                        if e.raw_os_error() == Some(24) || e.raw_os_error() == Some(23) {
-                            " (raise the open-file limit, e.g. LimitNOFILE= in systemd, or lower --max-conns)"
-                        } else {
-                            ""
-                        }
-                    );
-                    failing = true;
+            Err(e) => match classify(&e) {
+                AcceptError::PerConnection => {
+                    debug!("{local_addr}: a connection failed while being accepted: {e}");
                 }
-                drop(permit);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = reached(&mut phase, Phase::Draining) => break,
+                class => {
+                    let (_, failures) =
+                        failing.get_or_insert_with(|| (tokio::time::Instant::now(), 0));
+                    *failures += 1;
+                    if *failures == 1 {
+                        warn!(
+                            "{local_addr}: cannot accept ({e}); pausing and retrying{}",
+                            match class {
+                                AcceptError::OutOfDescriptors => {
+                                    " (raise the open-file limit, e.g. LimitNOFILE= in systemd, or lower --max-conns)"
+                                }
+                                AcceptError::OutOfMemory => " (the kernel is short of memory)",
+                                _ => "",
+                            }
+                        );
+                    }
+                    // Nothing is held while waiting: other listeners may
+                    // still accept.
+                    drop((permit, handshake));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = reached(&mut phase, Phase::Draining) => break,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
+            },
         }
     }
     // Closing the socket is what makes new clients see a refusal.
@@ -194,13 +253,251 @@ pub async fn accept_loop(
     debug!("{local_addr}: listener closed");
 }
 
-/// Errors that concern only the connection being accepted, not the listener.
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
+/// Takes a permit from `gate`, waiting for one when none is free and
+/// calling `report` once per burst (a new report needs
+/// [`LIMIT_REPORT_QUIET`] without reaching the limit). `None` when the
+/// drain starts first.
+async fn take(
+    gate: &Arc<Semaphore>,
+    phase: &mut watch::Receiver<Phase>,
+    last_full: &mut Option<tokio::time::Instant>,
+    report: impl FnOnce(),
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = gate.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let now = tokio::time::Instant::now();
+    if last_full.is_none_or(|at| now - at >= LIMIT_REPORT_QUIET) {
+        report();
+    }
+    *last_full = Some(now);
+    let waited = tokio::select! {
+        permit = gate.clone().acquire_owned() => permit,
+        _ = reached(phase, Phase::Draining) => return None,
+    };
+    waited.ok()
+}
+
+/// Closes a connection over `--max-conns-per-ip` at once, before any TLS,
+/// with a reset: the client learns at once, and no TIME_WAIT is left here
+/// for each refusal of a flood.
+fn refuse(tcp: TcpStream, peer: SocketAddr, open: usize, limit: usize) {
+    if let Err(e) = SockRef::from(&tcp).set_linger(Some(Duration::ZERO)) {
+        debug!("peer={peer}: cannot set SO_LINGER for the refusal: {e}");
+    }
+    drop(tcp);
+    info_limited!(
+        Kind::PerIpRefused,
+        "peer={peer} end=\"refused: {open} connections already open from {} (--max-conns-per-ip {limit})\"",
+        peer.ip()
+    );
+}
+
+/// Open connections per client address, for `--max-conns-per-ip`.
+///
+/// An address is in the map only while it has a connection open, so the
+/// map is as large as the number of distinct clients connected now, never
+/// the number seen since start. The lock is held for one hash-map update
+/// per connect and per close; the map's hasher is keyed at random, so
+/// clients cannot pick addresses that collide.
+pub struct PerIp {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection's place in its address's count; dropping it gives
+/// the place back, and forgets the address with its last connection.
+pub struct IpSlot {
+    map: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// Counts connections against `limit` per address.
+    pub fn new(limit: usize) -> Arc<PerIp> {
+        Arc::new(PerIp {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts one more connection from `ip`; `Err` with the number already
+    /// open when that is the limit.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, usize> {
+        let mut open = self.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return Err(*count);
+        }
+        *count += 1;
+        Ok(IpSlot {
+            map: self.clone(),
+            ip,
+        })
+    }
+
+    /// Addresses with a connection open now.
+    pub fn addresses(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // A panic while holding the lock cannot leave a count half
+        // updated: every update is one statement.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.map.lock();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+                // Give back the room a past crowd of addresses took.
+                let len = open.len();
+                if open.capacity() > 64 && len < open.capacity() / 4 {
+                    open.shrink_to(len * 2);
+                }
+            }
+        }
+    }
+}
+
+/// What an accept error says about the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptError {
+    /// Only the connection being accepted failed (it was reset, a firewall
+    /// refused it, its network went away): skip it and accept the next.
+    PerConnection,
+    /// Out of file descriptors (EMFILE, ENFILE): back off until
+    /// connections end.
+    OutOfDescriptors,
+    /// Out of kernel memory (ENOBUFS, ENOMEM): back off.
+    OutOfMemory,
+    /// Anything else concerns the listening socket itself; backing off
+    /// keeps a persistent error from spinning the loop.
+    Listener,
+}
+
+/// Sorts an accept error by its OS error code, which is more precise than
+/// `io::ErrorKind` (EPROTO and EPERM, say, have no kind of their own).
+/// Linux passes errors already pending on the new socket back from
+/// accept() (see `man 2 accept`): those concern that connection only.
+fn classify(e: &io::Error) -> AcceptError {
+    let Some(code) = e.raw_os_error() else {
+        return match e.kind() {
+            io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
-    )
+            | io::ErrorKind::TimedOut => AcceptError::PerConnection,
+            io::ErrorKind::OutOfMemory => AcceptError::OutOfMemory,
+            _ => AcceptError::Listener,
+        };
+    };
+    match code {
+        libc::EMFILE | libc::ENFILE => AcceptError::OutOfDescriptors,
+        libc::ENOBUFS | libc::ENOMEM => AcceptError::OutOfMemory,
+        libc::ECONNABORTED
+        | libc::ECONNRESET
+        | libc::EPROTO
+        | libc::EPERM
+        | libc::ENETDOWN
+        | libc::ENETUNREACH
+        | libc::EHOSTDOWN
+        | libc::EHOSTUNREACH
+        | libc::ENOPROTOOPT
+        | libc::EOPNOTSUPP
+        | libc::ETIMEDOUT
+        | libc::EINTR
+        | libc::EAGAIN => AcceptError::PerConnection,
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        libc::ENONET => AcceptError::PerConnection,
+        _ => AcceptError::Listener,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> AcceptError {
+        classify(&io::Error::from_raw_os_error(code))
+    }
+
+    #[test]
+    fn errors_of_one_connection_are_skipped() {
+        for code in [
+            libc::ECONNABORTED,
+            libc::ECONNRESET,
+            libc::EPROTO,
+            libc::EPERM,
+            libc::ENETDOWN,
+            libc::ENETUNREACH,
+            libc::EHOSTDOWN,
+            libc::EHOSTUNREACH,
+            libc::ENONET,
+            libc::ENOPROTOOPT,
+            libc::EOPNOTSUPP,
+            libc::ETIMEDOUT,
+            libc::EINTR,
+            libc::EAGAIN,
+            libc::EWOULDBLOCK,
+        ] {
+            assert_eq!(os(code), AcceptError::PerConnection, "errno {code}");
+        }
+        let aborted = io::Error::new(io::ErrorKind::ConnectionAborted, "aborted");
+        assert_eq!(classify(&aborted), AcceptError::PerConnection);
+    }
+
+    #[test]
+    fn exhaustion_backs_off_and_says_which() {
+        assert_eq!(os(libc::EMFILE), AcceptError::OutOfDescriptors);
+        assert_eq!(os(libc::ENFILE), AcceptError::OutOfDescriptors);
+        assert_eq!(os(libc::ENOBUFS), AcceptError::OutOfMemory);
+        assert_eq!(os(libc::ENOMEM), AcceptError::OutOfMemory);
+    }
+
+    #[test]
+    fn errors_of_the_listener_back_off() {
+        for code in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK, libc::EFAULT] {
+            assert_eq!(os(code), AcceptError::Listener, "errno {code}");
+        }
+        let other = io::Error::other("something else");
+        assert_eq!(classify(&other), AcceptError::Listener);
+    }
+
+    #[test]
+    fn per_ip_counts_refuse_over_the_limit_and_forget_closed_addresses() {
+        let per_ip = PerIp::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let first = per_ip.admit(a).unwrap();
+        let second = per_ip.admit(a).unwrap();
+        assert_eq!(per_ip.admit(a).err(), Some(2));
+        let other = per_ip.admit(b).unwrap();
+        assert_eq!(per_ip.addresses(), 2);
+        drop(first);
+        let third = per_ip.admit(a).unwrap();
+        drop((second, third, other));
+        assert_eq!(
+            per_ip.addresses(),
+            0,
+            "no address stays without a connection"
+        );
+    }
+
+    #[test]
+    fn per_ip_memory_follows_the_clients_connected_now() {
+        let per_ip = PerIp::new(1);
+        let slots: Vec<_> = (0..10_000u32)
+            .map(|n| per_ip.admit(IpAddr::from(n.to_be_bytes())).unwrap())
+            .collect();
+        assert_eq!(per_ip.addresses(), 10_000);
+        drop(slots);
+        assert_eq!(per_ip.addresses(), 0);
+        assert!(per_ip.lock().capacity() <= 128, "the map shrank back");
+    }
 }
