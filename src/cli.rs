@@ -21,7 +21,7 @@ use crate::settings::{
     example = "Put wss://localhost:9300 in front of a ws:// server on port 9200,\nwith a self-signed development certificate:\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200",
     example = "Serve a real certificate on 443 to a backend found by name:\n  $ {command_name} --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem --idle-timeout 1d",
     example = "Check certificates, keys and the backend before a deploy, without listening:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
-    note = "Durations read like 90s, 5m, 1h, 1d, 250ms or plain seconds. RUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open connection touched; SIGHUP re-reads them too.\nSIGTERM or SIGINT drains open connections for --drain-timeout; a second signal exits at once."
+    note = "Durations read like 90s, 5m, 1h, 1d, 250ms or plain seconds, at most 365d.\nSizes read like 64MiB or 1GiB. Counts go up to 10000000, --threads to 1024.\nRUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open\nconnection touched; SIGHUP re-reads them too. SIGTERM or SIGINT drains open\nconnections for --drain-timeout; a second signal exits at once."
 )]
 pub struct Args {
     /// where to accept TLS: a port (all interfaces, IPv4 and IPv6), IP:PORT
@@ -46,7 +46,8 @@ pub struct Args {
     pub key: Vec<PathBuf>,
 
     /// a directory of NAME.crt + NAME.key (or combined NAME.pem) pairs, all
-    /// served by SNI; additions and removals are followed; repeatable
+    /// served by SNI; a file without its pair (a CA's ca.crt) is ignored
+    /// with a warning; additions and removals are followed; repeatable
     #[argh(option, arg_name = "DIR")]
     pub cert_dir: Vec<PathBuf>,
 
@@ -85,6 +86,11 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub idle_timeout: Option<String>,
 
+    /// close a connection when the client or backend has taken none of the
+    /// bytes waiting for it for this long; 0 = never (default: 5m)
+    #[argh(option, arg_name = "DURATION")]
+    pub stall_timeout: Option<String>,
+
     /// limit on a client's TLS handshake (default: 10s)
     #[argh(option, arg_name = "DURATION")]
     pub handshake_timeout: Option<String>,
@@ -102,27 +108,22 @@ pub struct Args {
     #[argh(option, arg_name = "N")]
     pub max_conns: Option<String>,
 
-    /// memory all connections' buffers may hold together, e.g. 64MiB; when
-    /// reached, connections stop reading until buffers drain (default: half
-    /// the container's memory limit, else a quarter of physical memory)
-    #[argh(option, arg_name = "SIZE")]
-    pub max_memory: Option<String>,
-
-    /// close a connection when the client or backend has taken none of the
-    /// bytes waiting for it for this long; 0 = never (default: 5m)
-    #[argh(option, arg_name = "DURATION")]
-    pub stall_timeout: Option<String>,
+    /// connections open at once from one client IP address; over it a new
+    /// connection is closed at once (default: no limit, as mobile carriers
+    /// put many users behind one address)
+    #[argh(option, arg_name = "N")]
+    pub max_conns_per_ip: Option<String>,
 
     /// TLS handshakes in progress at once; more clients wait to be accepted
     /// (default: 256 per core)
     #[argh(option, arg_name = "N")]
     pub max_handshakes: Option<String>,
 
-    /// connections open at once from one client IP address; over it a new
-    /// connection is closed at once (default: no limit, as mobile carriers
-    /// put many users behind one address)
-    #[argh(option, arg_name = "N")]
-    pub max_conns_per_ip: Option<String>,
+    /// memory all connections' buffers may hold together, e.g. 64MiB; when
+    /// reached, connections stop reading until buffers drain (default: half
+    /// the container's memory limit, else a quarter of physical memory)
+    #[argh(option, arg_name = "SIZE")]
+    pub max_memory: Option<String>,
 
     /// oldest TLS version to accept: 1.2 or 1.3 (default: 1.2)
     #[argh(option, arg_name = "VERSION")]

@@ -142,9 +142,14 @@ fn help_lists_every_flag_its_defaults_and_three_examples() {
         "--connect-timeout",
         "--drain-timeout",
         "--max-conns",
+        "--max-memory",
+        "--stall-timeout",
+        "--max-handshakes",
+        "--max-conns-per-ip",
         "--tls-min",
         "--alpn",
         "--threads",
+        "--busy-poll",
         "--version",
     ] {
         assert!(
@@ -157,9 +162,39 @@ fn help_lists_every_flag_its_defaults_and_three_examples() {
         "(default: 10s)",
         "(default: 5s)",
         "(default: 30s)",
+        "(default: 5m)",
+        "(default: 256 per core)",
+        "(default: no limit,",
+        "at most 10ms",
+        "at most 365d",
+        "up to 10000000, --threads to 1024",
+        "(a CA's ca.crt) is ignored with a warning",
     ] {
         assert!(flat.contains(default), "--help lacks {default}:\n{out}");
     }
+    // Readable in an 80-column terminal: every option is described in
+    // wrapped lines, and so is every note.
+    let options = out
+        .split("Options:")
+        .nth(1)
+        .and_then(|rest| rest.split("Examples:").next())
+        .unwrap_or_default();
+    let notes = out.split("Notes:").nth(1).unwrap_or_default();
+    for line in options.lines().chain(notes.lines()) {
+        assert!(
+            line.chars().count() <= 80,
+            "a --help line wider than 80 columns: {line:?}"
+        );
+    }
+    // Timeouts are listed together, then the limits.
+    let at = |flag: &str| {
+        options
+            .lines()
+            .position(|l| l.split_whitespace().next() == Some(flag))
+            .unwrap_or_else(|| panic!("{flag} is not described:\n{out}"))
+    };
+    assert!(at("--stall-timeout") < at("--handshake-timeout"), "{out}");
+    assert!(at("--max-conns-per-ip") < at("--max-memory"), "{out}");
     assert!(out.contains("Examples:"), "{out}");
     let examples = out
         .lines()
