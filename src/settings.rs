@@ -107,10 +107,11 @@ pub const MAX_MAX_MEMORY: usize = {
     }
 };
 
-/// The longest duration any flag takes: 365 days. tokio's timer cannot
-/// sleep past about 2.2 years (a longer sleep fires early) and `Instant +
-/// Duration` panics on overflow far beyond that; a year is honoured exactly
-/// by both and is longer than any timeout needs. A flag whose limit can be
+/// The longest duration any flag takes: 365 days. wssify adds timeouts to
+/// `Instant`s (the handshake deadline, idle and stall deadlines, the reload
+/// timer), which panics on overflow; tokio clamps its own sleeps to 30
+/// years because 100 already overflow on some systems. A year is far inside
+/// both and longer than any timeout needs; a flag whose limit can be
 /// switched off takes 0 for that instead.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
