@@ -81,20 +81,32 @@ pub async fn check(settings: &Settings) -> Findings {
         judge(&mut found, &origin, loaded, now, &mut names);
     }
     for dir in &certs.dirs {
-        match loader::scan_dir(dir) {
-            Err(why) => found.error(why),
-            Ok(entries) if entries.is_empty() => found.error(format!(
+        let entries = match loader::scan_dir(dir) {
+            Ok(entries) => entries,
+            Err(why) => {
+                found.error(why);
+                continue;
+            }
+        };
+        // A file without its other half is ignored by a start as by a
+        // reload (a cert-manager secret's ca.crt): a warning here too.
+        let mut pairs = 0;
+        for (name, files) in &entries {
+            if let Some(why) = files.unpaired_note(dir, name, false) {
+                found.warn(why);
+                continue;
+            }
+            pairs += 1;
+            let origin = format!("--cert-dir {}: {name}", dir.display());
+            let loaded =
+                loader::load_dir_entry(dir, name, files, &provider).map(|served| served.loaded);
+            judge(&mut found, &origin, loaded, now, &mut names);
+        }
+        if pairs == 0 {
+            found.error(format!(
                 "--cert-dir {}: holds no certificate (NAME.crt with NAME.key, or NAME.pem with both)",
                 dir.display()
-            )),
-            Ok(entries) => {
-                for (name, files) in &entries {
-                    let origin = format!("--cert-dir {}: {name}", dir.display());
-                    let loaded = loader::load_dir_entry(dir, name, files, &provider)
-                        .map(|served| served.loaded);
-                    judge(&mut found, &origin, loaded, now, &mut names);
-                }
-            }
+            ));
         }
     }
     if certs.strict_sni {

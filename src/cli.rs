@@ -9,8 +9,9 @@ use argh::FromArgs;
 
 use crate::error::StartupError;
 use crate::settings::{
-    Backend, CertPair, CertSettings, ListenAddr, MAX_BUSY_POLL, MIN_MAX_MEMORY, Settings, TlsMin,
-    format_duration, format_size, parse_backend, parse_duration, parse_listen, parse_size,
+    Backend, CertPair, CertSettings, ListenAddr, MAX_BUSY_POLL, MAX_CONNS, MAX_MAX_MEMORY,
+    MAX_THREADS, MIN_MAX_MEMORY, Settings, TlsMin, ValueError, default_threads, format_duration,
+    format_size, parse_backend, parse_duration, parse_listen, parse_size,
 };
 
 /// Accept TLS (wss://, https://, any TCP) on its own port and pipe the raw
@@ -20,7 +21,7 @@ use crate::settings::{
     example = "Put wss://localhost:9300 in front of a ws:// server on port 9200,\nwith a self-signed development certificate:\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200",
     example = "Serve a real certificate on 443 to a backend found by name:\n  $ {command_name} --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem --idle-timeout 1d",
     example = "Check certificates, keys and the backend before a deploy, without listening:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
-    note = "Durations read like 90s, 5m, 1h, 1d, 250ms or plain seconds. RUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open connection touched; SIGHUP re-reads them too.\nSIGTERM or SIGINT drains open connections for --drain-timeout; a second signal exits at once."
+    note = "Durations read like 90s, 5m, 1h, 1d, 250ms or plain seconds, at most 365d.\nSizes read like 64MiB or 1GiB. Counts go up to 10000000, --threads to 1024.\nRUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open\nconnection touched; SIGHUP re-reads them too. SIGTERM or SIGINT drains open\nconnections for --drain-timeout; a second signal exits at once."
 )]
 pub struct Args {
     /// where to accept TLS: a port (all interfaces, IPv4 and IPv6), IP:PORT
@@ -45,7 +46,8 @@ pub struct Args {
     pub key: Vec<PathBuf>,
 
     /// a directory of NAME.crt + NAME.key (or combined NAME.pem) pairs, all
-    /// served by SNI; additions and removals are followed; repeatable
+    /// served by SNI; a file without its pair (a CA's ca.crt) is ignored
+    /// with a warning; additions and removals are followed; repeatable
     #[argh(option, arg_name = "DIR")]
     pub cert_dir: Vec<PathBuf>,
 
@@ -84,6 +86,11 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub idle_timeout: Option<String>,
 
+    /// close a connection when the client or backend has taken none of the
+    /// bytes waiting for it for this long; 0 = never (default: 5m)
+    #[argh(option, arg_name = "DURATION")]
+    pub stall_timeout: Option<String>,
+
     /// limit on a client's TLS handshake (default: 10s)
     #[argh(option, arg_name = "DURATION")]
     pub handshake_timeout: Option<String>,
@@ -101,27 +108,22 @@ pub struct Args {
     #[argh(option, arg_name = "N")]
     pub max_conns: Option<String>,
 
-    /// memory all connections' buffers may hold together, e.g. 64MiB; when
-    /// reached, connections stop reading until buffers drain (default: half
-    /// the container's memory limit, else a quarter of physical memory)
-    #[argh(option, arg_name = "SIZE")]
-    pub max_memory: Option<String>,
-
-    /// close a connection when the client or backend has taken none of the
-    /// bytes waiting for it for this long; 0 = never (default: 5m)
-    #[argh(option, arg_name = "DURATION")]
-    pub stall_timeout: Option<String>,
+    /// connections open at once from one client IP address; over it a new
+    /// connection is closed at once (default: no limit, as mobile carriers
+    /// put many users behind one address)
+    #[argh(option, arg_name = "N")]
+    pub max_conns_per_ip: Option<String>,
 
     /// TLS handshakes in progress at once; more clients wait to be accepted
     /// (default: 256 per core)
     #[argh(option, arg_name = "N")]
     pub max_handshakes: Option<String>,
 
-    /// connections open at once from one client IP address; over it a new
-    /// connection is closed at once (default: no limit, as mobile carriers
-    /// put many users behind one address)
-    #[argh(option, arg_name = "N")]
-    pub max_conns_per_ip: Option<String>,
+    /// memory all connections' buffers may hold together, e.g. 64MiB; when
+    /// reached, connections stop reading until buffers drain (default: half
+    /// the container's memory limit, else a quarter of physical memory)
+    #[argh(option, arg_name = "SIZE")]
+    pub max_memory: Option<String>,
 
     /// oldest TLS version to accept: 1.2 or 1.3 (default: 1.2)
     #[argh(option, arg_name = "VERSION")]
@@ -176,8 +178,8 @@ impl Args {
         settings.certs = self.cert_settings()?;
 
         if let Some(text) = &self.idle_timeout {
-            let idle = duration_flag("--idle-timeout", text)?;
-            settings.idle_timeout = (!idle.is_zero()).then_some(idle);
+            settings.idle_timeout =
+                optional_duration_flag("--idle-timeout", text, "0 means never")?;
         }
         if let Some(text) = &self.handshake_timeout {
             settings.handshake_timeout = positive_duration_flag("--handshake-timeout", text)?;
@@ -189,41 +191,56 @@ impl Args {
             settings.drain_timeout = duration_flag("--drain-timeout", text)?;
         }
         if let Some(text) = &self.max_conns {
-            settings.max_conns = Some(count_flag("--max-conns", text)?);
+            settings.max_conns = Some(count_flag(
+                "--max-conns",
+                text,
+                MAX_CONNS,
+                "each connection holds two open files and about 6KiB even when idle, so no host carries more",
+            )?);
         }
         if let Some(text) = &self.max_memory {
-            let size = parse_size(text).map_err(|why| flag_error("--max-memory", text, &why))?;
-            if size < MIN_MAX_MEMORY {
-                let why = format!(
-                    "at least {}: a connection moving data needs a few buffers of 16KiB",
-                    format_size(MIN_MAX_MEMORY)
-                );
-                return Err(flag_error("--max-memory", text, &why));
-            }
-            settings.max_memory = Some(size);
+            settings.max_memory = Some(memory_flag("--max-memory", text)?);
         }
         if let Some(text) = &self.stall_timeout {
-            let stall = duration_flag("--stall-timeout", text)?;
-            settings.stall_timeout = (!stall.is_zero()).then_some(stall);
+            settings.stall_timeout =
+                optional_duration_flag("--stall-timeout", text, "0 means never")?;
         }
         if let Some(text) = &self.max_handshakes {
-            settings.max_handshakes = count_flag("--max-handshakes", text)?;
+            settings.max_handshakes = count_flag(
+                "--max-handshakes",
+                text,
+                MAX_CONNS,
+                "the most connections wssify takes (the default is 256 per core)",
+            )?;
         }
         if let Some(text) = &self.max_conns_per_ip {
-            settings.max_conns_per_ip = Some(count_flag("--max-conns-per-ip", text)?);
+            settings.max_conns_per_ip = Some(count_flag(
+                "--max-conns-per-ip",
+                text,
+                MAX_CONNS,
+                "the most connections wssify takes; leave the flag out for no limit",
+            )?);
         }
         if let Some(text) = &self.threads {
-            settings.threads = count_flag("--threads", text)?;
+            let why = format!(
+                "more workers than cores only take turns; the default is one per core ({} here)",
+                default_threads()
+            );
+            settings.threads = count_flag("--threads", text, MAX_THREADS, &why)?;
         }
         if let Some(text) = &self.busy_poll {
-            let window = duration_flag("--busy-poll", text)?;
-            if window > MAX_BUSY_POLL {
+            let too_long = || {
                 let why = format!(
                     "at most {}: a longer spin costs more CPU than the wake-up it saves; try 200us",
                     format_duration(MAX_BUSY_POLL)
                 );
-                return Err(flag_error("--busy-poll", text, &why));
-            }
+                flag_error("--busy-poll", text, &why)
+            };
+            let window = match parse_duration(text) {
+                Ok(window) if window <= MAX_BUSY_POLL => window,
+                Ok(_) | Err(ValueError::TooLarge(_)) => return Err(too_long()),
+                Err(why) => return Err(flag_error("--busy-poll", text, &why.to_string())),
+            };
             settings.busy_poll = (!window.is_zero()).then_some(window);
         }
         if let Some(text) = &self.tls_min {
@@ -300,8 +317,8 @@ impl Args {
             }
         }
         if let Some(text) = &self.reload_interval {
-            let interval = duration_flag("--reload-interval", text)?;
-            certs.reload_interval = (!interval.is_zero()).then_some(interval);
+            certs.reload_interval =
+                optional_duration_flag("--reload-interval", text, "0 means on SIGHUP only")?;
         }
         Ok(certs)
     }
@@ -311,10 +328,26 @@ fn flag_error(flag: &str, value: &str, why: &str) -> StartupError {
     StartupError::new(format!("{flag} '{value}': {why}"))
 }
 
+/// A duration flag, at most [`crate::settings::MAX_DURATION`].
 fn duration_flag(flag: &str, text: &str) -> Result<std::time::Duration, StartupError> {
-    parse_duration(text).map_err(|why| flag_error(flag, text, &why))
+    parse_duration(text).map_err(|why| flag_error(flag, text, &why.to_string()))
 }
 
+/// A duration flag whose limit 0 switches off (`None`); `off` says so when
+/// the value is too long, as that is what a huge value was meant to do.
+fn optional_duration_flag(
+    flag: &str,
+    text: &str,
+    off: &str,
+) -> Result<Option<std::time::Duration>, StartupError> {
+    match parse_duration(text) {
+        Ok(duration) => Ok((!duration.is_zero()).then_some(duration)),
+        Err(ValueError::TooLarge(why)) => Err(flag_error(flag, text, &format!("{why}; {off}"))),
+        Err(why) => Err(flag_error(flag, text, &why.to_string())),
+    }
+}
+
+/// A duration flag that must not be 0.
 fn positive_duration_flag(flag: &str, text: &str) -> Result<std::time::Duration, StartupError> {
     let duration = duration_flag(flag, text)?;
     if duration.is_zero() {
@@ -323,11 +356,46 @@ fn positive_duration_flag(flag: &str, text: &str) -> Result<std::time::Duration,
     Ok(duration)
 }
 
-fn count_flag(flag: &str, text: &str) -> Result<usize, StartupError> {
-    match text.trim().parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(flag_error(flag, text, "expected a whole number above 0")),
+/// A count from 1 to `max`; `why` says why not more. Any run of digits is
+/// read, however long, so a huge count is told it is too big rather than
+/// not a number.
+fn count_flag(flag: &str, text: &str, max: usize, why: &str) -> Result<usize, StartupError> {
+    let trimmed = text.trim();
+    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        let expected = format!("expected a whole number from 1 to {max}");
+        return Err(flag_error(flag, text, &expected));
     }
+    match digits.parse::<usize>() {
+        Ok(0) => Err(flag_error(flag, text, &format!("must be 1 to {max}"))),
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(flag_error(flag, text, &format!("at most {max}: {why}"))),
+    }
+}
+
+/// `--max-memory`: a size from [`MIN_MAX_MEMORY`] to [`MAX_MAX_MEMORY`].
+fn memory_flag(flag: &str, text: &str) -> Result<usize, StartupError> {
+    let too_large = || {
+        let why = format!(
+            "at most {} (half the 128TiB a process can address on x86-64)",
+            format_size(MAX_MAX_MEMORY)
+        );
+        flag_error(flag, text, &why)
+    };
+    let size = match parse_size(text) {
+        Ok(size) if size > MAX_MAX_MEMORY => return Err(too_large()),
+        Ok(size) => size,
+        Err(ValueError::TooLarge(_)) => return Err(too_large()),
+        Err(why) => return Err(flag_error(flag, text, &why.to_string())),
+    };
+    if size < MIN_MAX_MEMORY {
+        let why = format!(
+            "at least {}: a connection moving data needs a few buffers of 16KiB",
+            format_size(MIN_MAX_MEMORY)
+        );
+        return Err(flag_error(flag, text, &why));
+    }
+    Ok(size)
 }
 
 /// The version line printed by `--version`.
@@ -360,6 +428,54 @@ mod tests {
         assert_eq!(s.busy_poll, Some(std::time::Duration::from_micros(200)));
         let s = parse(&["-l", "1", "-t", "h:1", "--busy-poll", "0"]).unwrap();
         assert_eq!(s.busy_poll, None);
+    }
+
+    #[test]
+    fn the_largest_values_are_taken() {
+        let s = parse(&[
+            "-l",
+            "1",
+            "-t",
+            "h:1",
+            "--idle-timeout",
+            "365d",
+            "--stall-timeout",
+            "365d",
+            "--handshake-timeout",
+            "365d",
+            "--connect-timeout",
+            "365d",
+            "--drain-timeout",
+            "365d",
+            "--reload-interval",
+            "365d",
+            "--busy-poll",
+            "10ms",
+            "--max-conns",
+            "10000000",
+            "--max-handshakes",
+            "10000000",
+            "--max-conns-per-ip",
+            "10000000",
+            "--threads",
+            "1024",
+            "--max-memory",
+            "64TiB",
+        ])
+        .unwrap();
+        let year = crate::settings::MAX_DURATION;
+        assert_eq!(s.idle_timeout, Some(year));
+        assert_eq!(s.stall_timeout, Some(year));
+        assert_eq!(s.handshake_timeout, year);
+        assert_eq!(s.connect_timeout, year);
+        assert_eq!(s.drain_timeout, year);
+        assert_eq!(s.certs.reload_interval, Some(year));
+        assert_eq!(s.busy_poll, Some(MAX_BUSY_POLL));
+        assert_eq!(s.max_conns, Some(MAX_CONNS));
+        assert_eq!(s.max_handshakes, MAX_CONNS);
+        assert_eq!(s.max_conns_per_ip, Some(MAX_CONNS));
+        assert_eq!(s.threads, MAX_THREADS);
+        assert_eq!(s.max_memory, Some(MAX_MAX_MEMORY));
     }
 
     #[test]
@@ -428,6 +544,68 @@ mod tests {
             (
                 &["-l", "1", "-t", "h:1", "--tls-min", "1.1"],
                 "--tls-min '1.1'",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--max-conns", "9999999999999999999"],
+                "--max-conns '9999999999999999999': at most 10000000",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--max-conns", "0"],
+                "--max-conns '0': must be 1 to 10000000",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--max-handshakes", "10000001"],
+                "--max-handshakes '10000001': at most 10000000",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--max-conns-per-ip", "1e9"],
+                "--max-conns-per-ip '1e9': expected a whole number from 1 to 10000000",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--threads", "99999999999"],
+                "--threads '99999999999': at most 1024",
+            ),
+            (
+                &[
+                    "-l",
+                    "1",
+                    "-t",
+                    "h:1",
+                    "--handshake-timeout",
+                    "200000000000000d",
+                ],
+                "--handshake-timeout '200000000000000d': '200000000000000d' is longer than 365d",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--idle-timeout", "366d"],
+                "is longer than 365d, the longest duration wssify takes; 0 means never",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--reload-interval", "9999999999d"],
+                "; 0 means on SIGHUP only",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--busy-poll", "200000000000000d"],
+                "--busy-poll '200000000000000d': at most 10ms",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--max-memory", "65TiB"],
+                "--max-memory '65TiB': at most 64TiB",
+            ),
+            (
+                &[
+                    "-l",
+                    "1",
+                    "-t",
+                    "h:1",
+                    "--max-memory",
+                    "99999999999999999999T",
+                ],
+                "--max-memory '99999999999999999999T': at most 64TiB",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--max-memory", "1000"],
+                "--max-memory '1000': at least 1MiB",
             ),
         ];
         for (args, expected) in cases {

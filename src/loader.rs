@@ -43,6 +43,9 @@ pub struct Report {
     pub changes: Vec<String>,
     /// One entry per input refused, naming the file, why, and what was kept.
     pub refusals: Vec<String>,
+    /// One entry per file ignored that may well be meant to be there (a CA
+    /// bundle beside a pair in a `--cert-dir`): worth a warning, not an error.
+    pub warnings: Vec<String>,
     /// The configuration to serve from now on, when anything changed.
     pub config: Option<Arc<ServerConfig>>,
 }
@@ -96,8 +99,41 @@ pub enum DirFiles {
     },
     /// `NAME.pem`, holding the chain and the key.
     Combined(PathBuf),
-    /// Only one half of a pair is there (yet).
-    Incomplete(String),
+    /// Only one half of a pair is there: a CA bundle beside the pairs (a
+    /// cert-manager secret holds `tls.crt`, `tls.key` and `ca.crt`), or a
+    /// pair still being written. Ignored, with a warning.
+    Unpaired {
+        /// The file that is there, e.g. `ca.crt`.
+        file: String,
+        /// The other half it lacks, e.g. `ca.key`.
+        missing: String,
+    },
+}
+
+impl DirFiles {
+    /// What to say about an unpaired file in `dir` named `name`: ignored
+    /// (with how to serve it) or, when its name was being `served`, that
+    /// the previous certificate stays. `None` for a whole pair.
+    pub fn unpaired_note(&self, dir: &Path, name: &str, served: bool) -> Option<String> {
+        let DirFiles::Unpaired { file, missing } = self else {
+            return None;
+        };
+        let label = format!("--cert-dir {}", dir.display());
+        Some(if served {
+            format!(
+                "{label}: {file} has no {missing} beside it; still serving the previous certificate until both are there"
+            )
+        } else {
+            let guess = if file.ends_with(".crt") {
+                "a CA bundle? "
+            } else {
+                ""
+            };
+            format!(
+                "{label}: {file} has no {missing} beside it: ignored ({guess}to serve it, add {missing} or put both in {name}.pem)"
+            )
+        })
+    }
 }
 
 impl Loader {
@@ -122,23 +158,40 @@ impl Loader {
             });
         }
         let mut dirs = Vec::new();
+        // Logged only once everything has loaded, so that a start that
+        // fails says one thing: why.
+        let mut warnings = Vec::new();
         for dir in &settings.dirs {
             let mut served = BTreeMap::new();
+            let mut refused = HashMap::new();
+            let mut unpaired = Vec::new();
             for (name, files) in scan_dir(dir).map_err(StartupError::new)? {
+                if let Some(why) = files.unpaired_note(dir, &name, false) {
+                    if let DirFiles::Unpaired { file, missing } = &files {
+                        unpaired.push(format!("{file} has no {missing}"));
+                    }
+                    // Recorded as a reload records it, so the reloads that
+                    // follow do not repeat it.
+                    let mut last = None;
+                    note(&mut last, why, &[], false, &mut warnings);
+                    refused.insert(name, last.unwrap_or_default());
+                    continue;
+                }
                 let entry =
                     load_dir_entry(dir, &name, &files, &provider).map_err(StartupError::new)?;
                 served.insert(name, entry);
             }
             if served.is_empty() {
+                let unpaired: String = unpaired.iter().map(|u| format!("; {u}")).collect();
                 return Err(StartupError::new(format!(
-                    "--cert-dir {}: holds no certificate (NAME.crt with NAME.key, or NAME.pem with both); add one, or drop the flag",
+                    "--cert-dir {}: holds no certificate (NAME.crt with NAME.key, or NAME.pem with both{unpaired}); add one, or drop the flag",
                     dir.display()
                 )));
             }
             dirs.push(DirSlot {
                 dir: dir.clone(),
                 served,
-                refused: HashMap::new(),
+                refused,
                 listing_refused: None,
             });
         }
@@ -165,6 +218,9 @@ impl Loader {
             resumption,
         };
         let config = loader.build()?;
+        for warning in warnings {
+            log::warn!("{warning}");
+        }
         Ok((loader, config))
     }
 
@@ -395,6 +451,18 @@ impl DirSlot {
             } else {
                 "not served until it is fixed"
             };
+            if let Some(why) = files.unpaired_note(&self.dir, name, current.is_some()) {
+                // Half of a served pair is gone: an error. A file that was
+                // never served (a CA bundle, a pair being written): a warning.
+                let out = if current.is_some() {
+                    &mut report.refusals
+                } else {
+                    &mut report.warnings
+                };
+                note(&mut last, why, &[], force, out);
+                self.refused.insert(name.clone(), last.unwrap_or_default());
+                continue;
+            }
             let read = read_dir_entry(&self.dir, name, files);
             let (cert_bytes, key_bytes) = match read {
                 Ok(bytes) => bytes,
@@ -547,12 +615,25 @@ fn refuse(
     force: bool,
     report: &mut Report,
 ) {
+    note(last, why, content, force, &mut report.refusals);
+}
+
+/// Records a refusal or warning in `last`, and adds it to `out` unless
+/// this very one (same words, same content) was last time and `force` is
+/// off.
+fn note(
+    last: &mut Option<u64>,
+    why: String,
+    content: &[&[u8]],
+    force: bool,
+    out: &mut Vec<String>,
+) {
     let mut hasher = DefaultHasher::new();
     why.hash(&mut hasher);
     content.hash(&mut hasher);
     let key = hasher.finish();
     if force || *last != Some(key) {
-        report.refusals.push(why);
+        out.push(why);
     }
     *last = Some(key);
 }
@@ -629,12 +710,14 @@ pub fn scan_dir(dir: &Path) -> Result<BTreeMap<String, DirFiles>, String> {
         let files = match (crt.remove(&name), key.remove(&name), pem.remove(&name)) {
             (Some(cert), Some(key), _) => DirFiles::Split { cert, key },
             (_, _, Some(combined)) => DirFiles::Combined(combined),
-            (Some(_), None, None) => DirFiles::Incomplete(format!(
-                "{label}: {name}.crt has no {name}.key beside it; add the key, or put both in {name}.pem"
-            )),
-            (None, Some(_), None) => DirFiles::Incomplete(format!(
-                "{label}: {name}.key has no {name}.crt beside it; add the certificate chain, or put both in {name}.pem"
-            )),
+            (Some(_), None, None) => DirFiles::Unpaired {
+                file: format!("{name}.crt"),
+                missing: format!("{name}.key"),
+            },
+            (None, Some(_), None) => DirFiles::Unpaired {
+                file: format!("{name}.key"),
+                missing: format!("{name}.crt"),
+            },
             (None, None, None) => continue,
         };
         found.insert(name, files);
@@ -669,7 +752,7 @@ fn read_dir_entry(dir: &Path, name: &str, files: &DirFiles) -> Result<(Vec<u8>, 
             let bytes = certs::read(&cert_label, path, "a PEM file with the chain and its key")?;
             Ok((bytes.clone(), bytes))
         }
-        DirFiles::Incomplete(why) => Err(why.clone()),
+        DirFiles::Unpaired { .. } => Err(files.unpaired_note(dir, name, false).unwrap_or_default()),
     }
 }
 
@@ -835,10 +918,11 @@ mod tests {
         let (b_cert, b_key) = pem_pair("b.test");
         write(&dir.path().join("b.crt"), &b_cert);
         let report = loader.reload(false);
+        assert!(report.refusals.is_empty(), "{:?}", report.refusals);
         assert!(
-            report.refusals[0].contains("b.crt has no b.key"),
+            report.warnings[0].contains("b.crt has no b.key beside it: ignored"),
             "{:?}",
-            report.refusals
+            report.warnings
         );
         write(&dir.path().join("b.key"), &b_key);
         let report = loader.reload(false);
@@ -878,6 +962,62 @@ mod tests {
             report.refusals
         );
         assert_eq!(subjects(&loader), ["b.test"]);
+    }
+
+    #[test]
+    fn a_cert_manager_secret_starts_and_its_ca_bundle_is_a_warning_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_pair("a.test");
+        write(&dir.path().join("tls.crt"), &cert);
+        write(&dir.path().join("tls.key"), &key);
+        write(&dir.path().join("ca.crt"), &pem_pair("ca.test").0);
+        let settings = CertSettings {
+            dirs: vec![dir.path().to_path_buf()],
+            ..CertSettings::default()
+        };
+        let (mut loader, _) = Loader::start(&settings, options()).unwrap();
+        assert_eq!(subjects(&loader), ["a.test"]);
+        // Warned at start: the timer's reloads do not repeat it, SIGHUP does.
+        let report = loader.reload(false);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        assert!(report.refusals.is_empty(), "{:?}", report.refusals);
+        let report = loader.reload(true);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0].contains("ca.crt has no ca.key beside it: ignored (a CA bundle?"),
+            "{:?}",
+            report.warnings
+        );
+        assert!(report.refusals.is_empty(), "{:?}", report.refusals);
+
+        // Half of a served pair going is still an error.
+        std::fs::remove_file(dir.path().join("tls.key")).unwrap();
+        let report = loader.reload(false);
+        assert!(
+            report.refusals[0].contains("tls.crt has no tls.key beside it; still serving"),
+            "{:?}",
+            report.refusals
+        );
+        assert_eq!(subjects(&loader), ["a.test"]);
+    }
+
+    #[test]
+    fn a_cert_dir_with_only_unpaired_files_does_not_start() {
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("ca.crt"), &pem_pair("ca.test").0);
+        let settings = CertSettings {
+            dirs: vec![dir.path().to_path_buf()],
+            ..CertSettings::default()
+        };
+        let err = Loader::start(&settings, options())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("holds no certificate"), "{err}");
+        assert!(
+            err.contains("both; ca.crt has no ca.key); add one"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -98,6 +98,9 @@ impl Reloader {
         for refusal in &report.refusals {
             error!("reload refused: {refusal}");
         }
+        for warning in &report.warnings {
+            warn!("{warning}");
+        }
         if let Some(config) = report.config {
             self.live.store(config);
             info!(

@@ -25,8 +25,19 @@ use tokio::runtime::{Builder, Runtime};
 /// wake-ups); more get the multi-thread one. `busy_poll` is the window a
 /// worker spins for before it sleeps, if any. Call it before starting any
 /// thread that could make an epoll descriptor of its own (see
-/// `event_queues`).
+/// `event_queues`). A thread count of 0 or past
+/// [`MAX_THREADS`](crate::settings::MAX_THREADS) is an error here rather
+/// than tokio's panic or failed allocation, and the window is held to
+/// [`MAX_BUSY_POLL`](crate::settings::MAX_BUSY_POLL), whatever the caller.
 pub fn build(threads: usize, busy_poll: Option<Duration>) -> io::Result<Runtime> {
+    let max_threads = crate::settings::MAX_THREADS;
+    if threads == 0 || threads > max_threads {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{threads} worker threads: from 1 to {max_threads}"),
+        ));
+    }
+    let busy_poll = busy_poll.map(|window| window.min(crate::settings::MAX_BUSY_POLL));
     let mut builder = if threads == 1 {
         Builder::new_current_thread()
     } else {
@@ -95,7 +106,9 @@ fn event_queues() -> Vec<RawFd> {
 /// Returns once the event queue has something to report (the worker's next
 /// wait then returns at once, without sleeping) or when `window` has passed.
 fn spin_until_ready(queue: RawFd, window: Duration) {
-    let deadline = Instant::now() + window;
+    // `build` holds the window to 10ms; were it past what `Instant` can
+    // hold, the worker would sleep at once rather than panic.
+    let deadline = Instant::now().checked_add(window);
     let mut poll_fd = libc::pollfd {
         fd: queue,
         events: libc::POLLIN,
@@ -110,9 +123,31 @@ fn spin_until_ready(queue: RawFd, window: Duration) {
         // without taking its events, so the call goes to libc.
         let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
         // Ready (> 0) or failing (< 0): either way, stop spinning.
-        if ready != 0 || Instant::now() >= deadline {
+        if ready != 0 || deadline.is_none_or(|deadline| Instant::now() >= deadline) {
             return;
         }
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_counts_out_of_bounds_are_errors_not_panics() {
+        for threads in [0, crate::settings::MAX_THREADS + 1, usize::MAX] {
+            let err = build(threads, None).err().map(|e| e.kind());
+            assert_eq!(err, Some(io::ErrorKind::InvalidInput), "{threads}");
+        }
+    }
+
+    #[test]
+    fn a_huge_window_is_held_to_the_busy_poll_cap() {
+        let runtime = build(1, Some(Duration::MAX));
+        assert!(runtime.is_ok());
+        // The spin itself never overflows `Instant`: a closed descriptor
+        // ends it at once, whatever the window.
+        spin_until_ready(-1, Duration::MAX);
     }
 }

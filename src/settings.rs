@@ -95,6 +95,38 @@ impl Settings {
 /// The smallest `--max-memory`: a few connections' worth of buffers.
 pub const MIN_MAX_MEMORY: usize = 1 << 20;
 
+/// The largest `--max-memory`: half the 128 TiB a process can address on
+/// x86-64, already more buffer memory than any host has. Far enough below
+/// `usize::MAX` that the budget's `used + want` sums cannot overflow.
+pub const MAX_MAX_MEMORY: usize = {
+    const BYTES: u64 = 64 << 40;
+    if BYTES as u128 <= usize::MAX as u128 {
+        BYTES as usize
+    } else {
+        usize::MAX / 2
+    }
+};
+
+/// The longest duration any flag takes: 365 days. wssify adds timeouts to
+/// `Instant`s (the handshake deadline, idle and stall deadlines, the reload
+/// timer), which panics on overflow; tokio clamps its own sleeps to 30
+/// years because 100 already overflow on some systems. A year is far inside
+/// both and longer than any timeout needs; a flag whose limit can be
+/// switched off takes 0 for that instead.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// The most connections `--max-conns`, `--max-handshakes` and
+/// `--max-conns-per-ip` may name: each connection holds two open files
+/// (a stock kernel lets a process open about a million) and about 6 KiB
+/// even when idle, so ten million is beyond any host, yet far below
+/// tokio's `Semaphore::MAX_PERMITS`, whose excess panics.
+pub const MAX_CONNS: usize = 10_000_000;
+
+/// The most `--threads`: a worker per core on the largest hosts, and far
+/// below what makes the runtime's per-worker allocations fail (which
+/// aborts the process rather than returning an error).
+pub const MAX_THREADS: usize = 1024;
+
 /// The longest `--busy-poll` window: beyond it a worker burns more CPU
 /// than a sleep and a wake-up cost, even on a VM.
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
@@ -291,77 +323,191 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
-/// Reads `90s`, `5m`, `1h`, `2d`, `250ms` or plain seconds (`30`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Why a duration or size was refused, in words. `TooLarge` is told apart
+/// so that a flag can state its own bound, or that 0 switches it off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    /// Not a duration or size at all; the words say what was expected.
+    Invalid(String),
+    /// A duration longer than [`MAX_DURATION`], or a size past `usize`.
+    TooLarge(String),
+}
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueError::Invalid(why) | ValueError::TooLarge(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Reads `90s`, `5m`, `1h`, `2d`, `250ms`, `200us`, fractions of them
+/// (`1.5s`) or plain seconds (`30`), at most [`MAX_DURATION`]. The
+/// arithmetic is exact (no floating point) and rounds up to the
+/// nanosecond, so no value but 0 becomes 0, which some flags read as
+/// "never".
+pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     const EXPECTED: &str = "expected a duration like 90s, 5m, 1h, 250ms, 200us or plain seconds";
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let Ok(value) = number.parse::<f64>() else {
-        return Err(format!("'{text}' is not a duration; {EXPECTED}"));
+    let Some(number) = Decimal::read(number) else {
+        return Err(ValueError::Invalid(format!(
+            "'{text}' is not a duration; {EXPECTED}"
+        )));
     };
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 0.001,
-        "us" | "µs" => 0.000_001,
-        "m" | "min" | "mins" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
+    const NANOS_PER_SEC: u128 = 1_000_000_000;
+    let scale: u128 = match unit.trim() {
+        "" | "s" | "sec" | "secs" => NANOS_PER_SEC,
+        "ms" => 1_000_000,
+        "us" | "µs" => 1_000,
+        "m" | "min" | "mins" => 60 * NANOS_PER_SEC,
+        "h" => 3600 * NANOS_PER_SEC,
+        "d" => 86_400 * NANOS_PER_SEC,
         other => {
-            return Err(format!("unknown unit '{other}' in '{text}'; {EXPECTED}"));
+            return Err(ValueError::Invalid(format!(
+                "unknown unit '{other}' in '{text}'; {EXPECTED}"
+            )));
         }
     };
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("'{text}' is out of range; {EXPECTED}"))
+    let too_long = || {
+        ValueError::TooLarge(format!(
+            "'{text}' is longer than {}, the longest duration wssify takes",
+            format_duration(MAX_DURATION)
+        ))
+    };
+    let nanos = number
+        .scaled(scale, Rounding::Up)
+        .filter(|nanos| *nanos <= MAX_DURATION.as_nanos())
+        .ok_or_else(too_long)?;
+    u64::try_from(nanos)
+        .map(Duration::from_nanos)
+        .map_err(|_| too_long())
 }
 
-/// Reads a size in bytes: `64MiB`, `1GiB`, `512KiB`, `64M`, `1G` (binary
-/// units, as memory limits are) or plain bytes.
-pub fn parse_size(text: &str) -> Result<usize, String> {
+/// A non-negative decimal number as typed (`30`, `1.5`, `.5`), kept as
+/// digits so that scaling it is exact.
+struct Decimal<'a> {
+    whole: &'a str,
+    fraction: &'a str,
+}
+
+/// Which way [`Decimal::scaled`] rounds a result that is not whole.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rounding {
+    Down,
+    Up,
+}
+
+impl<'a> Decimal<'a> {
+    /// Digits with at most one `.`, and at least one digit.
+    fn read(text: &'a str) -> Option<Decimal<'a>> {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
+            return None;
+        }
+        Some(Decimal { whole, fraction })
+    }
+
+    /// The number times `scale`, rounded to a whole number; `None` when it
+    /// does not fit in a `u128`.
+    fn scaled(&self, scale: u128, rounding: Rounding) -> Option<u128> {
+        /// Fraction digits taken exactly; those after them only round up.
+        const EXACT_DIGITS: usize = 20;
+        let whole = if self.whole.is_empty() {
+            0
+        } else {
+            self.whole.parse::<u128>().ok()?
+        };
+        let (exact, rest) = self
+            .fraction
+            .split_at(self.fraction.len().min(EXACT_DIGITS));
+        let mut part = 0;
+        if !exact.is_empty() {
+            let numerator = exact.parse::<u128>().ok()?.checked_mul(scale)?;
+            let denominator = 10u128.checked_pow(u32::try_from(exact.len()).ok()?)?;
+            part = numerator / denominator;
+            let inexact = numerator % denominator != 0 || rest.bytes().any(|b| b != b'0');
+            if rounding == Rounding::Up && inexact {
+                part += 1;
+            }
+        } else if rounding == Rounding::Up && rest.bytes().any(|b| b != b'0') {
+            part = 1;
+        }
+        whole.checked_mul(scale)?.checked_add(part)
+    }
+}
+
+/// Reads a size in bytes: `64MiB`, `1GiB`, `1.5GiB`, `512KiB`, `64M`, `1G`
+/// (binary units, as memory limits are) or plain bytes, rounded down to a
+/// whole byte.
+pub fn parse_size(text: &str) -> Result<usize, ValueError> {
     const EXPECTED: &str = "expected a size like 64MiB, 1GiB, 512KiB or plain bytes";
     let text = text.trim();
     let split = text
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let Ok(value) = number.parse::<u64>() else {
-        return Err(format!("'{text}' is not a size; {EXPECTED}"));
+    let Some(number) = Decimal::read(number) else {
+        return Err(ValueError::Invalid(format!(
+            "'{text}' is not a size; {EXPECTED}"
+        )));
     };
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let scale: u128 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("unknown unit '{other}' in '{text}'; {EXPECTED}")),
+        other => {
+            return Err(ValueError::Invalid(format!(
+                "unknown unit '{other}' in '{text}'; {EXPECTED}"
+            )));
+        }
     };
-    value
-        .checked_mul(scale)
+    number
+        .scaled(scale, Rounding::Down)
         .and_then(|bytes| usize::try_from(bytes).ok())
-        .ok_or_else(|| format!("'{text}' is out of range; {EXPECTED}"))
+        .ok_or_else(|| ValueError::TooLarge(format!("'{text}' is out of range; {EXPECTED}")))
 }
 
-/// Writes a size the way a person would type it back (`64MiB`, `1GiB`).
+/// Writes a size the way a person would type it back (`64MiB`, `1GiB`,
+/// `5.9GiB`). An uneven size shows a tenth of its unit, rounded down, so
+/// reading it back gives at most the size and never overflows.
 pub fn format_size(bytes: usize) -> String {
-    const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    const UNITS: [(u128, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    let exact = bytes as u128;
     for (scale, unit) in UNITS {
-        if bytes >= scale {
-            return if bytes.is_multiple_of(scale) {
-                format!("{}{unit}", bytes / scale)
+        if exact >= scale {
+            return if exact.is_multiple_of(scale) {
+                format!("{}{unit}", exact / scale)
             } else {
-                format!("{:.1}{unit}", bytes as f64 / scale as f64)
+                let tenths = exact * 10 / scale;
+                format!("{}.{}{unit}", tenths / 10, tenths % 10)
             };
         }
     }
     format!("{bytes}B")
 }
 
-/// Writes a duration the way a person would type it back (`1h`, `90s`, `1.5s`).
+/// Writes a duration the way a person would type it back (`1h`, `90s`,
+/// `250ms`, `1.5s`); exact to the nanosecond, so [`parse_duration`] reads
+/// back the same duration.
 pub fn format_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if duration.subsec_nanos() == 0 && secs > 0 {
+    let nanos = duration.subsec_nanos();
+    if nanos == 0 {
+        if secs == 0 {
+            return "0s".to_string();
+        }
         if secs.is_multiple_of(86_400) {
             return format!("{}d", secs / 86_400);
         }
@@ -373,13 +519,16 @@ pub fn format_duration(duration: Duration) -> String {
         }
         return format!("{secs}s");
     }
-    if duration < Duration::from_millis(1) {
-        return format!("{}us", duration.as_micros());
+    if secs == 0 {
+        if nanos.is_multiple_of(1_000_000) {
+            return format!("{}ms", nanos / 1_000_000);
+        }
+        if nanos.is_multiple_of(1_000) {
+            return format!("{}us", nanos / 1_000);
+        }
     }
-    if duration < Duration::from_secs(1) {
-        return format!("{}ms", duration.as_millis());
-    }
-    format!("{:.3}s", duration.as_secs_f64())
+    let fraction = format!("{nanos:09}");
+    format!("{secs}.{}s", fraction.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -441,8 +590,50 @@ mod tests {
         assert_eq!(parse_duration("50µs"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5y").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5y")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("").is_err());
+        assert!(parse_duration(".").is_err());
+        assert!(parse_duration("1.2.3s").is_err());
+    }
+
+    #[test]
+    fn durations_are_exact_and_round_up() {
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(".5m"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0.1"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("0.3ms"), Ok(Duration::from_micros(300)));
+        // Finer than a nanosecond rounds up: nothing but 0 means "never".
+        assert_eq!(parse_duration("0.0000000001"), Ok(Duration::from_nanos(1)));
+        assert_eq!(
+            parse_duration("0.0000000000000000000000001s"),
+            Ok(Duration::from_nanos(1))
+        );
+        assert_eq!(parse_duration("0.000"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn durations_stop_at_a_year() {
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for text in [
+            "365.000000001d",
+            "366d",
+            "200000000000000d",
+            "18446744073709551616",
+            "99999999999999999999999999999999999999999999d",
+        ] {
+            match parse_duration(text) {
+                Err(ValueError::TooLarge(why)) => {
+                    assert!(why.contains("longer than 365d"), "{text}: {why}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -453,21 +644,47 @@ mod tests {
         assert_eq!(parse_size("512kib"), Ok(512 << 10));
         assert_eq!(parse_size("1000"), Ok(1000));
         assert!(parse_size("lots").is_err());
-        assert!(parse_size("5XB").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("99999999999999999999G").is_err());
         assert!(
-            parse_size("9999999999T")
+            parse_size("5XB")
                 .unwrap_err()
-                .contains("out of range")
+                .to_string()
+                .contains("unknown unit")
         );
-        for text in ["64MiB", "1GiB", "512KiB", "100B"] {
+        assert!(parse_size("99999999999999999999G").is_err());
+        assert!(matches!(
+            parse_size("9999999999T"),
+            Err(ValueError::TooLarge(why)) if why.contains("out of range")
+        ));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("0.5k"), Ok(512));
+        assert_eq!(parse_size("1.0000001KiB"), Ok(1024), "rounded down");
+        assert!(parse_size("1.2.3G").is_err());
+        for text in ["64MiB", "1GiB", "512KiB", "100B", "64TiB", "1.5GiB"] {
             assert_eq!(format_size(parse_size(text).unwrap()), text);
         }
+        // Uneven sizes show a tenth, rounded down, so they read back lower.
+        assert_eq!(format_size((1 << 30) - 1), "1023.9MiB");
+        assert_eq!(format_size(usize::MAX), "16777215.9TiB");
+        assert!(parse_size(&format_size(usize::MAX)).is_ok());
     }
 
     #[test]
     fn durations_print_back() {
-        for text in ["1h", "90s", "5m", "10s", "250ms", "200us", "2d"] {
+        for text in [
+            "1h",
+            "90s",
+            "5m",
+            "10s",
+            "250ms",
+            "200us",
+            "2d",
+            "0s",
+            "1.5s",
+            "1500us",
+            "0.0000015s",
+            "90.000000001s",
+            "365d",
+        ] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
     }

@@ -289,3 +289,84 @@ fn a_real_start_stops_at_a_bad_input_with_one_line() {
         assert!(!out.contains("panicked"), "{out}");
     }
 }
+
+/// A cert-manager secret (`tls.crt`, `tls.key`, and the CA's `ca.crt`
+/// without a key) passes: `ca.crt` is a warning, as it is when serving.
+#[test]
+fn a_cert_manager_secret_passes_with_a_warning_about_ca_crt() {
+    let ca = Ca::new("cert-manager CA");
+    let dir = tempfile::tempdir().unwrap();
+    ca.server(&["example.test"]).write(dir.path(), "tls");
+    std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    let (_backend, to) = backend();
+    let (code, out) = check(&[
+        "--listen".into(),
+        "9300".into(),
+        "--to".into(),
+        to,
+        "--cert-dir".into(),
+        s(dir.path()),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let named: Vec<&str> = out.lines().filter(|l| l.contains("ca.crt")).collect();
+    assert_eq!(named.len(), 1, "{out}");
+    assert!(
+        named[0].starts_with(&format!(
+            "warning: --cert-dir {}: ca.crt has no ca.key beside it: ignored",
+            dir.path().display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "certificate --cert-dir {}: tls:",
+            dir.path().display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("wssify --check: OK"), "{out}");
+}
+
+/// A directory whose only file is a CA bundle has nothing to serve: the
+/// check fails and a start stops, each saying so and naming the file.
+#[test]
+fn a_cert_dir_with_only_a_ca_bundle_neither_passes_nor_starts() {
+    let ca = Ca::new("cert-manager CA");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    let (_backend, to) = backend();
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--to".into(),
+        to,
+        "--cert-dir".into(),
+        s(dir.path()),
+    ];
+    let (code, out) = check(&args);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "error: --cert-dir {}: holds no certificate",
+            dir.path().display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("wssify --check: FAILED (1 problem)"), "{out}");
+
+    args.retain(|a| a != "--check");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out) = run_to_exit(&args);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("wssify: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line:\n{out}");
+    assert!(
+        errors[0].starts_with(&format!(
+            "wssify: --cert-dir {}: holds no certificate",
+            dir.path().display()
+        )) && errors[0].contains("ca.crt has no ca.key"),
+        "{out}"
+    );
+    assert!(!out.contains("WARN"), "no warning before the error: {out}");
+    assert!(!out.contains("listening on"), "{out}");
+}

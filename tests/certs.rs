@@ -435,3 +435,63 @@ fn mismatched_key_fails_at_startup_instead_of_serving() {
     assert!(!out.contains("listening on"), "it must not serve: {out}");
     assert!(!out.contains("panicked"), "{out}");
 }
+
+// ---------------------------------------------------------------------------
+// A Kubernetes cert-manager secret as a --cert-dir
+// ---------------------------------------------------------------------------
+
+/// cert-manager's secret holds `tls.crt`, `tls.key` and the issuing CA's
+/// `ca.crt`, which has no key. Mounted as a `--cert-dir`, it must start,
+/// serve `tls.crt`, and say once (not on every reload) that `ca.crt` is
+/// ignored.
+#[tokio::test]
+async fn a_cert_manager_secret_serves_tls_crt_and_warns_once_about_ca_crt() {
+    bounded(WAIT * 2, async {
+        let ca = common::ca::Ca::new("cert-manager CA");
+        let leaf = ca.server(&["localhost"]);
+        let dir = tempfile::tempdir().unwrap();
+        leaf.write(dir.path(), "tls");
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&[
+            "--to",
+            &backend.to_string(),
+            "--cert-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .await;
+        let line = w.wait_for_log("listening on ").await;
+        assert!(line.contains("certificate: localhost (expires"), "{line}");
+
+        let mut tls = tls_connect(w.addr, trusting_client(&[ca.der()]), "localhost")
+            .await
+            .unwrap_or_else(|e| panic!("handshake trusting the CA failed: {e}\n{}", w.log()));
+        let presented = tls.get_ref().1.peer_certificates().map(|c| c[0].clone());
+        assert_eq!(presented, Some(leaf.der.clone()), "tls.crt is served");
+        echo_through(&mut tls).await;
+
+        let warned = |w: &Wssify| w.lines_with("ca.crt");
+        let lines = warned(&w);
+        assert_eq!(lines.len(), 1, "one line names ca.crt:\n{}", w.log());
+        assert!(lines[0].contains(" WARN "), "a warning: {}", lines[0]);
+        assert!(
+            lines[0].contains(&format!(
+                "--cert-dir {}: ca.crt has no ca.key beside it: ignored (a CA bundle?",
+                dir.path().display()
+            )),
+            "{}",
+            lines[0]
+        );
+
+        // A reload (another certificate added, in one file) re-reads the
+        // directory without repeating the warning.
+        let other = ca.server(&["other.test"]);
+        common::ca::write_atomic(
+            &dir.path().join("other.pem"),
+            &format!("{}{}", other.cert_pem, other.key_pem),
+        );
+        w.wait_for_log("added other").await;
+        assert_eq!(warned(&w).len(), 1, "warned once:\n{}", w.log());
+    })
+    .await;
+}

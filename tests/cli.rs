@@ -142,9 +142,14 @@ fn help_lists_every_flag_its_defaults_and_three_examples() {
         "--connect-timeout",
         "--drain-timeout",
         "--max-conns",
+        "--max-memory",
+        "--stall-timeout",
+        "--max-handshakes",
+        "--max-conns-per-ip",
         "--tls-min",
         "--alpn",
         "--threads",
+        "--busy-poll",
         "--version",
     ] {
         assert!(
@@ -157,9 +162,39 @@ fn help_lists_every_flag_its_defaults_and_three_examples() {
         "(default: 10s)",
         "(default: 5s)",
         "(default: 30s)",
+        "(default: 5m)",
+        "(default: 256 per core)",
+        "(default: no limit,",
+        "at most 10ms",
+        "at most 365d",
+        "up to 10000000, --threads to 1024",
+        "(a CA's ca.crt) is ignored with a warning",
     ] {
         assert!(flat.contains(default), "--help lacks {default}:\n{out}");
     }
+    // Readable in an 80-column terminal: every option is described in
+    // wrapped lines, and so is every note.
+    let options = out
+        .split("Options:")
+        .nth(1)
+        .and_then(|rest| rest.split("Examples:").next())
+        .unwrap_or_default();
+    let notes = out.split("Notes:").nth(1).unwrap_or_default();
+    for line in options.lines().chain(notes.lines()) {
+        assert!(
+            line.chars().count() <= 80,
+            "a --help line wider than 80 columns: {line:?}"
+        );
+    }
+    // Timeouts are listed together, then the limits.
+    let at = |flag: &str| {
+        options
+            .lines()
+            .position(|l| l.split_whitespace().next() == Some(flag))
+            .unwrap_or_else(|| panic!("{flag} is not described:\n{out}"))
+    };
+    assert!(at("--stall-timeout") < at("--handshake-timeout"), "{out}");
+    assert!(at("--max-conns-per-ip") < at("--max-memory"), "{out}");
     assert!(out.contains("Examples:"), "{out}");
     let examples = out
         .lines()
@@ -661,4 +696,159 @@ fn unknown_flag_is_a_usage_error_with_exit_2() {
     );
     assert!(out.contains("--help"), "{out}");
     assert!(!out.contains("panicked"), "{out}");
+}
+
+// ---------------------------------------------------------------------------
+// Bounds: every value is either served or refused, never a panic
+// ---------------------------------------------------------------------------
+
+/// Values far past any sane bound, with what the refusal must say. Each
+/// once panicked (a semaphore past its permits, `Instant + Duration`
+/// overflowing at the first connection or reload), aborted the process (a
+/// failed allocation for the threads), or started as if it meant something.
+const EXTREMES: &[(&str, &str, &str)] = &[
+    ("--max-conns", "9999999999999999999", "at most 10000000"),
+    ("--max-conns", "99999999999999999999999", "at most 10000000"),
+    (
+        "--max-handshakes",
+        "9999999999999999999",
+        "at most 10000000",
+    ),
+    (
+        "--max-conns-per-ip",
+        "9999999999999999999",
+        "at most 10000000",
+    ),
+    ("--threads", "99999999999", "at most 1024"),
+    (
+        "--handshake-timeout",
+        "200000000000000d",
+        "longer than 365d",
+    ),
+    ("--connect-timeout", "200000000000000d", "longer than 365d"),
+    ("--idle-timeout", "200000000000000d", "0 means never"),
+    ("--stall-timeout", "200000000000000d", "0 means never"),
+    ("--drain-timeout", "200000000000000d", "longer than 365d"),
+    (
+        "--reload-interval",
+        "200000000000000d",
+        "0 means on SIGHUP only",
+    ),
+    ("--busy-poll", "200000000000000d", "at most 10ms"),
+    ("--max-memory", "16000000T", "at most 64TiB"),
+    ("--max-memory", "99999999999999999999999T", "at most 64TiB"),
+];
+
+#[test]
+fn extreme_values_are_refused_in_one_line_naming_the_flag_and_its_bound() {
+    for (flag, value, bound) in EXTREMES {
+        let mut args = listen_args("127.0.0.1:0");
+        args.extend([flag.to_string(), value.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match run_until_listening_or_exit(&args) {
+            Outcome::Listening(log) => {
+                panic!("{flag} {value} started instead of being refused:\n{log}")
+            }
+            Outcome::Exited(code, log) => {
+                assert_one_line_error(
+                    (code, log),
+                    FLAG_ERROR,
+                    &[&format!("{flag} '{value}': "), bound],
+                );
+            }
+        }
+    }
+}
+
+/// The bound a refusal names ("at most 1024: ...", "longer than 365d, ..."),
+/// asked of the binary itself, so the value tried next is the one it
+/// promises to take.
+fn bound_named_for(flag: &str, too_big: &str) -> String {
+    let mut args = listen_args("127.0.0.1:0");
+    args.extend([flag.to_string(), too_big.to_string()]);
+    let error = assert_one_line_error(run(&args), FLAG_ERROR, &[flag]);
+    ["at most ", "longer than "]
+        .iter()
+        .find_map(|lead| error.split(lead).nth(1))
+        .and_then(|rest| rest.split([' ', ',', ':', ';']).next())
+        .unwrap_or_else(|| panic!("no bound named in: {error}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_largest_value_each_refusal_names_starts_serves_and_stops() {
+    let f = Files::new();
+    let backend = echo_backend().await;
+    let mut args = vec![
+        "--to".to_string(),
+        backend.to_string(),
+        "--cert".to_string(),
+        p(&f.cert).to_string(),
+        "--key".to_string(),
+        p(&f.key).to_string(),
+    ];
+    for flag in [
+        "--handshake-timeout",
+        "--connect-timeout",
+        "--idle-timeout",
+        "--stall-timeout",
+        "--drain-timeout",
+        "--reload-interval",
+        "--max-conns",
+        "--max-handshakes",
+        "--max-conns-per-ip",
+        "--threads",
+        "--max-memory",
+    ] {
+        let too_big = if flag.starts_with("--max-memory") {
+            "99999999999999999999999T"
+        } else if flag.starts_with("--max") || flag == "--threads" {
+            "99999999999999999999999"
+        } else {
+            "200000000000000d"
+        };
+        args.extend([flag.to_string(), bound_named_for(flag, too_big)]);
+    }
+    bounded(WAIT * 2, async {
+        let mut w = Wssify::start_owned(&args).await;
+        let limits = w.wait_for_log("limits: ").await;
+        assert!(limits.contains("at most 10000000 connections"), "{limits}");
+        assert!(limits.contains("idle timeout 365d"), "{limits}");
+
+        // A handshake deadline is set at accept: a plain HTTP request is
+        // answered only after it, on the same path as a TLS client.
+        let mut plain = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_end(&mut plain).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+
+        // A proxied connection arms the idle timer.
+        let mut tls = tls_connect(
+            w.addr,
+            pinned_client(&fingerprint(&f.cert_der)),
+            "localhost",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("handshake failed: {e}\n{}", w.log()));
+        tokio::io::AsyncWriteExt::write_all(&mut tls, b"ping")
+            .await
+            .unwrap();
+        let mut back = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut tls, &mut back)
+            .await
+            .unwrap();
+        assert_eq!(&back, b"ping");
+        tokio::io::AsyncWriteExt::shutdown(&mut tls).await.unwrap();
+        read_to_end(&mut tls).await.unwrap();
+        w.wait_for_lines("end=", 2).await;
+
+        // Draining with nothing open ends at once, a year's timer or not.
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(WAIT).await, Some(0), "{}", w.log());
+        let log = w.log();
+        assert!(!log.contains("panicked"), "{log}");
+    })
+    .await;
 }
