@@ -17,7 +17,14 @@ fn main() -> ExitCode {
         println!("{}", cli::version_line());
         return ExitCode::SUCCESS;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // rustls warns once per client that sends a malformed server name or
+    // the like: any client can cause that at will, so by default only its
+    // errors are shown (wssify logs every failed handshake itself, rate
+    // limited); RUST_LOG=info,rustls=warn brings them back.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,rustls=error"),
+    )
+    .init();
 
     let check = args.check;
     let settings = match args.into_settings() {
