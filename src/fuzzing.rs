@@ -46,6 +46,7 @@ struct Fixture {
     one_at_a_time: Mutex<()>,
 }
 
+/// The process's [`Fixture`], built on first use.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -115,6 +116,7 @@ impl Fixture {
         })
     }
 
+    /// The client's side of a new connection to the shared listener.
     async fn connect(&self) -> TcpStream {
         let addr = self
             .listener
