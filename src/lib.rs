@@ -15,6 +15,8 @@ pub mod cli;
 pub mod client_auth;
 pub mod connection;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod listener;
 pub mod loader;

@@ -1,0 +1,472 @@
+//! Fuzz harnesses: peer bytes fed to the code that parses them, over real
+//! loopback sockets, as a client would send them.
+//!
+//! They live in the library (hidden from the docs) so that the cargo-fuzz
+//! targets under `fuzz/` and the stable test `tests/fuzz_corpus.rs` run the
+//! very same code: every input the fuzzer kept, or that once failed, is
+//! re-checked by plain `cargo test` without a nightly toolchain.
+//!
+//! Each harness panics only when a property fails (a panic inside wssify,
+//! a hang, more plaintext than was sent) or when its own setup is
+//! impossible; whatever the server answers is otherwise fine.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::settings::{CertSettings, TlsMin};
+use crate::sniff::{self, FirstBytes};
+use crate::tls::{self, TlsOptions};
+use crate::tls_stream::TlsStream;
+
+/// How long the server side may wait for anything. The client has sent
+/// FIN long before, so a server still waiting then is stuck: a finding.
+const SERVER_DEADLINE: Duration = Duration::from_secs(5);
+/// Bound on one input, client and server together; passing it is a hang.
+const INPUT_LIMIT: Duration = Duration::from_secs(10);
+
+/// What every input reuses, built once per process: the fuzzer runs
+/// thousands of inputs a second, so only the connection is new each time.
+struct Fixture {
+    runtime: Runtime,
+    listener: TcpListener,
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    /// One input at a time: the listener is shared, and test threads may
+    /// call in parallel.
+    one_at_a_time: Mutex<()>,
+}
+
+/// The process's [`Fixture`], built on first use.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("fuzz harness: cannot build a tokio runtime");
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("fuzz harness: cannot listen on 127.0.0.1");
+        // The served configuration exactly as `Server::bind` makes it with
+        // no --cert: the in-memory development certificate, TLS 1.2 and 1.3.
+        let certs = CertSettings {
+            reload_interval: None,
+            ..CertSettings::default()
+        };
+        let options = TlsOptions {
+            provider: tls::provider(),
+            tls_min: TlsMin::V1_2,
+            alpn: Vec::new(),
+        };
+        let (_loader, server) = crate::loader::Loader::start(&certs, options)
+            .expect("fuzz harness: cannot build the development TLS configuration");
+        let mut client = ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("fuzz harness: cannot configure a TLS 1.3 client")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(tls::provider())))
+            .with_no_client_auth();
+        // Every input gets the same full handshake, never a resumption.
+        client.resumption = rustls::client::Resumption::disabled();
+        Fixture {
+            runtime,
+            listener,
+            server,
+            client: Arc::new(client),
+            one_at_a_time: Mutex::new(()),
+        }
+    })
+}
+
+impl Fixture {
+    /// Runs one input: `client` and `server` concurrently, within
+    /// [`INPUT_LIMIT`]. The server gets the accepted connection.
+    fn run<C, S, T>(&self, client: C, server: impl FnOnce(TcpStream) -> S) -> T
+    where
+        C: Future<Output = ()>,
+        S: Future<Output = T>,
+    {
+        let _turn: MutexGuard<'_, ()> = self
+            .one_at_a_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.runtime.block_on(async {
+            let accepted = async {
+                let (tcp, _) = self
+                    .listener
+                    .accept()
+                    .await
+                    .expect("fuzz harness: accept failed");
+                server(tcp).await
+            };
+            let both = async { tokio::join!(client, accepted).1 };
+            timeout(INPUT_LIMIT, both)
+                .await
+                .expect("an input did not finish within its time bound (hang)")
+        })
+    }
+
+    /// The client's side of a new connection to the shared listener.
+    async fn connect(&self) -> TcpStream {
+        let addr = self
+            .listener
+            .local_addr()
+            .expect("fuzz harness: listener has no address");
+        TcpStream::connect(addr)
+            .await
+            .expect("fuzz harness: cannot connect over loopback")
+    }
+}
+
+/// The first bytes of a connection: a client sends `data` then FIN, and the
+/// server does what `connection::open` does with them (classify; answer
+/// plain HTTP; start a TLS handshake). Also reads `data` for an SNI.
+/// Property: no panic, and the server finishes without needing a timeout.
+pub fn first_bytes(data: &[u8]) {
+    let _ = sniff::client_hello_sni(data);
+    let fixture = fixture();
+    let client = async {
+        let mut tcp = fixture.connect().await;
+        // The server may close early (not TLS, bad hello): errors are fine.
+        let _ = tcp.write_all(data).await;
+        let _ = tcp.shutdown().await;
+        let _ = tcp.read_to_end(&mut Vec::new()).await;
+    };
+    fixture.run(client, |mut tcp| async move {
+        let deadline = Instant::now() + SERVER_DEADLINE;
+        match sniff::classify(&mut tcp, deadline).await {
+            Ok(Some(FirstBytes::Tls)) => {
+                let accept = TlsStream::accept(tcp, fixture.server.clone());
+                if timeout_at(deadline, accept).await.is_err() {
+                    panic!("TLS handshake still waiting after the client's FIN");
+                }
+            }
+            Ok(Some(FirstBytes::PlainHttp)) => {
+                let _ = sniff::answer_plain_http(&mut tcp).await;
+            }
+            Ok(Some(FirstBytes::NotTls(_))) => sniff::linger(&mut tcp).await,
+            Ok(Some(FirstBytes::Nothing)) | Err(_) => {}
+            Ok(None) => panic!("classify still waiting after the client's FIN"),
+        }
+    });
+}
+
+/// The TLS stream after a real TLS 1.3 handshake: the client then writes
+/// `data` raw where records belong (garbage, truncated records, fake
+/// alerts) and FIN, while the server writes a little and reads through
+/// `TlsStream` until the end. Property: no panic, no hang, and never more
+/// plaintext delivered than the client sent (here: none, as nothing the
+/// client sends after the handshake is sealed with the session's keys).
+pub fn tls_stream(data: &[u8]) {
+    let _ = after_handshake(&[Step::Raw(data)]);
+}
+
+/// Like [`tls_stream`], but `data` is a script that mixes genuine records
+/// sealed by the client's rustls with raw bytes, so the paths that deliver
+/// plaintext (records split across reads, larger than the reader's buffer,
+/// key updates, close_notify, data after it) run too. Property: what the
+/// server delivers is always a prefix of the plaintext the client sealed.
+///
+/// Each step is a tag byte, then what it needs:
+/// - `0x00..=0x3f` (n): the next n bytes, raw;
+/// - `0x40..=0x7f` (0x40 + n): the next n bytes, sealed as one record;
+/// - `0x80..=0xbf` (0x80 + n): (n + 1) × 512 bytes of a pattern, sealed
+///   (up to 32 KiB: two full records);
+/// - `0xc0..=0xff`, by its low two bits: close_notify; a key update; a
+///   pause, so the server reads what was sent so far; the rest of the
+///   input, raw.
+pub fn tls_records(data: &[u8]) {
+    let _ = after_handshake(&script(data));
+}
+
+/// One thing the client does after its handshake.
+#[derive(Debug)]
+enum Step<'a> {
+    /// Bytes written as they are.
+    Raw(&'a [u8]),
+    /// Plaintext sealed into application-data records.
+    Seal(std::borrow::Cow<'a, [u8]>),
+    /// A close_notify alert.
+    CloseNotify,
+    /// A TLS 1.3 KeyUpdate.
+    KeyUpdate,
+    /// Lets the server run before the next step.
+    Pause,
+}
+
+/// Sealed plaintext per input at most, so one input stays cheap.
+const SEAL_BUDGET: usize = 256 * 1024;
+
+/// Reads [`tls_records`]' input as steps (see there).
+fn script(mut data: &[u8]) -> Vec<Step<'_>> {
+    let mut steps = Vec::new();
+    let mut sealed = 0;
+    while let Some((&tag, rest)) = data.split_first() {
+        let n = usize::from(tag & 0x3f);
+        let (operand, after) = rest.split_at(n.min(rest.len()));
+        data = after;
+        let step = match tag >> 6 {
+            0 => Step::Raw(operand),
+            1 => Step::Seal(operand.into()),
+            2 => {
+                data = rest; // takes no operand
+                let pattern = (0..(n + 1) * 512).map(|i| (i % 251) as u8);
+                Step::Seal(pattern.collect::<Vec<u8>>().into())
+            }
+            _ => {
+                data = rest; // takes no operand
+                match tag & 3 {
+                    0 => Step::CloseNotify,
+                    1 => Step::KeyUpdate,
+                    2 => Step::Pause,
+                    _ => {
+                        data = &[];
+                        Step::Raw(rest)
+                    }
+                }
+            }
+        };
+        if let Step::Seal(plaintext) = &step {
+            sealed += plaintext.len();
+            if sealed > SEAL_BUDGET {
+                break;
+            }
+        }
+        steps.push(step);
+    }
+    steps
+}
+
+/// Runs `steps` as the client after a real handshake, the server reading
+/// through `TlsStream`, and checks what the server delivered (returned for
+/// the tests below).
+fn after_handshake(steps: &[Step<'_>]) -> Vec<u8> {
+    let fixture = fixture();
+    let mut sealed = Vec::new();
+    let client = async {
+        let mut tcp = fixture.connect().await;
+        let mut conn = client_handshake(&mut tcp, fixture.client.clone()).await;
+        let (mut from_server, mut to_server) = tcp.split();
+        let send = async {
+            for step in steps {
+                // The server may have closed already: errors end nothing.
+                let _ = match step {
+                    Step::Raw(bytes) => to_server.write_all(bytes).await,
+                    Step::Seal(plaintext) => {
+                        let n = io::Write::write(&mut conn.writer(), plaintext).unwrap_or(0);
+                        sealed.extend_from_slice(&plaintext[..n]);
+                        send_tls(&mut conn, &mut to_server).await
+                    }
+                    Step::CloseNotify => {
+                        conn.send_close_notify();
+                        send_tls(&mut conn, &mut to_server).await
+                    }
+                    Step::KeyUpdate => {
+                        let _ = conn.refresh_traffic_keys();
+                        send_tls(&mut conn, &mut to_server).await
+                    }
+                    Step::Pause => {
+                        tokio::task::yield_now().await;
+                        Ok(())
+                    }
+                };
+            }
+            let _ = to_server.shutdown().await;
+        };
+        // Take what the server writes meanwhile, so its writes never block.
+        let drain = async {
+            let _ = from_server.read_to_end(&mut Vec::new()).await;
+        };
+        tokio::join!(send, drain);
+    };
+    let delivered = fixture.run(client, |tcp| serve_tls(tcp, fixture.server.clone()));
+    assert!(
+        sealed.starts_with(&delivered),
+        "the server delivered {} plaintext bytes that are not a prefix of the {} the client sealed",
+        delivered.len(),
+        sealed.len()
+    );
+    delivered
+}
+
+/// Sends whatever TLS records the client's connection has queued.
+async fn send_tls(
+    conn: &mut ClientConnection,
+    tcp: &mut tokio::net::tcp::WriteHalf<'_>,
+) -> io::Result<()> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out)?;
+    }
+    tcp.write_all(&out).await
+}
+
+/// The server side: handshake, a greeting, then reads through a buffer
+/// smaller than a record until the end, with a short answer to each of the
+/// first reads. Returns the plaintext delivered.
+async fn serve_tls(tcp: TcpStream, config: Arc<ServerConfig>) -> Vec<u8> {
+    let deadline = Instant::now() + SERVER_DEADLINE;
+    let mut stream = match timeout_at(deadline, TlsStream::accept(tcp, config)).await {
+        Ok(Ok(stream)) => stream,
+        // Bytes right behind the client's Finished can fail the handshake.
+        Ok(Err(_)) => return Vec::new(),
+        Err(_) => panic!("TLS handshake with a real client did not finish"),
+    };
+    let stuck = "TlsStream still waiting after the client's FIN";
+    let written = timeout_at(deadline, stream.write_all(b"hello from wssify\n")).await;
+    written.expect(stuck).ok();
+    let mut delivered = Vec::new();
+    let mut buf = [0u8; 1000];
+    for reads in 0.. {
+        match timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect(stuck)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                delivered.extend_from_slice(&buf[..n]);
+                if reads < 8 {
+                    let ack = timeout_at(deadline, stream.write_all(b"ok\n")).await;
+                    ack.expect(stuck).ok();
+                }
+            }
+        }
+    }
+    timeout_at(deadline, stream.shutdown())
+        .await
+        .expect(stuck)
+        .ok();
+    delivered
+}
+
+/// Completes a TLS 1.3 handshake as a rustls client over `tcp`, sending the
+/// client's Finished before returning. Any failure is the harness's (the
+/// server has seen nothing but a real client so far), so it panics.
+async fn client_handshake(tcp: &mut TcpStream, config: Arc<ClientConfig>) -> ClientConnection {
+    let name = ServerName::try_from("localhost").expect("fuzz harness: server name");
+    let mut conn = ClientConnection::new(config, name).expect("fuzz harness: client TLS");
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)
+                .expect("fuzz harness: client TLS write");
+        }
+        tcp.write_all(&out)
+            .await
+            .expect("fuzz harness: the server closed during a real handshake");
+        if !conn.is_handshaking() {
+            return conn;
+        }
+        let n = tcp
+            .read(&mut buf)
+            .await
+            .expect("fuzz harness: the server closed during a real handshake");
+        assert!(n > 0, "the server closed during a real handshake");
+        conn.read_tls(&mut &buf[..n])
+            .expect("fuzz harness: client TLS read");
+        conn.process_new_packets()
+            .expect("the server's handshake was refused by a rustls client");
+    }
+}
+
+/// Accepts the development certificate (it is made anew per process) but
+/// still checks handshake signatures, as `tests/common` does.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The harnesses must reach what they are meant to test: a harness that
+/// never got past its handshake would fuzz nothing and still pass.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_records_reach_the_reader_in_order() {
+        let mut input = vec![0x45];
+        input.extend_from_slice(b"hello");
+        input.extend_from_slice(&[0xc1, 0x9f, 0xc2, 0x43]); // key update, 16 KiB, pause
+        input.extend_from_slice(b"end");
+        let delivered = after_handshake(&script(&input));
+        assert_eq!(delivered.len(), 5 + 16 * 1024 + 3);
+        assert!(delivered.starts_with(b"hello") && delivered.ends_with(b"end"));
+    }
+
+    #[test]
+    fn close_notify_ends_what_is_delivered() {
+        let delivered = after_handshake(&script(b"\x43abc\xc0\x43def"));
+        assert_eq!(delivered, b"abc");
+    }
+
+    #[test]
+    fn an_empty_input_is_a_clean_session() {
+        assert!(after_handshake(&[]).is_empty());
+        first_bytes(b"");
+        first_bytes(b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn the_script_reads_every_kind_of_step() {
+        let steps = script(b"\x02ab\x42cd\x80\xc0\xc1\xc2\xc3rest");
+        let kinds: Vec<String> = steps.iter().map(|s| format!("{s:?}")).collect();
+        assert_eq!(kinds.len(), 7, "{kinds:?}");
+        assert!(matches!(steps[0], Step::Raw(b"ab")));
+        assert!(matches!(&steps[2], Step::Seal(p) if p.len() == 512));
+        assert!(matches!(steps[6], Step::Raw(b"rest")));
+    }
+}
