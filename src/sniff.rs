@@ -118,8 +118,10 @@ pub async fn linger(tcp: &mut TcpStream) {
 }
 
 /// The server name (SNI) in a ClientHello at the start of `bytes`, if the
-/// first TLS record holds one. rustls' unbuffered server does not expose
-/// the name it saw, so the log line reads it here; nothing else depends on it.
+/// first TLS record holds one. A pure reader of bytes, kept for features
+/// that route on the ClientHello before rustls sees it. The log does NOT
+/// use it: what a client sends need not be what rustls accepted (the log
+/// takes the name from the certificate resolver, see `sni::Seen`).
 pub fn client_hello_sni(bytes: &[u8]) -> Option<String> {
     let mut r = Reader(bytes);
     // Record header: handshake, version, length; then the handshake header.

@@ -55,7 +55,7 @@ pub struct TlsStream {
     read_closed: bool,
     /// We queued close_notify: nothing more may be written.
     write_closed: bool,
-    /// The server name the client asked for, read from its ClientHello.
+    /// The server name rustls accepted, as the certificate resolver saw it.
     sni: Option<String>,
 }
 
@@ -99,10 +99,6 @@ impl std::fmt::Display for UnknownName {
 
 impl std::error::Error for UnknownName {}
 
-/// rustls' error when the certificate resolver chose nothing, which
-/// `SniTable` does only under `--strict-sni`.
-const NOTHING_RESOLVED: &str = "no server certificate chain resolved";
-
 /// A fatal `unrecognized_name` alert as a plaintext record (RFC 6066 §3):
 /// rustls answers an unresolved certificate with `access_denied`, but this
 /// is what clients expect for an unknown name. It is sent before any
@@ -112,8 +108,15 @@ const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x
 impl TlsStream {
     /// Performs the server handshake on `tcp`. Bound it with a timeout.
     pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+        let mut stream = TlsStream::new(tcp, config)?;
+        std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+        Ok(stream)
+    }
+
+    /// A stream before its handshake.
+    fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
         let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
-        let mut stream = TlsStream {
+        Ok(TlsStream {
             tcp,
             conn,
             incoming: Incoming::default(),
@@ -124,9 +127,7 @@ impl TlsStream {
             read_closed: false,
             write_closed: false,
             sni: None,
-        };
-        std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
-        Ok(stream)
+        })
     }
 
     /// What was negotiated, for the log line.
@@ -159,9 +160,6 @@ impl TlsStream {
                 ready!(self.poll_send(cx))?;
                 return Poll::Ready(Ok(()));
             }
-            if self.sni.is_none() && !self.incoming.pending().is_empty() {
-                self.sni = crate::sniff::client_hello_sni(self.incoming.pending());
-            }
             match self.advance(cx, None, None)? {
                 // Keep encoding: the whole flight goes out in one write.
                 Step::Progress => continue,
@@ -189,16 +187,34 @@ impl TlsStream {
         mut out: Option<&mut ReadBuf<'_>>,
         write: Option<&mut WriteFn<'_>>,
     ) -> io::Result<Step> {
+        // During the handshake the certificate resolver records the name
+        // rustls accepted (and a refusal), on this thread, inside the call.
+        let handshaking = self.conn.is_handshaking();
+        if handshaking {
+            crate::sni::forget_seen();
+        }
         let UnbufferedStatus { discard, state } =
             self.conn.process_tls_records(self.incoming.pending_mut());
+        let mut refused = false;
+        if handshaking && let Some(seen) = crate::sni::take_seen() {
+            self.sni = seen.name;
+            refused = seen.refused;
+        }
         let step = match state {
             Err(e) => {
                 self.incoming.consume(discard);
-                return Err(self.fail(cx, e));
+                return Err(self.fail(cx, e, refused));
             }
             Ok(ConnectionState::ReadTraffic(mut s)) => {
+                let mut failed = None;
                 while let Some(record) = s.next_record() {
-                    let payload = record.map_err(io::Error::other)?.payload;
+                    let payload = match record {
+                        Ok(record) => record.payload,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    };
                     // Straight into the reader's buffer; only what does not
                     // fit waits in `plaintext`.
                     let n = match out.as_deref_mut() {
@@ -210,6 +226,10 @@ impl TlsStream {
                         _ => 0,
                     };
                     self.plaintext.extend_from_slice(&payload[n..]);
+                }
+                if let Some(e) = failed {
+                    self.incoming.consume(discard);
+                    return Err(self.fail(cx, e, false));
                 }
                 Step::Progress
             }
@@ -236,17 +256,32 @@ impl TlsStream {
                 self.read_closed = true;
                 Step::Closed
             }
-            // BlockedHandshake (early data is off).
-            Ok(_) => Step::NeedBytes,
+            Ok(ConnectionState::BlockedHandshake) => Step::NeedBytes,
+            // The configuration never accepts 0-RTT, so rustls cannot hand
+            // early data over; if it ever did, nothing here would read it.
+            Ok(ConnectionState::ReadEarlyData(_)) => {
+                self.incoming.consume(discard);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "rustls accepted early data, which wssify never enables",
+                ));
+            }
+            // A state a later rustls adds: an error, never a silent loop.
+            Ok(other) => {
+                let what = format!("unexpected TLS state {other:?}");
+                self.incoming.consume(discard);
+                return Err(io::Error::other(what));
+            }
         };
         self.incoming.consume(discard);
         Ok(step)
     }
 
     /// Turns a TLS error into an I/O error, after trying once to send the
-    /// alert rustls queued for it.
-    fn fail(&mut self, cx: &mut Context<'_>, error: rustls::Error) -> io::Error {
-        if matches!(&error, rustls::Error::General(why) if why == NOTHING_RESOLVED) {
+    /// alert rustls queued for it. `refused`: the certificate resolver
+    /// chose nothing (`--strict-sni`), which gets `unrecognized_name`.
+    fn fail(&mut self, cx: &mut Context<'_>, error: rustls::Error, refused: bool) -> io::Error {
+        if refused {
             self.outgoing.extend_from_slice(&UNRECOGNIZED_NAME_ALERT);
             let _ = self.poll_send(cx);
             return io::Error::new(
@@ -256,11 +291,13 @@ impl TlsStream {
                 },
             );
         }
-        for _ in 0..4 {
-            // The bytes still pending, not an empty slice: rustls may hold
-            // the rest of the client's flight as ranges into them (a bad
-            // client certificate arrives before its CertificateVerify),
-            // and looks there once the alert is encoded.
+        // Only while rustls has something queued (its alert): it hands out
+        // what it queued before looking at records again, and looking
+        // again would run the record that failed once more and queue a
+        // second fatal alert (a debug assertion in rustls). The pending
+        // bytes are passed anyway: rustls may hold parts of the client's
+        // flight as ranges into them.
+        while self.conn.wants_write() {
             let UnbufferedStatus { state, .. } =
                 self.conn.process_tls_records(self.incoming.pending_mut());
             match state {
@@ -269,7 +306,6 @@ impl TlsStream {
                         break;
                     }
                 }
-                Ok(ConnectionState::TransmitTlsData(s)) => s.done(),
                 _ => break,
             }
         }

@@ -1,0 +1,283 @@
+//! Clients that do not play by the rules: each test drives wssify's TLS
+//! stream over loopback sockets with a client that forges, splits, cuts
+//! short or stalls what it sends, mostly through the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::ca::Ca;
+use common::*;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wssify::sni::SniTable;
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// A client that accepts any certificate (it still checks signatures).
+fn any_client() -> ClientConfig {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(any_cert_verifier())
+        .with_no_client_auth()
+}
+
+/// A blocking TCP connection for a hand-driven rustls client, with every
+/// read bounded by [`WAIT`].
+fn blocking_tcp(addr: SocketAddr) -> std::net::TcpStream {
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// Everything the client has queued for the wire.
+fn drain_tls(conn: &mut ClientConnection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// Finishes the client's handshake over `tcp`.
+fn finish_handshake(
+    conn: &mut ClientConnection,
+    tcp: &mut std::net::TcpStream,
+) -> std::io::Result<()> {
+    while conn.is_handshaking() {
+        conn.complete_io(tcp)?;
+    }
+    Ok(())
+}
+
+/// Sends `data` over an established connection and reads it back (echo).
+fn echo_blocking(
+    conn: &mut ClientConnection,
+    tcp: &mut std::net::TcpStream,
+    data: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut stream = rustls::Stream::new(conn, tcp);
+    stream.write_all(data)?;
+    stream.flush()?;
+    let mut back = vec![0u8; data.len()];
+    stream.read_exact(&mut back)?;
+    Ok(back)
+}
+
+/// Splits the first record of `wire` (a ClientHello) into two handshake
+/// records, the first `at` bytes of the message in the first.
+fn split_first_record(wire: &[u8], at: usize) -> Vec<u8> {
+    assert_eq!(wire[0], 0x16, "a handshake record comes first");
+    let len = usize::from(u16::from_be_bytes([wire[3], wire[4]]));
+    let (message, rest) = wire[5..].split_at(len);
+    let mut out = Vec::new();
+    for part in [&message[..at], &message[at..]] {
+        out.extend_from_slice(&wire[..3]);
+        out.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The length of the first TLS record of `wire`, header included.
+fn first_record_len(wire: &[u8]) -> usize {
+    5 + usize::from(u16::from_be_bytes([wire[3], wire[4]]))
+}
+
+/// The log line of the connection from this client port (its first
+/// physical line, should a forged name have split it).
+async fn line_for(w: &mut Wssify, port: u16) -> String {
+    let needle = format!("peer=127.0.0.1:{port} ");
+    w.wait_for_log_matching(|l| l.contains(&needle) && (l.contains(" end=") || l.contains(" sni=")))
+        .await
+        .unwrap_or_else(|| panic!("no log line for port {port}; log:\n{}", w.log()))
+}
+
+/// Gets a session ticket that allows 0-RTT, from a rustls server in this
+/// process (wssify's own tickets never allow it), into `config`'s session
+/// store for `name`. wssify cannot read the ticket, so a client that
+/// offers it gets a full handshake with its early data rejected.
+async fn ticket_allowing_early_data(config: &Arc<ClientConfig>, name: &str) {
+    // Stateful tickets (rustls' default): only those may allow 0-RTT.
+    let provider = wssify::tls::provider();
+    let cert = wssify::certs::self_signed(&provider).unwrap();
+    let names = cert.summary.dns_names.clone();
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniTable::new(
+            vec![(cert.certified_key, names)],
+            false,
+        )));
+    server.max_early_data_size = 16384;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut one = [0u8; 1];
+        tls.read_exact(&mut one).await.unwrap();
+        tls.write_all(&one).await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+    let mut tls = tls_connect(addr, config.clone(), name).await.unwrap();
+    tls.write_all(b"t").await.unwrap();
+    let mut one = [0u8; 1];
+    // The tickets come before the echo.
+    tls.read_exact(&mut one).await.unwrap();
+    let mut probe = ClientConnection::new(
+        config.clone(),
+        ServerName::try_from(name.to_string()).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        probe.early_data().is_some(),
+        "the ticket allows 0-RTT, so the client offers early data"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Finding 2 and 3: the SNI in the log is the one rustls accepted.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_hello_after_a_rejected_0rtt_hello_does_not_reach_the_log() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        let mut config = any_client();
+        config.enable_early_data = true;
+        let config = Arc::new(config);
+        // An IP address: the client sends no SNI.
+        ticket_allowing_early_data(&config, "127.0.0.1").await;
+
+        // What sniffing the bytes would take for a ClientHello naming
+        // "forged\r\n\x1b[1mxy": rustls skips it as undecryptable early data.
+        let mut forged = ClientConnection::new(
+            Arc::new(any_client()),
+            ServerName::try_from("forged.example").unwrap(),
+        )
+        .unwrap();
+        let mut forged = drain_tls(&mut forged);
+        let at = forged
+            .windows(14)
+            .position(|w| w == b"forged.example")
+            .unwrap();
+        forged[at..at + 14].copy_from_slice(b"forged\r\n\x1b[1mxy");
+        let forged_record = forged[..first_record_len(&forged)].to_vec();
+
+        let addr = w.addr;
+        let (port, echoed) = tokio::task::spawn_blocking(move || {
+            let mut tcp = blocking_tcp(addr);
+            let port = tcp.local_addr().unwrap().port();
+            let mut conn =
+                ClientConnection::new(config, ServerName::try_from("127.0.0.1").unwrap()).unwrap();
+            assert!(conn.early_data().is_some(), "0-RTT offered");
+            let wire = drain_tls(&mut conn);
+            let hello = first_record_len(&wire);
+            let mut first = wire[..hello].to_vec();
+            first.extend_from_slice(&forged_record);
+            first.extend_from_slice(&wire[hello..]);
+            tcp.write_all(&first).unwrap();
+            finish_handshake(&mut conn, &mut tcp).expect("the handshake completes");
+            let echoed = echo_blocking(&mut conn, &mut tcp, b"ping").expect("echo");
+            conn.send_close_notify();
+            let _ = conn.complete_io(&mut tcp);
+            (port, echoed)
+        })
+        .await
+        .unwrap();
+        assert_eq!(echoed, b"ping");
+        let line = line_for(&mut w, port).await;
+        assert!(line.contains(" sni=- "), "{line}");
+        assert!(!w.log().contains("forged"), "{}", w.log());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_split_across_records_logs_its_sni() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        let config = pinned_client(&w.fingerprint().await);
+        let addr = w.addr;
+        let port = tokio::task::spawn_blocking(move || {
+            let mut tcp = blocking_tcp(addr);
+            let port = tcp.local_addr().unwrap().port();
+            let mut conn =
+                ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+            // The SNI extension ends up in the second record.
+            tcp.write_all(&split_first_record(&drain_tls(&mut conn), 40))
+                .unwrap();
+            finish_handshake(&mut conn, &mut tcp).expect("the handshake completes");
+            let echoed = echo_blocking(&mut conn, &mut tcp, b"split").expect("echo");
+            assert_eq!(echoed, b"split");
+            conn.send_close_notify();
+            let _ = conn.complete_io(&mut tcp);
+            port
+        })
+        .await
+        .unwrap();
+        let line = line_for(&mut w, port).await;
+        assert!(line.contains(" sni=localhost "), "{line}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_sni_names_what_the_client_asked_for_even_in_a_split_hello() {
+    bounded(WAIT, async {
+        let ca = Ca::new("hostile CA");
+        let leaf = ca.server(&["a.test"]);
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = leaf.write(dir.path(), "a");
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&[
+            "--to",
+            &backend.to_string(),
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+            "--strict-sni",
+        ])
+        .await;
+        let config = trusting_client(&[ca.der()]);
+        let addr = w.addr;
+        let (port, refused) = tokio::task::spawn_blocking(move || {
+            let mut tcp = blocking_tcp(addr);
+            let port = tcp.local_addr().unwrap().port();
+            let mut conn =
+                ClientConnection::new(config, ServerName::try_from("unknown.test").unwrap())
+                    .unwrap();
+            tcp.write_all(&split_first_record(&drain_tls(&mut conn), 40))
+                .unwrap();
+            (port, finish_handshake(&mut conn, &mut tcp))
+        })
+        .await
+        .unwrap();
+        let refused = refused.expect_err("an unknown name is refused");
+        assert!(
+            refused.to_string().contains("UnrecognisedName")
+                || refused.to_string().contains("UnrecognizedName"),
+            "{refused}"
+        );
+        let line = line_for(&mut w, port).await;
+        assert!(
+            line.contains("no certificate for the requested name 'unknown.test' (--strict-sni)"),
+            "{line}"
+        );
+    })
+    .await;
+}
