@@ -55,6 +55,9 @@ pub struct TlsStream {
     read_closed: bool,
     /// We queued close_notify: nothing more may be written.
     write_closed: bool,
+    /// During the handshake: rustls has seen every byte received and waits
+    /// for more.
+    awaiting_bytes: bool,
     /// The server name rustls accepted, as the certificate resolver saw it.
     sni: Option<String>,
 }
@@ -126,6 +129,7 @@ impl TlsStream {
             sent: 0,
             read_closed: false,
             write_closed: false,
+            awaiting_bytes: false,
             sni: None,
         })
     }
@@ -160,20 +164,32 @@ impl TlsStream {
                 ready!(self.poll_send(cx))?;
                 return Poll::Ready(Ok(()));
             }
-            match self.advance(cx, None, None)? {
-                // Keep encoding: the whole flight goes out in one write.
-                Step::Progress => continue,
-                Step::PeerClosed | Step::Closed => return Poll::Ready(Err(closed())),
-                // Still handshaking with nothing to do (a TLS 1.3 server may
-                // write before the client's Finished): wait for the client.
-                Step::NeedBytes | Step::Ready | Step::Wrote => {
-                    // Our flight goes out before we wait for the client's next one.
-                    ready!(self.poll_send(cx))?;
-                    if ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
-                        return Poll::Ready(Err(closed()));
+            // rustls is asked again only once more bytes have come: a
+            // second look at the same records would do nothing but run
+            // them again, and each run counts the records it skips (those
+            // of a rejected 0-RTT flight) against its 16 KiB budget for
+            // skipping, which a client's ordinary flight can then exceed.
+            if !self.awaiting_bytes {
+                match self.advance(cx, None, None)? {
+                    // Keep encoding: the whole flight goes out in one write.
+                    Step::Progress => continue,
+                    // The last flight went out with the handshake done.
+                    Step::Transmitted if !self.conn.is_handshaking() => continue,
+                    Step::PeerClosed | Step::Closed => return Poll::Ready(Err(closed())),
+                    // Still handshaking with every record seen (a TLS 1.3
+                    // server may write before the client's Finished): wait
+                    // for the client.
+                    Step::Transmitted | Step::NeedBytes | Step::Ready | Step::Wrote => {
+                        self.awaiting_bytes = true;
                     }
                 }
             }
+            // Our flight goes out before we wait for the client's next one.
+            ready!(self.poll_send(cx))?;
+            if ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
+                return Poll::Ready(Err(closed()));
+            }
+            self.awaiting_bytes = false;
         }
     }
 
@@ -239,7 +255,7 @@ impl TlsStream {
             }
             Ok(ConnectionState::TransmitTlsData(s)) => {
                 s.done();
-                Step::Progress
+                Step::Transmitted
             }
             Ok(ConnectionState::WriteTraffic(mut s)) => match write {
                 Some(write) => {
@@ -383,7 +399,7 @@ impl TlsStream {
             match step {
                 // Keep decrypting records already received while there is
                 // room, so a burst reaches the reader in one piece.
-                Step::Progress => {
+                Step::Progress | Step::Transmitted => {
                     if delivered && (out.remaining() == 0 || !self.plaintext.is_empty()) {
                         return Poll::Ready(Ok(()));
                     }
@@ -414,7 +430,7 @@ impl TlsStream {
         loop {
             match self.advance(cx, None, Some(&mut *write))? {
                 Step::Wrote => return Ok(()),
-                Step::Progress | Step::PeerClosed => {}
+                Step::Progress | Step::Transmitted | Step::PeerClosed => {}
                 Step::Ready | Step::NeedBytes | Step::Closed => {
                     return Err(io::Error::new(
                         io::ErrorKind::BrokenPipe,
@@ -437,6 +453,9 @@ type WriteFn<'a> = dyn FnMut(
 enum Step {
     /// Something was handled (records decrypted, TLS data queued): go on.
     Progress,
+    /// The TLS data queued may now be sent; rustls has looked at every
+    /// record received.
+    Transmitted,
     /// The handshake needs more bytes from the client.
     NeedBytes,
     /// Nothing pending; application data may be written (more bytes are

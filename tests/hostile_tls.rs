@@ -281,3 +281,50 @@ async fn strict_sni_names_what_the_client_asked_for_even_in_a_split_hello() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Finding 6: as good as rustls alone.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_0rtt_flight_still_completes_the_handshake() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        let mut config = any_client();
+        config.enable_early_data = true;
+        let config = Arc::new(config);
+        ticket_allowing_early_data(&config, "localhost").await;
+        let addr = w.addr;
+        let (port, accepted, echoed) = tokio::task::spawn_blocking(move || {
+            let mut tcp = blocking_tcp(addr);
+            let port = tcp.local_addr().unwrap().port();
+            let mut conn =
+                ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+            // 7,000 bytes of early data: rustls skips at most 16 KiB of
+            // records it cannot decrypt, so they may be looked at twice,
+            // not three times.
+            let early = vec![0x0e; 7000];
+            let mut writer = conn.early_data().expect("0-RTT offered");
+            writer.write_all(&early).unwrap();
+            // The hello and the early data in one write.
+            tcp.write_all(&drain_tls(&mut conn)).unwrap();
+            finish_handshake(&mut conn, &mut tcp).expect("the handshake completes");
+            let accepted = conn.is_early_data_accepted();
+            // The server fails the handshake only once the client has
+            // sent its Finished, so a failure shows here.
+            let echoed = echo_blocking(&mut conn, &mut tcp, b"after 0-RTT")
+                .expect("the echo comes back: wssify completed the handshake");
+            conn.send_close_notify();
+            let _ = conn.complete_io(&mut tcp);
+            (port, accepted, echoed)
+        })
+        .await
+        .unwrap();
+        assert!(!accepted, "wssify never accepts early data");
+        assert_eq!(echoed, b"after 0-RTT");
+        let line = line_for(&mut w, port).await;
+        assert!(line.contains(" tls=TLSv1.3 "), "{line}");
+        assert!(line.contains("to_backend=11B"), "{line}");
+    })
+    .await;
+}
