@@ -203,8 +203,24 @@ async fn relay(
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
         let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
     }
+    if matches!(outcome.end, End::ClientError(_)) {
+        // The client's stream broke (a truncated or forged record, a
+        // reset): the backend must not take it for a complete request, so
+        // it gets a reset, not a FIN, when the socket is dropped.
+        if let Err(e) = SockRef::from(&*backend).set_linger(Some(Duration::ZERO)) {
+            debug!("cannot set SO_LINGER to reset the backend: {e}");
+        }
+    }
+    // A client that ended first by closing TCP without close_notify (many
+    // browsers do) is said so: the stream ended cleanly at a record
+    // boundary, but nothing proves the client meant to stop there. (Once
+    // the backend has ended first, a client closing that way is the norm.)
+    let note = match outcome.end {
+        End::ClientClosed if client.closed_without_notify() => " (no close_notify)",
+        _ => "",
+    };
     info!(
-        "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}\"",
+        "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}{note}\"",
         session.facts.describe(),
         outcome.to_backend,
         outcome.to_client,

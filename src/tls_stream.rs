@@ -55,6 +55,8 @@ pub struct TlsStream {
     read_closed: bool,
     /// We queued close_notify: nothing more may be written.
     write_closed: bool,
+    /// The client closed TCP at a record boundary without close_notify.
+    closed_without_notify: bool,
     /// During the handshake: rustls has seen every byte received and waits
     /// for more.
     awaiting_bytes: bool,
@@ -129,9 +131,17 @@ impl TlsStream {
             sent: 0,
             read_closed: false,
             write_closed: false,
+            closed_without_notify: false,
             awaiting_bytes: false,
             sni: None,
         })
+    }
+
+    /// The client ended its stream by closing TCP at a record boundary
+    /// without sending close_notify first (many browsers do). Reads saw a
+    /// clean end; the log line says how it came.
+    pub fn closed_without_notify(&self) -> bool {
+        self.closed_without_notify
     }
 
     /// What was negotiated, for the log line.
@@ -412,8 +422,20 @@ impl TlsStream {
                         return Poll::Ready(Ok(()));
                     }
                     if ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
-                        // FIN without close_notify: the client has finished sending.
+                        if !self.incoming.pending().is_empty() {
+                            // Not an end of stream: the client's last record
+                            // never came whole, so what it meant to send is
+                            // unknown. Not `UnexpectedEof`, which the proxy
+                            // takes as a clean end.
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "truncated: the client closed TCP inside a TLS record",
+                            )));
+                        }
+                        // FIN at a record boundary without close_notify:
+                        // the client has finished sending.
                         self.read_closed = true;
+                        self.closed_without_notify = true;
                     }
                 }
             }

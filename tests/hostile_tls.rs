@@ -14,6 +14,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use wssify::sni::SniTable;
 
 // ---------------------------------------------------------------------------
@@ -27,6 +28,69 @@ fn any_client() -> ClientConfig {
         .dangerous()
         .with_custom_certificate_verifier(any_cert_verifier())
         .with_no_client_auth()
+}
+
+/// What a backend saw of one connection.
+#[derive(Debug)]
+enum Seen {
+    Bytes(Vec<u8>),
+    /// An orderly end (FIN).
+    Eof,
+    /// The connection broke.
+    Error(std::io::ErrorKind),
+}
+
+/// A backend that reports every read of its first connection, then how
+/// that connection ended; it closes its side after the client's end.
+async fn watching_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = tx.send(Seen::Eof);
+                    break;
+                }
+                Ok(n) => {
+                    let _ = tx.send(Seen::Bytes(buf[..n].to_vec()));
+                }
+                Err(e) => {
+                    let _ = tx.send(Seen::Error(e.kind()));
+                    break;
+                }
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// Waits (bounded) until the backend has received `n` bytes; returns them.
+async fn backend_bytes(events: &mut mpsc::UnboundedReceiver<Seen>, n: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(Seen::Bytes(b))) => got.extend(b),
+            other => panic!("backend: {other:?} after {got:?}, {n} bytes expected"),
+        }
+    }
+    got
+}
+
+/// Waits (bounded) for how the backend's connection ended, with any bytes
+/// that came first.
+async fn backend_end(events: &mut mpsc::UnboundedReceiver<Seen>) -> (Vec<u8>, Seen) {
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(Seen::Bytes(b))) => got.extend(b),
+            Ok(Some(end)) => return (got, end),
+            other => panic!("backend: no end seen ({other:?}) after {got:?}"),
+        }
+    }
 }
 
 /// A blocking TCP connection for a hand-driven rustls client, with every
@@ -276,6 +340,61 @@ async fn strict_sni_names_what_the_client_asked_for_even_in_a_split_hello() {
         let line = line_for(&mut w, port).await;
         assert!(
             line.contains("no certificate for the requested name 'unknown.test' (--strict-sni)"),
+            "{line}"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Finding 4: a FIN inside a record is not a clean end.
+
+#[tokio::test]
+async fn a_record_cut_short_by_fin_resets_the_backend() {
+    bounded(WAIT, async {
+        let (backend, mut events) = watching_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        let mut tls = dev_connect(&mut w).await;
+        let port = tls.get_ref().0.local_addr().unwrap().port();
+        tls.write_all(b"complete").await.unwrap();
+        tls.flush().await.unwrap();
+        assert_eq!(backend_bytes(&mut events, 8).await, b"complete");
+        // Half of the next record, then FIN (no close_notify).
+        let tcp = tls.get_mut().0;
+        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x40, 1, 2, 3, 4])
+            .await
+            .unwrap();
+        tcp.shutdown().await.unwrap();
+        let (more, end) = backend_end(&mut events).await;
+        assert!(more.is_empty(), "{more:?}");
+        assert!(
+            matches!(end, Seen::Error(std::io::ErrorKind::ConnectionReset)),
+            "the backend must see a reset, not an orderly end: {end:?}"
+        );
+        let line = line_for(&mut w, port).await;
+        assert!(line.contains("end=\"client error: truncated"), "{line}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fin_at_a_record_boundary_is_a_clean_end_noted_in_the_log() {
+    bounded(WAIT, async {
+        let (backend, mut events) = watching_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        let mut tls = dev_connect(&mut w).await;
+        let port = tls.get_ref().0.local_addr().unwrap().port();
+        tls.write_all(b"all of it").await.unwrap();
+        tls.flush().await.unwrap();
+        assert_eq!(backend_bytes(&mut events, 9).await, b"all of it");
+        // FIN without close_notify, as many browsers close.
+        tls.get_mut().0.shutdown().await.unwrap();
+        let (more, end) = backend_end(&mut events).await;
+        assert!(more.is_empty(), "{more:?}");
+        assert!(matches!(end, Seen::Eof), "{end:?}");
+        let line = line_for(&mut w, port).await;
+        assert!(
+            line.contains("end=\"client closed (no close_notify)\""),
             "{line}"
         );
     })
