@@ -215,6 +215,7 @@ async fn relay(
     // browsers do) is said so: the stream ended cleanly at a record
     // boundary, but nothing proves the client meant to stop there. (Once
     // the backend has ended first, a client closing that way is the norm.)
+    let to_client = client.plaintext_sent();
     let note = match outcome.end {
         End::ClientClosed if client.closed_without_notify() => " (no close_notify)",
         _ => "",
@@ -223,7 +224,8 @@ async fn relay(
         "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}{note}\"",
         session.facts.describe(),
         outcome.to_backend,
-        outcome.to_client,
+        // What went out on the socket, not what was queued for it.
+        to_client,
         elapsed(session.started),
         outcome.end
     );

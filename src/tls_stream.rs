@@ -51,6 +51,13 @@ pub struct TlsStream {
     /// Ciphertext to send, from `sent` on.
     outgoing: Vec<u8>,
     sent: usize,
+    /// Application records in `outgoing` not yet wholly sent: where each
+    /// ends in `outgoing`, and its plaintext length. Allocated only while
+    /// the socket does not take a write at once; empty (no allocation) when
+    /// everything was sent.
+    unsent_records: Vec<(usize, usize)>,
+    /// Plaintext bytes whose records were written to the socket in full.
+    plaintext_sent: u64,
     /// The peer sent close_notify, or closed TCP: nothing more to read.
     read_closed: bool,
     /// We queued close_notify: nothing more may be written.
@@ -60,6 +67,9 @@ pub struct TlsStream {
     /// During the handshake: rustls has seen every byte received and waits
     /// for more.
     awaiting_bytes: bool,
+    /// A failure found after bytes of the same read were delivered: the
+    /// next read returns it (tokio drops a read's bytes when it fails).
+    deferred: Option<io::Error>,
     /// The server name rustls accepted, as the certificate resolver saw it.
     sni: Option<String>,
 }
@@ -129,12 +139,21 @@ impl TlsStream {
             taken: 0,
             outgoing: Vec::new(),
             sent: 0,
+            unsent_records: Vec::new(),
+            plaintext_sent: 0,
             read_closed: false,
             write_closed: false,
             closed_without_notify: false,
             awaiting_bytes: false,
+            deferred: None,
             sni: None,
         })
+    }
+
+    /// Plaintext bytes whose records were written to the socket in full:
+    /// what the client can have received (not what was merely queued).
+    pub fn plaintext_sent(&self) -> u64 {
+        self.plaintext_sent
     }
 
     /// The client ended its stream by closing TCP at a record boundary
@@ -361,7 +380,8 @@ impl TlsStream {
         read
     }
 
-    /// Sends queued ciphertext; `Ready(Ok)` once none is left.
+    /// Sends queued ciphertext; `Ready(Ok)` once none is left. Counts the
+    /// plaintext of every application record that went out in full.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.outgoing.len() {
             let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
@@ -369,15 +389,36 @@ impl TlsStream {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
+            self.count_sent_records();
         }
         self.outgoing = Vec::new();
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
 
+    /// Moves the records now sent in full from `unsent_records` to the count.
+    fn count_sent_records(&mut self) {
+        if self.unsent_records.is_empty() {
+            return;
+        }
+        let done = self
+            .unsent_records
+            .iter()
+            .take_while(|(end, _)| *end <= self.sent)
+            .count();
+        for (_, len) in self.unsent_records.drain(..done) {
+            self.plaintext_sent += len as u64;
+        }
+        if self.unsent_records.is_empty() {
+            self.unsent_records = Vec::new();
+        }
+    }
+
     /// Fills `out` with decrypted bytes: first any left over from earlier,
     /// then from records received, reading the socket as needed. Returns
-    /// with nothing added only at the end of the stream.
+    /// with nothing added only at the end of the stream. A failure after
+    /// some bytes were added is returned by the next call, so those bytes
+    /// (authenticated records) still reach the reader.
     fn poll_decrypt(
         &mut self,
         cx: &mut Context<'_>,
@@ -396,16 +437,33 @@ impl TlsStream {
                 }
                 return Poll::Ready(Ok(()));
             }
+            if let Some(e) = self.deferred.take() {
+                return Poll::Ready(Err(e));
+            }
             if self.read_closed || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let step = self.advance(cx, Some(&mut *out), None)?;
+            let advanced = self.advance(cx, Some(&mut *out), None);
+            let delivered = out.filled().len() > start;
+            let step = match advanced {
+                Ok(step) => step,
+                Err(e) if delivered => {
+                    self.deferred = Some(e);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            };
             if self.sent < self.outgoing.len() {
                 // Post-handshake messages (tickets, key updates): send what
                 // we can now; poll_write and poll_flush send the rest.
-                let _ = self.poll_send(cx)?;
+                if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+                    if delivered {
+                        self.deferred = Some(e);
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Ready(Err(e));
+                }
             }
-            let delivered = out.filled().len() > start;
             match step {
                 // Keep decrypting records already received while there is
                 // room, so a burst reaches the reader in one piece.
@@ -515,19 +573,34 @@ impl AsyncWrite for TlsStream {
             ready!(this.poll_send(cx))?;
         }
         let take = buf.len().min(MAX_WRITE);
+        // Where each record ends in `outgoing`, with its plaintext length:
+        // on the stack, kept only for records the socket does not take now.
+        let mut records = [(0usize, 0usize); MAX_WRITE / MAX_RECORD_PLAINTEXT];
+        let mut count = 0;
         this.with_write_traffic(cx, &mut |s, outgoing| {
             // Room for every record at once: growing record by record
             // reallocated and copied what was already encrypted (1% of a
             // core in the bulk benchmark, seen with perf).
-            let records = take.div_ceil(MAX_RECORD_PLAINTEXT);
-            outgoing.reserve(take + records * MAX_RECORD_OVERHEAD);
+            let records_needed = take.div_ceil(MAX_RECORD_PLAINTEXT);
+            outgoing.reserve(take + records_needed * MAX_RECORD_OVERHEAD);
             for record in buf[..take].chunks(MAX_RECORD_PLAINTEXT) {
                 encode_into(outgoing, |out| s.encrypt(record, out))?;
+                if let Some(slot) = records.get_mut(count) {
+                    *slot = (outgoing.len(), record.len());
+                    count += 1;
+                }
             }
             Ok(())
         })?;
         // Start sending now; whatever the socket will not take stays queued.
-        let _ = this.poll_send(cx)?;
+        let all_sent = this.poll_send(cx)?.is_ready();
+        for &(end, len) in &records[..count] {
+            if all_sent || end <= this.sent {
+                this.plaintext_sent += len as u64;
+            } else {
+                this.unsent_records.push((end, len));
+            }
+        }
         Poll::Ready(Ok(take))
     }
 

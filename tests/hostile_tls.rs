@@ -4,21 +4,43 @@
 
 mod common;
 
+use std::future::poll_fn;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use common::ca::Ca;
 use common::*;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use wssify::settings::TlsMin;
 use wssify::sni::SniTable;
+use wssify::tls::{Resumption, TlsOptions};
+use wssify::tls_stream::TlsStream;
 
 // ---------------------------------------------------------------------------
 // Helpers
+
+/// A server configuration as wssify builds it, for the development
+/// certificate (names: localhost, 127.0.0.1, ::1).
+fn server_config() -> Arc<rustls::ServerConfig> {
+    let provider = wssify::tls::provider();
+    let cert = wssify::certs::self_signed(&provider).unwrap();
+    let names = cert.summary.dns_names.clone();
+    let table = SniTable::new(vec![(cert.certified_key, names)], false);
+    let options = TlsOptions {
+        provider,
+        tls_min: TlsMin::V1_2,
+        alpn: Vec::new(),
+    };
+    wssify::tls::server_config(&options, Arc::new(table), None, &Resumption::new().unwrap())
+        .unwrap()
+}
 
 /// A client that accepts any certificate (it still checks signatures).
 fn any_client() -> ClientConfig {
@@ -28,6 +50,22 @@ fn any_client() -> ClientConfig {
         .dangerous()
         .with_custom_certificate_verifier(any_cert_verifier())
         .with_no_client_auth()
+}
+
+/// A TLS server in this process and a client connected to it, both
+/// handshaken: the server side is wssify's own stream.
+async fn library_pair() -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = server_config();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        TlsStream::accept(tcp, config).await.unwrap()
+    });
+    let client = tls_connect(addr, Arc::new(any_client()), "localhost")
+        .await
+        .unwrap();
+    (server.await.unwrap(), client)
 }
 
 /// What a backend saw of one connection.
@@ -397,6 +435,89 @@ async fn fin_at_a_record_boundary_is_a_clean_end_noted_in_the_log() {
             line.contains("end=\"client closed (no close_notify)\""),
             "{line}"
         );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Finding 5: authenticated bytes are delivered before the error; to_client
+// counts what reached the socket.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_records_before_a_forged_one_reach_the_backend_then_a_reset() {
+    bounded(WAIT, async {
+        let (backend, mut events) = watching_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        let config = pinned_client(&w.fingerprint().await);
+        let addr = w.addr;
+        let port = tokio::task::spawn_blocking(move || {
+            let mut tcp = blocking_tcp(addr);
+            let port = tcp.local_addr().unwrap().port();
+            let mut conn =
+                ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+            finish_handshake(&mut conn, &mut tcp).unwrap();
+            conn.writer().write_all(b"authentic, ").unwrap();
+            let mut wire = drain_tls(&mut conn);
+            conn.writer().write_all(b"bytes").unwrap();
+            wire.extend(drain_tls(&mut conn));
+            conn.writer().write_all(b"forged").unwrap();
+            let mut forged = drain_tls(&mut conn);
+            let last = forged.len() - 1;
+            forged[last] ^= 0x01; // the tag no longer matches
+            wire.extend(forged);
+            // All three records in one write, so one read takes them.
+            tcp.write_all(&wire).unwrap();
+            port
+        })
+        .await
+        .unwrap();
+        let (got, end) = backend_end(&mut events).await;
+        assert_eq!(got, b"authentic, bytes", "records before the forged one");
+        assert!(
+            matches!(end, Seen::Error(std::io::ErrorKind::ConnectionReset)),
+            "{end:?}"
+        );
+        let line = line_for(&mut w, port).await;
+        assert!(line.contains("end=\"client error: "), "{line}");
+        assert!(line.contains("to_backend=16B"), "{line}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plaintext_sent_counts_only_records_that_reached_the_socket() {
+    bounded(WAIT, async {
+        let (mut server, mut client) = library_pair().await;
+        // Write while the client reads nothing, until the stream pushes back.
+        let chunk = vec![0x5a; 64 * 1024];
+        let mut accepted = 0u64;
+        poll_fn(|cx| {
+            loop {
+                match Pin::new(&mut server).poll_write(cx, &chunk) {
+                    Poll::Ready(Ok(n)) => accepted += n as u64,
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    Poll::Pending => return Poll::Ready(()),
+                }
+            }
+        })
+        .await;
+        let sent = server.plaintext_sent();
+        assert!(
+            sent < accepted,
+            "{sent} of {accepted} bytes counted as sent while the socket is full"
+        );
+        // The client reads everything; the server flushes the rest.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            while total < accepted {
+                total += client.read(&mut buf).await.unwrap() as u64;
+            }
+            total
+        });
+        server.flush().await.unwrap();
+        assert_eq!(reader.await.unwrap(), accepted);
+        assert_eq!(server.plaintext_sent(), accepted);
     })
     .await;
 }
