@@ -163,6 +163,20 @@ impl TlsStream {
         self.closed_without_notify
     }
 
+    /// Bytes of memory the stream's buffers hold (capacity, not length).
+    /// For tests: an idle stream must hold no more than what is pending.
+    #[doc(hidden)]
+    pub fn buffered_capacity(&self) -> usize {
+        self.incoming.buf.capacity() + self.plaintext.capacity() + self.outgoing.capacity()
+    }
+
+    /// Bytes received and not yet handed on (ciphertext not yet processed
+    /// plus plaintext not yet read). For tests, with [`Self::buffered_capacity`].
+    #[doc(hidden)]
+    pub fn buffered_pending(&self) -> usize {
+        self.incoming.pending().len() + (self.plaintext.len() - self.taken)
+    }
+
     /// What was negotiated, for the log line.
     pub fn negotiated(&self) -> Negotiated {
         Negotiated {
@@ -359,7 +373,10 @@ impl TlsStream {
     }
 
     /// Reads more ciphertext from the socket into `incoming` (at most `max`
-    /// bytes held). `Ready(Ok(0))` is the client's FIN.
+    /// bytes held). `Ready(Ok(0))` is the client's FIN. Whenever it has to
+    /// wait for the socket, `incoming` is shrunk to exactly the bytes
+    /// pending (freed when none are), so a client that stops inside a
+    /// record pins what it sent, not a read buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
         if self.incoming.pending().len() >= max {
             return Poll::Ready(Err(io::Error::new(
@@ -368,7 +385,12 @@ impl TlsStream {
             )));
         }
         // No buffer is taken until the socket is readable.
-        ready!(self.tcp.poll_read_ready(cx))?;
+        if let Poll::Ready(ready) = self.tcp.poll_read_ready(cx) {
+            ready?;
+        } else {
+            self.incoming.shrink_to_pending();
+            return Poll::Pending;
+        }
         self.incoming.make_room(max);
         // Through tokio's own read, which marks the socket not ready after
         // a short read: the next fill waits for readiness instead of
@@ -376,7 +398,11 @@ impl TlsStream {
         // strace). The future only borrows; dropping it when pending loses
         // nothing.
         let read = std::pin::pin!(self.tcp.read_buf(&mut self.incoming.buf)).poll(cx);
-        shrink_if_empty(&mut self.incoming.buf);
+        if read.is_pending() {
+            self.incoming.shrink_to_pending();
+        } else {
+            shrink_if_empty(&mut self.incoming.buf);
+        }
         read
     }
 
@@ -704,19 +730,107 @@ impl Incoming {
 
     /// Prepares a read that keeps at most about `max` bytes pending: drops
     /// what rustls is done with, then reserves a chunk of spare capacity
-    /// (read into without being zeroed first).
+    /// (read into without being zeroed first). Taken only when the socket
+    /// is readable, and given back when it no longer is.
     fn make_room(&mut self, max: usize) {
+        self.compact();
+        self.buf
+            .reserve_exact(READ_CHUNK.min(max.saturating_sub(self.buf.len())));
+    }
+
+    /// Moves the pending bytes to the front.
+    fn compact(&mut self) {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        self.buf
-            .reserve_exact(READ_CHUNK.min(max.saturating_sub(self.buf.len())));
+    }
+
+    /// Holds exactly the pending bytes, or nothing when none are: called
+    /// whenever the stream waits for the socket. While bytes keep coming
+    /// the socket stays readable and the read buffer is kept, so bulk
+    /// transfers do not reallocate per record.
+    fn shrink_to_pending(&mut self) {
+        if self.buf.capacity() == self.buf.len() - self.start {
+            return;
+        }
+        self.compact();
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        } else {
+            self.buf.shrink_to_fit();
+        }
     }
 }
 
 fn shrink_if_empty(buf: &mut Vec<u8>) {
     if buf.is_empty() && buf.capacity() > 0 {
         *buf = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    fn config() -> Arc<ServerConfig> {
+        let provider = crate::tls::provider();
+        let cert = crate::certs::self_signed(&provider).unwrap();
+        let names = cert.summary.dns_names.clone();
+        let table = crate::sni::SniTable::new(vec![(cert.certified_key, names)], false);
+        let options = crate::tls::TlsOptions {
+            provider,
+            tls_min: crate::settings::TlsMin::V1_2,
+            alpn: Vec::new(),
+        };
+        let resumption = crate::tls::Resumption::new().unwrap();
+        crate::tls::server_config(&options, Arc::new(table), None, &resumption).unwrap()
+    }
+
+    fn client_hello() -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_sent_byte_by_byte_pins_only_its_bytes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = TlsStream::new(tcp, config()).unwrap();
+        let hello = client_hello();
+        let run = async {
+            // All but the last byte: rustls waits for the record to complete.
+            for (i, byte) in hello[..hello.len() - 1].iter().enumerate() {
+                client.write_all(&[*byte]).await.unwrap();
+                std::future::poll_fn(|cx| match stream.poll_handshake(cx) {
+                    Poll::Ready(r) => panic!("the hello is not complete yet: {r:?}"),
+                    Poll::Pending if stream.buffered_pending() == i + 1 => Poll::Ready(()),
+                    Poll::Pending => Poll::Pending,
+                })
+                .await;
+                let held = stream.buffered_capacity();
+                assert!(
+                    held <= i + 1 + 16,
+                    "{held} bytes held for {} bytes of a ClientHello",
+                    i + 1
+                );
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .expect("bounded");
     }
 }

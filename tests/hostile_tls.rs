@@ -15,7 +15,7 @@ use common::ca::Ca;
 use common::*;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use wssify::settings::TlsMin;
@@ -247,6 +247,40 @@ async fn ticket_allowing_early_data(config: &Arc<ClientConfig>, name: &str) {
         probe.early_data().is_some(),
         "the ticket allows 0-RTT, so the client offers early data"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Finding 1: memory held is bounded by the bytes pending.
+
+#[tokio::test]
+async fn a_client_stalled_inside_a_record_pins_only_the_bytes_it_sent() {
+    bounded(WAIT, async {
+        let (mut server, mut client) = library_pair().await;
+        // The first three bytes of a record header, then nothing.
+        client
+            .get_mut()
+            .0
+            .write_all(&[0x17, 0x03, 0x03])
+            .await
+            .unwrap();
+        // Read until the server has taken them off the socket and waits.
+        let mut buf = [0u8; 64];
+        poll_fn(|cx| {
+            let mut out = ReadBuf::new(&mut buf);
+            match Pin::new(&mut server).poll_read(cx, &mut out) {
+                Poll::Ready(r) => panic!("nothing can be read yet: {r:?}"),
+                Poll::Pending if server.buffered_pending() == 3 => Poll::Ready(()),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let held = server.buffered_capacity();
+        assert!(
+            held <= 64,
+            "a connection waiting on 3 bytes of a record holds {held} bytes of buffers"
+        );
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------
