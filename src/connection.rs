@@ -23,7 +23,7 @@ use crate::settings::{Backend, format_duration};
 use crate::shutdown::{ConnectionGuard, Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
-use crate::tls_stream::{Negotiated, TlsStream};
+use crate::tls_stream::{Negotiated, Refused, TlsStream};
 
 /// How long a closing connection may spend saying goodbye (close_notify).
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -91,8 +91,11 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
     tune(&tcp);
     let deadline = started + shared.handshake_timeout;
 
-    match sniff::classify(&mut tcp, deadline).await {
-        Ok(Some(FirstBytes::Tls)) => {}
+    // `Some`: neither TLS nor HTTP; rustls is given the bytes read so far
+    // and answers them with its own alert.
+    let not_tls = match sniff::classify(&mut tcp, deadline).await {
+        Ok(Some(FirstBytes::Tls)) => None,
+        Ok(Some(FirstBytes::NotTls(head))) => Some(head),
         Ok(Some(FirstBytes::Nothing)) => {
             debug!("peer={peer} end=\"closed before sending anything\"");
             return None;
@@ -107,14 +110,6 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
                     Err(e) => format!("could not answer 400: {e}"),
                 }
             );
-            return None;
-        }
-        Ok(Some(FirstBytes::NotTls(byte))) => {
-            info!(
-                "peer={peer} duration={} end=\"not TLS (first byte 0x{byte:02x}): closed\"",
-                elapsed(started)
-            );
-            sniff::linger(&mut tcp).await;
             return None;
         }
         Ok(None) => {
@@ -132,24 +127,39 @@ async fn open(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<B
             );
             return None;
         }
-    }
+    };
+    // How a failed handshake is reported: as a handshake, or as bytes that
+    // were not TLS to begin with.
+    let failed = |why: String| match &not_tls {
+        Some(head) => format!("not TLS (first byte 0x{:02x}): {why}", head.first()),
+        None => format!("handshake failed: {why}"),
+    };
 
-    let accept = TlsStream::accept(tcp, shared.tls.load_full());
+    let prefix = not_tls.as_ref().map_or(&[][..], |head| head.bytes());
+    let accept = TlsStream::accept_with_prefix(tcp, shared.tls.load_full(), prefix);
     let mut client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
+        Ok(Err(Refused { error, mut tcp })) => {
             info!(
-                "peer={peer} duration={} end=\"handshake failed: {}\"",
+                "peer={peer} duration={} end=\"{}\"",
                 elapsed(started),
-                tls::describe_handshake_error(&e)
+                failed(tls::describe_handshake_error(&error))
             );
+            if not_tls.is_some() {
+                // Let rustls' alert reach the client before the close
+                // (unread bytes would turn it into a reset).
+                sniff::linger(&mut tcp).await;
+            }
             return None;
         }
         Err(_) => {
             info!(
-                "peer={peer} duration={} end=\"handshake failed: not finished within {}\"",
+                "peer={peer} duration={} end=\"{}\"",
                 elapsed(started),
-                format_duration(shared.handshake_timeout)
+                failed(format!(
+                    "not finished within {}",
+                    format_duration(shared.handshake_timeout)
+                ))
             );
             return None;
         }

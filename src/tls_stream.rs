@@ -120,17 +120,52 @@ impl std::error::Error for UnknownName {}
 /// ServerHello, so no record protection applies yet.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
+/// A handshake that failed, with its socket, so that the caller can let
+/// the alert rustls sent reach the client before closing (see
+/// `sniff::linger`).
+pub struct Refused {
+    /// Why the handshake failed.
+    pub error: io::Error,
+    /// The client's socket.
+    pub tcp: TcpStream,
+}
+
 impl TlsStream {
     /// Performs the server handshake on `tcp`. Bound it with a timeout.
     pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
-        let mut stream = TlsStream::new(tcp, config)?;
-        std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
-        Ok(stream)
+        TlsStream::accept_with_prefix(tcp, config, &[])
+            .await
+            .map_err(|refused| refused.error)
+    }
+
+    /// Performs the server handshake on `tcp` as if `prefix` had been read
+    /// from it first: the bytes a sniff has already consumed. rustls then
+    /// judges them and sends its own alert when they are not TLS.
+    pub async fn accept_with_prefix(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        prefix: &[u8],
+    ) -> Result<TlsStream, Refused> {
+        let mut stream = match TlsStream::new(tcp, config) {
+            Ok(stream) => stream,
+            Err((error, tcp)) => return Err(Refused { error, tcp }),
+        };
+        stream.incoming.buf.extend_from_slice(prefix);
+        match std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
+            Ok(()) => Ok(stream),
+            Err(error) => Err(Refused {
+                error,
+                tcp: stream.tcp,
+            }),
+        }
     }
 
     /// A stream before its handshake.
-    fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
-        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+    fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> Result<TlsStream, (io::Error, TcpStream)> {
+        let conn = match UnbufferedServerConnection::new(config) {
+            Ok(conn) => conn,
+            Err(e) => return Err((io::Error::other(e), tcp)),
+        };
         Ok(TlsStream {
             tcp,
             conn,
@@ -809,7 +844,7 @@ mod tests {
             .await
             .unwrap();
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut stream = TlsStream::new(tcp, config()).unwrap();
+        let mut stream = TlsStream::new(tcp, config()).map_err(|(e, _)| e).unwrap();
         let hello = client_hello();
         let run = async {
             // All but the last byte: rustls waits for the record to complete.

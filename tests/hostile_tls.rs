@@ -559,6 +559,31 @@ async fn plaintext_sent_counts_only_records_that_reached_the_socket() {
 // ---------------------------------------------------------------------------
 // Finding 6: as good as rustls alone.
 
+#[tokio::test]
+async fn an_sslv2_hello_gets_the_alert_rustls_sends() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
+        // An SSLv2-format ClientHello offering TLS 1.2 (RFC 5246 E.2).
+        let mut body = vec![0x01, 0x03, 0x03, 0x00, 0x03, 0x00, 0x00, 0x00, 0x10];
+        body.extend_from_slice(&[0x00, 0xc0, 0x2f]);
+        body.extend_from_slice(&[0x42; 16]);
+        let mut hello = vec![0x80, body.len() as u8];
+        hello.extend_from_slice(&body);
+        let mut tcp = TcpStream::connect(w.addr).await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        tcp.write_all(&hello).await.unwrap();
+        let answer = read_to_end(&mut tcp).await.unwrap_or_default();
+        assert!(
+            answer.len() >= 7 && answer[0] == 0x15 && answer[3..6] == [0x00, 0x02, 0x02],
+            "a fatal alert record, as rustls answers: {answer:02x?}"
+        );
+        let line = line_for(&mut w, port).await;
+        assert!(line.contains("end=\"not TLS (first byte 0x80): "), "{line}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_0rtt_flight_still_completes_the_handshake() {
     bounded(WAIT, async {
