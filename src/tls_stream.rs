@@ -654,12 +654,16 @@ impl AsyncWrite for TlsStream {
             Ok(())
         })?;
         // Start sending now; whatever the socket will not take stays queued.
-        let all_sent = this.poll_send(cx)?.is_ready();
-        for &(end, len) in &records[..count] {
-            if all_sent || end <= this.sent {
-                this.plaintext_sent += len as u64;
-            } else {
-                this.unsent_records.push((end, len));
+        if this.poll_send(cx)?.is_ready() {
+            // The usual case: every record went out.
+            this.plaintext_sent += take as u64;
+        } else {
+            for &(end, len) in &records[..count] {
+                if end <= this.sent {
+                    this.plaintext_sent += len as u64;
+                } else {
+                    this.unsent_records.push((end, len));
+                }
             }
         }
         Poll::Ready(Ok(take))
