@@ -108,7 +108,10 @@ pub fn take_seen() -> Option<Seen> {
 /// Wraps the certificate resolver of every configuration wssify builds, so
 /// each handshake records what rustls resolved (see [`Seen`]).
 #[derive(Debug)]
-pub struct Recording(pub Arc<dyn ResolvesServerCert>);
+pub struct Recording(
+    /// The resolver that chooses the certificate (an `SniTable`).
+    pub Arc<dyn ResolvesServerCert>,
+);
 
 impl ResolvesServerCert for Recording {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
