@@ -27,7 +27,7 @@ use crate::settings::{Backend, format_duration};
 use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
-use crate::tls_stream::{Negotiated, TlsStream};
+use crate::tls_stream::{Negotiated, Refused, TlsStream};
 
 /// How long a closing connection may spend saying goodbye (close_notify).
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -107,8 +107,11 @@ async fn open(
     tune(&tcp);
     let deadline = started + shared.handshake_timeout;
 
-    match sniff::classify(&mut tcp, deadline).await {
-        Ok(Some(FirstBytes::Tls)) => {}
+    // `Some`: neither TLS nor HTTP; rustls is given the bytes read so far
+    // and answers them with its own alert.
+    let not_tls = match sniff::classify(&mut tcp, deadline).await {
+        Ok(Some(FirstBytes::Tls)) => None,
+        Ok(Some(FirstBytes::NotTls(head))) => Some(head),
         Ok(Some(FirstBytes::Nothing)) => {
             info_limited!(
                 Kind::Probe,
@@ -129,15 +132,6 @@ async fn open(
             );
             return None;
         }
-        Ok(Some(FirstBytes::NotTls(byte))) => {
-            info_limited!(
-                Kind::Probe,
-                "peer={peer} duration={} end=\"not TLS (first byte 0x{byte:02x}): closed\"",
-                elapsed(started)
-            );
-            sniff::linger(&mut tcp).await;
-            return None;
-        }
         Ok(None) => {
             info_limited!(
                 Kind::HandshakeFailed,
@@ -155,27 +149,47 @@ async fn open(
             );
             return None;
         }
-    }
+    };
+    // How a failed handshake is reported: as a handshake, or as bytes that
+    // were not TLS to begin with.
+    let failed = |why: String| match &not_tls {
+        Some(head) => format!("not TLS (first byte 0x{:02x}): {why}", head.first()),
+        None => format!("handshake failed: {why}"),
+    };
 
-    let accept = TlsStream::accept(tcp, shared.tls.load_full());
+    // Bytes that were never TLS are a probe, like a port scan.
+    let kind = match &not_tls {
+        Some(_) => Kind::Probe,
+        None => Kind::HandshakeFailed,
+    };
+    let prefix = not_tls.as_ref().map_or(&[][..], |head| head.bytes());
+    let accept = TlsStream::accept_with_prefix(tcp, shared.tls.load_full(), prefix);
     let mut client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
+        Ok(Err(Refused { error, mut tcp })) => {
             info_limited!(
-                Kind::HandshakeFailed,
-                "peer={peer} duration={} end=\"handshake failed: {}\"",
+                kind,
+                "peer={peer} duration={} end=\"{}\"",
                 elapsed(started),
                 // It may quote the client's SNI (--strict-sni).
-                logsafe::quoted(tls::describe_handshake_error(&e).as_bytes())
+                logsafe::quoted(failed(tls::describe_handshake_error(&error)).as_bytes())
             );
+            if not_tls.is_some() {
+                // Let rustls' alert reach the client before the close
+                // (unread bytes would turn it into a reset).
+                sniff::linger(&mut tcp).await;
+            }
             return None;
         }
         Err(_) => {
             info_limited!(
-                Kind::HandshakeFailed,
-                "peer={peer} duration={} end=\"handshake failed: not finished within {}\"",
+                kind,
+                "peer={peer} duration={} end=\"{}\"",
                 elapsed(started),
-                format_duration(shared.handshake_timeout)
+                failed(format!(
+                    "not finished within {}",
+                    format_duration(shared.handshake_timeout)
+                ))
             );
             return None;
         }
@@ -234,11 +248,29 @@ async fn relay(
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
         let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
     }
+    if matches!(outcome.end, End::ClientError(_)) {
+        // The client's stream broke (a truncated or forged record, a
+        // reset): the backend must not take it for a complete request, so
+        // it gets a reset, not a FIN, when the socket is dropped.
+        if let Err(e) = SockRef::from(&*backend).set_linger(Some(Duration::ZERO)) {
+            debug!("cannot set SO_LINGER to reset the backend: {e}");
+        }
+    }
+    // A client that ended first by closing TCP without close_notify (many
+    // browsers do) is said so: the stream ended cleanly at a record
+    // boundary, but nothing proves the client meant to stop there. (Once
+    // the backend has ended first, a client closing that way is the norm.)
+    let to_client = client.plaintext_sent();
+    let note = match outcome.end {
+        End::ClientClosed if client.closed_without_notify() => " (no close_notify)",
+        _ => "",
+    };
     info!(
-        "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}\"",
+        "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}{note}\"",
         session.facts.describe(),
         outcome.to_backend,
-        outcome.to_client,
+        // What went out on the socket, not what was queued for it.
+        to_client,
         elapsed(session.started),
         outcome.end
     );

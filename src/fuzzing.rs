@@ -144,19 +144,23 @@ pub fn first_bytes(data: &[u8]) {
     };
     fixture.run(client, |mut tcp| async move {
         let deadline = Instant::now() + SERVER_DEADLINE;
-        match sniff::classify(&mut tcp, deadline).await {
-            Ok(Some(FirstBytes::Tls)) => {
-                let accept = TlsStream::accept(tcp, fixture.server.clone());
-                if timeout_at(deadline, accept).await.is_err() {
-                    panic!("TLS handshake still waiting after the client's FIN");
-                }
-            }
+        let prefix = match sniff::classify(&mut tcp, deadline).await {
+            Ok(Some(FirstBytes::Tls)) => Vec::new(),
+            // Neither TLS nor HTTP: rustls gets the bytes read so far and
+            // answers them with its own alert, as `connection::open` does.
+            Ok(Some(FirstBytes::NotTls(head))) => head.bytes().to_vec(),
             Ok(Some(FirstBytes::PlainHttp)) => {
                 let _ = sniff::answer_plain_http(&mut tcp).await;
+                return;
             }
-            Ok(Some(FirstBytes::NotTls(_))) => sniff::linger(&mut tcp).await,
-            Ok(Some(FirstBytes::Nothing)) | Err(_) => {}
+            Ok(Some(FirstBytes::Nothing)) | Err(_) => return,
             Ok(None) => panic!("classify still waiting after the client's FIN"),
+        };
+        let accept = TlsStream::accept_with_prefix(tcp, fixture.server.clone(), &prefix);
+        match timeout_at(deadline, accept).await {
+            Err(_) => panic!("TLS handshake still waiting after the client's FIN"),
+            Ok(Err(mut refused)) => sniff::linger(&mut refused.tcp).await,
+            Ok(Ok(_)) => {}
         }
     });
 }

@@ -7,6 +7,7 @@
 //! name the one listed first wins. No SNI or no match gets the first
 //! certificate, unless `--strict-sni` asks for a refusal.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -68,6 +69,61 @@ impl SniTable {
 impl ResolvesServerCert for SniTable {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.choose(client_hello.server_name()).cloned()
+    }
+}
+
+/// What the certificate resolver saw in the last ClientHello rustls
+/// accepted on this thread: the server name rustls validated (lower case),
+/// and whether no certificate was chosen (`--strict-sni` refusing).
+///
+/// rustls' unbuffered server connection does not expose the name it
+/// accepted, and re-reading the client's bytes would trust whatever record
+/// comes next (rustls skips undecryptable records after a rejected 0-RTT
+/// flight), so the log takes it from here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// The SNI, as rustls validated it (a DNS name, lower case).
+    pub name: Option<String>,
+    /// The resolver chose no certificate: the handshake is refused.
+    pub refused: bool,
+}
+
+thread_local! {
+    /// Written by [`Recording::resolve`], which rustls calls synchronously
+    /// inside `process_tls_records`; read right after that call returns.
+    static SEEN: RefCell<Option<Seen>> = const { RefCell::new(None) };
+}
+
+/// Forgets what the resolver saw on this thread (call before handing a
+/// ClientHello to rustls).
+pub fn forget_seen() {
+    SEEN.with(|seen| seen.borrow_mut().take());
+}
+
+/// What the resolver saw on this thread since [`forget_seen`], if it ran.
+pub fn take_seen() -> Option<Seen> {
+    SEEN.with(|seen| seen.borrow_mut().take())
+}
+
+/// Wraps the certificate resolver of every configuration wssify builds, so
+/// each handshake records what rustls resolved (see [`Seen`]).
+#[derive(Debug)]
+pub struct Recording(
+    /// The resolver that chooses the certificate (an `SniTable`).
+    pub Arc<dyn ResolvesServerCert>,
+);
+
+impl ResolvesServerCert for Recording {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = client_hello.server_name().map(str::to_string);
+        let chosen = self.0.resolve(client_hello);
+        let refused = chosen.is_none();
+        SEEN.with(|seen| *seen.borrow_mut() = Some(Seen { name, refused }));
+        chosen
+    }
+
+    fn only_raw_public_keys(&self) -> bool {
+        self.0.only_raw_public_keys()
     }
 }
 

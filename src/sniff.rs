@@ -2,7 +2,9 @@
 //!
 //! Nothing is parsed beyond that: a TLS handshake record goes on to rustls;
 //! a plain HTTP request (someone typed `ws://` or `http://`) gets a short
-//! `400` that says to use `wss://` or `https://`; anything else is closed.
+//! `400` that says to use `wss://` or `https://`; anything else goes to
+//! rustls too, with the bytes read here, so that it answers with the same
+//! fatal alert it would give on its own (an SSLv2-format hello, say).
 
 use std::time::Duration;
 
@@ -39,8 +41,29 @@ pub enum FirstBytes {
     Nothing,
     /// A plain HTTP request line.
     PlainHttp,
-    /// Anything else; holds the first byte for the log.
-    NotTls(u8),
+    /// Anything else; holds the bytes read from the stream while looking
+    /// for an HTTP method (rustls must see them too).
+    NotTls(Head),
+}
+
+/// The first bytes of a connection that is neither TLS nor HTTP, as read
+/// (consumed) from the socket while looking for an HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    bytes: [u8; 8],
+    len: usize,
+}
+
+impl Head {
+    /// The first byte, for the log.
+    pub fn first(&self) -> u8 {
+        self.bytes[0]
+    }
+
+    /// Every byte read, in order.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Looks at the first byte without consuming it; for non-TLS input, reads
@@ -60,7 +83,8 @@ pub async fn classify(
     if first[0] == TLS_HANDSHAKE {
         return Ok(Some(FirstBytes::Tls));
     }
-    // Not TLS, so the bytes may be consumed: read up to the longest method.
+    // Not a TLS handshake, so the bytes may be consumed: read up to the
+    // longest method (rustls is given them if this is not HTTP).
     let mut head = [0u8; 8];
     let mut len = 0;
     while len < head.len() && could_be_http(&head[..len]) {
@@ -73,7 +97,15 @@ pub async fn classify(
             return Ok(Some(FirstBytes::PlainHttp));
         }
     }
-    Ok(Some(FirstBytes::NotTls(first[0])))
+    if len == 0 {
+        // Peeked but not read (the deadline came first): the byte is
+        // still in the socket, where rustls will read it.
+        return Ok(Some(FirstBytes::NotTls(Head {
+            bytes: [first[0], 0, 0, 0, 0, 0, 0, 0],
+            len: 0,
+        })));
+    }
+    Ok(Some(FirstBytes::NotTls(Head { bytes: head, len })))
 }
 
 fn could_be_http(head: &[u8]) -> bool {
@@ -118,8 +150,10 @@ pub async fn linger(tcp: &mut TcpStream) {
 }
 
 /// The server name (SNI) in a ClientHello at the start of `bytes`, if the
-/// first TLS record holds one. rustls' unbuffered server does not expose
-/// the name it saw, so the log line reads it here; nothing else depends on it.
+/// first TLS record holds one. A pure reader of bytes, kept for features
+/// that route on the ClientHello before rustls sees it. The log does NOT
+/// use it: what a client sends need not be what rustls accepted (the log
+/// takes the name from the certificate resolver, see `sni::Seen`).
 pub fn client_hello_sni(bytes: &[u8]) -> Option<String> {
     let mut r = Reader(bytes);
     // Record header: handshake, version, length; then the handshake header.

@@ -75,7 +75,9 @@ pub fn server_config(
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_cert_resolver(resolver);
+    // Every configuration records what its resolver saw: the log's SNI and
+    // the `--strict-sni` refusal come from there (see `sni::Seen`).
+    let mut config = builder.with_cert_resolver(Arc::new(crate::sni::Recording(resolver)));
     config.alpn_protocols = options.alpn.clone();
     config.ticketer = resumption.ticketer.clone();
     config.session_storage = resumption.sessions.clone();
