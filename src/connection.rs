@@ -163,7 +163,8 @@ async fn open(
         None => Kind::HandshakeFailed,
     };
     let prefix = not_tls.as_ref().map_or(&[][..], |head| head.bytes());
-    let accept = TlsStream::accept_with_prefix(tcp, shared.tls.load_full(), prefix);
+    let accept =
+        TlsStream::accept_with_prefix(tcp, shared.tls.load_full(), prefix, shared.budget.clone());
     let mut client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(Refused { error, mut tcp })) => {

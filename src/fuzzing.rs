@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::budget::Budget;
 use crate::settings::{CertSettings, TlsMin};
 use crate::sniff::{self, FirstBytes};
 use crate::tls::{self, TlsOptions};
@@ -156,7 +157,14 @@ pub fn first_bytes(data: &[u8]) {
             Ok(Some(FirstBytes::Nothing)) | Err(_) => return,
             Ok(None) => panic!("classify still waiting after the client's FIN"),
         };
-        let accept = TlsStream::accept_with_prefix(tcp, fixture.server.clone(), &prefix);
+        let accept = TlsStream::accept_with_prefix(
+            tcp,
+            fixture.server.clone(),
+            &prefix,
+            // Small enough that reads past the first chunks go through the
+            // budget's grants.
+            Arc::new(Budget::new(1 << 20)),
+        );
         match timeout_at(deadline, accept).await {
             Err(_) => panic!("TLS handshake still waiting after the client's FIN"),
             Ok(Err(mut refused)) => sniff::linger(&mut refused.tcp).await,

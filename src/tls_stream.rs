@@ -21,6 +21,8 @@ use rustls::{ServerConfig, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::budget::{Budget, MIN_GRANT, Waiting};
+
 /// How much ciphertext is read from the socket at a time: two full TLS
 /// records (16 KiB of plaintext plus header and tag each), so bulk
 /// transfers take fewer system calls. Held only while bytes are pending.
@@ -72,6 +74,8 @@ pub struct TlsStream {
     deferred: Option<io::Error>,
     /// The server name rustls accepted, as the certificate resolver saw it.
     sni: Option<String>,
+    /// This stream's buffers in the process-wide memory budget.
+    account: Account,
     /// rustls reported a fatal error: it is never asked again (it would run
     /// the bad record once more and queue a second fatal alert, a debug
     /// assertion in rustls, found by the fuzzer).
@@ -136,8 +140,11 @@ pub struct Refused {
 
 impl TlsStream {
     /// Performs the server handshake on `tcp`. Bound it with a timeout.
+    /// Performs the server handshake on `tcp` with no memory budget (for
+    /// tests and the fuzzer). Bound it with a timeout.
     pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
-        TlsStream::accept_with_prefix(tcp, config, &[])
+        let unlimited = Arc::new(Budget::new(usize::MAX / 2));
+        TlsStream::accept_with_prefix(tcp, config, &[], unlimited)
             .await
             .map_err(|refused| refused.error)
     }
@@ -149,13 +156,19 @@ impl TlsStream {
         tcp: TcpStream,
         config: Arc<ServerConfig>,
         prefix: &[u8],
+        budget: Arc<Budget>,
     ) -> Result<TlsStream, Refused> {
-        let mut stream = match TlsStream::new(tcp, config) {
+        let mut stream = match TlsStream::new(tcp, config, budget) {
             Ok(stream) => stream,
             Err((error, tcp)) => return Err(Refused { error, tcp }),
         };
         stream.incoming.buf.extend_from_slice(prefix);
-        match std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
+        let handshake = std::future::poll_fn(|cx| {
+            let done = stream.poll_handshake(cx);
+            stream.count_buffers();
+            done
+        });
+        match handshake.await {
             Ok(()) => Ok(stream),
             Err(error) => Err(Refused {
                 error,
@@ -165,7 +178,11 @@ impl TlsStream {
     }
 
     /// A stream before its handshake.
-    fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> Result<TlsStream, (io::Error, TcpStream)> {
+    fn new(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        budget: Arc<Budget>,
+    ) -> Result<TlsStream, (io::Error, TcpStream)> {
         let conn = match UnbufferedServerConnection::new(config) {
             Ok(conn) => conn,
             Err(e) => return Err((io::Error::other(e), tcp)),
@@ -182,6 +199,11 @@ impl TlsStream {
             plaintext_sent: 0,
             read_closed: false,
             failed: false,
+            account: Account {
+                budget,
+                held: 0,
+                waiting: Waiting::default(),
+            },
             write_closed: false,
             closed_without_notify: false,
             awaiting_bytes: false,
@@ -438,7 +460,7 @@ impl TlsStream {
             self.incoming.shrink_to_pending();
             return Poll::Pending;
         }
-        self.incoming.make_room(max);
+        ready!(self.poll_grant(cx, max));
         // Through tokio's own read, which marks the socket not ready after
         // a short read: the next fill waits for readiness instead of
         // spending a system call on EAGAIN (one per message, seen with
@@ -451,6 +473,53 @@ impl TlsStream {
             shrink_if_empty(&mut self.incoming.buf);
         }
         read
+    }
+
+    /// Makes room in `incoming` for a read, granted by the memory budget:
+    /// a chunk while the budget allows, at least what completes a record
+    /// already begun (so a connection is never stuck on half a record
+    /// while the budget has room at all), and nothing (the socket is left
+    /// unread, its sender meets TCP backpressure) when the budget is spent.
+    fn poll_grant(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<()> {
+        self.incoming.compact();
+        let buf = &self.incoming.buf;
+        let spare = buf.capacity() - buf.len();
+        let want = READ_CHUNK.min(max.saturating_sub(buf.len()));
+        if spare >= want.min(MIN_GRANT) && spare > 0 {
+            return Poll::Ready(());
+        }
+        let need = record_remainder(buf).unwrap_or(0).saturating_sub(spare);
+        let budget = self.account.budget.clone();
+        let held = buf.capacity();
+        let granted =
+            match budget.poll_reserve(cx, &mut self.account.waiting, held, want - spare, MIN_GRANT)
+            {
+                Poll::Ready(n) => n,
+                Poll::Pending if need > 0 => {
+                    ready!(budget.poll_reserve_progress(cx, &mut self.account.waiting, need))
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+        self.account.held += granted;
+        self.incoming.buf.reserve_exact(spare + granted);
+        Poll::Ready(())
+    }
+
+    /// Brings the budget up to date with what the buffers hold now (they
+    /// grow and shrink with every message; the budget follows).
+    fn count_buffers(&mut self) {
+        let held = self.incoming.buf.capacity()
+            + self.plaintext.capacity()
+            + self.outgoing.capacity()
+            + self.unsent_records.capacity() * std::mem::size_of::<(usize, usize)>();
+        let Account {
+            budget,
+            held: counted,
+            ..
+        } = &mut self.account;
+        if held != *counted {
+            budget.resize(counted, held);
+        }
     }
 
     /// Sends queued ciphertext; `Ready(Ok)` once none is left. Counts the
@@ -628,7 +697,10 @@ impl AsyncRead for TlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.get_mut().poll_decrypt(cx, buf)
+        let this = self.get_mut();
+        let read = this.poll_decrypt(cx, buf);
+        this.count_buffers();
+        read
     }
 }
 
@@ -639,6 +711,30 @@ impl AsyncWrite for TlsStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let written = this.poll_encrypt(cx, buf);
+        this.count_buffers();
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let flushed = this.poll_send(cx);
+        this.count_buffers();
+        flushed
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let closed = this.poll_close(cx);
+        this.count_buffers();
+        closed
+    }
+}
+
+impl TlsStream {
+    /// Encrypts up to [`MAX_WRITE`] bytes of `buf` and starts sending them.
+    fn poll_encrypt(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self;
         if this.write_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -681,12 +777,9 @@ impl AsyncWrite for TlsStream {
         Poll::Ready(Ok(take))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_send(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+    /// Queues close_notify, sends what is queued, then FIN.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         if !this.write_closed {
             this.with_write_traffic(cx, &mut |s, outgoing| {
                 encode_into(outgoing, |out| s.queue_close_notify(out)).map(drop)
@@ -779,16 +872,6 @@ impl Incoming {
         }
     }
 
-    /// Prepares a read that keeps at most about `max` bytes pending: drops
-    /// what rustls is done with, then reserves a chunk of spare capacity
-    /// (read into without being zeroed first). Taken only when the socket
-    /// is readable, and given back when it no longer is.
-    fn make_room(&mut self, max: usize) {
-        self.compact();
-        self.buf
-            .reserve_exact(READ_CHUNK.min(max.saturating_sub(self.buf.len())));
-    }
-
     /// Moves the pending bytes to the front.
     fn compact(&mut self) {
         if self.start > 0 {
@@ -812,6 +895,27 @@ impl Incoming {
             self.buf.shrink_to_fit();
         }
     }
+}
+
+/// What a stream holds in the memory budget; given back when it drops.
+struct Account {
+    budget: Arc<Budget>,
+    held: usize,
+    waiting: Waiting,
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        self.budget.release(self.held);
+    }
+}
+
+/// Bytes still missing from the TLS record that `pending` begins, when its
+/// header has arrived.
+fn record_remainder(pending: &[u8]) -> Option<usize> {
+    let header = pending.get(..5)?;
+    let length = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    Some((5 + length).saturating_sub(pending.len()))
 }
 
 fn shrink_if_empty(buf: &mut Vec<u8>) {
@@ -867,7 +971,9 @@ mod tests {
             .await
             .unwrap();
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut stream = TlsStream::new(tcp, config()).map_err(|(e, _)| e).unwrap();
+        let mut stream = TlsStream::new(tcp, config(), Arc::new(Budget::new(1 << 30)))
+            .map_err(|(e, _)| e)
+            .unwrap();
         let hello = client_hello();
         let run = async {
             // All but the last byte: rustls waits for the record to complete.

@@ -138,7 +138,6 @@ async fn stalled_clients(
     probe.write_all(b"x").await.unwrap();
     probe.read_exact(&mut one).await.unwrap();
     let base = rss(w.pid());
-    eprintln!("DBG base {base}");
     for client in &mut clients {
         client.write_all(b"P").await.unwrap();
         client.flush().await.unwrap();
@@ -149,7 +148,6 @@ async fn stalled_clients(
         peak = peak.max(rss(w.pid()).saturating_sub(base));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("DBG peak {peak}");
     // A new client is served meanwhile.
     let mut fresh = tls_connect(w.addr, config.clone(), "localhost")
         .await
@@ -177,7 +175,6 @@ async fn clients_that_stop_reading_cannot_grow_the_process_past_the_budget() {
             "resident set grew by {peak} bytes over the idle base with a 2MiB budget; log:\n{}",
             w.log()
         );
-        eprintln!("DBG readers");
         // Every byte arrives once the readers resume.
         let readers = clients.into_iter().map(|mut client| {
             tokio::spawn(async move {
