@@ -59,6 +59,8 @@ fi
 fuzz=(cargo +stable fuzz)
 
 status=0
+# A fresh clone has no target/ yet: the build logs go there.
+mkdir -p target
 for target in "${targets[@]}"; do
     if ! "${fuzz[@]}" build --sanitizer none "${mode[@]}" "$target" >"target/build-$target.log" 2>&1; then
         echo "$target: BUILD FAILED (see fuzz/target/build-$target.log)"
