@@ -39,7 +39,9 @@
 //!   `MALLOC_PERTURB_` in the terminator's environment, so RSS counts what
 //!   was allocated rather than only the pages touched (a buffer reserved
 //!   and never filled costs a fresh heap one page, a heap that has run a
-//!   while all of it); the line says which (`malloc_perturb=`).
+//!   while all of it); the line says which (`malloc_perturb=`, read from
+//!   the target's environment, or given with `--malloc-perturb V` for a
+//!   process that writes over it, as nginx does).
 //! - `memory-budget`: `--budget-conns N` (2,000) clients with small
 //!   receive buffers stop reading while their backends push `--push-mib M`
 //!   (2: twice what the path holds per connection on this VM, about
@@ -99,6 +101,9 @@ struct Options {
     budget_seconds: f64,
     /// handshake-flood: clients that open a handshake and stall.
     flood_stalled: usize,
+    /// partial-record: the target's MALLOC_PERTURB_, when its environment
+    /// cannot tell (nginx writes its process title over it).
+    malloc_perturb: Option<String>,
     /// handshake-flood: full handshakes completed in a loop meanwhile (at
     /// least; the loop runs for 5 s at least).
     flood_handshakes: usize,
@@ -193,6 +198,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         budget_seconds: 10.0,
         flood_stalled: 5000,
         flood_handshakes: 5000,
+        malloc_perturb: None,
     };
     let mut it = args.iter().skip_while(|a| *a == "run");
     while let Some(flag) = it.next() {
@@ -228,6 +234,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--budget-seconds" => o.budget_seconds = value()?.parse()?,
             "--flood-stalled" => o.flood_stalled = value()?.parse()?,
             "--flood-handshakes" => o.flood_handshakes = value()?.parse()?,
+            "--malloc-perturb" => o.malloc_perturb = Some(value()?.clone()),
             "--kx" => {
                 o.kx = match value()?.as_str() {
                     "x25519" => Kx::X25519,
@@ -666,7 +673,9 @@ async fn partial_record(
         "partial-record",
         per(idle),
         per(partial),
-        malloc_perturb_of(target.pid),
+        o.malloc_perturb
+            .clone()
+            .unwrap_or_else(|| malloc_perturb_of(target.pid)),
         started.elapsed().as_secs_f64(),
         if extra_per < PARTIAL_TARGET_KIB {
             "met"
