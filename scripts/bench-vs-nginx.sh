@@ -13,6 +13,15 @@
 # shared VM moves single figures by a lot from minute to minute. Each round
 # also measures latency on a wssify started with --busy-poll (off by
 # default; see the README), in its own column.
+#
+# Then, once each: the handshake flood (echo latency while 5,000 clients
+# stall handshakes and full handshakes run in a loop) on the same nginx and
+# wssify; partial records (2,000 connections holding 3 bytes of a record
+# header) on fresh processes, plain and with MALLOC_PERTURB_ (RSS then
+# counts allocated bytes, not only touched pages); and the memory budget
+# (2,000 clients that stop reading while their backends push) on fresh
+# processes: wssify --max-memory 64MiB, wssify with its default budget, and
+# nginx for reference (it has no budget).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,7 +62,7 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  for f in "$WORK"/nginx-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -79,24 +88,26 @@ idle_counts() { # 1000,5000,$IDLE without counts at or above $IDLE
   echo "$counts$IDLE"
 }
 
-run_load() { # name round target pid kx idle [load flags...] -> $WORK/name.round.out
+run_load() { # name round target pid kx idle [load flags...] -> appended to $WORK/name.round.out
   "$LOAD" run --name "$1" --target "$3" --pid "$4" --kx "$5" \
-    --idle "$6" --seconds "$SECONDS_PER_RATE" --bulk-mib "$BULK_MIB" "${@:7}" | tee "$WORK/$1.$2.out"
+    --idle "$6" --seconds "$SECONDS_PER_RATE" --bulk-mib "$BULK_MIB" "${@:7}" | tee -a "$WORK/$1.$2.out"
 }
+# The rate figures (the load's phases); without --only it runs every phase.
+RATES=latency,latency-paced,throughput,full-handshake,resumed
 
 # --- nginx stream, one worker on cpu 0 ---
-NGINX_ADDR=127.0.0.1:19301
-cat >"$WORK/nginx.conf" <<CONF
+start_nginx() { # addr name [env VAR=VALUE...] -> NGINX_WORKER, pid file $WORK/nginx-name.pid
+  cat >"$WORK/nginx-$2.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 1;
 worker_rlimit_nofile 1048576;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
+pid $WORK/nginx-$2.pid;
+error_log $WORK/nginx-$2-error.log warn;
 events { worker_connections 200000; }
 stream {
   upstream ws { server $BACKEND; }
   server {
-    listen $NGINX_ADDR ssl;
+    listen $1 ssl;
     ssl_certificate $WORK/cert.pem;
     ssl_certificate_key $WORK/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
@@ -105,15 +116,22 @@ stream {
   }
 }
 CONF
-taskset -c 0 nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
-wait_port "$NGINX_ADDR"
-NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -n1)
+  "${@:3}" taskset -c 0 nginx -c "$WORK/nginx-$2.conf" -g 'daemon off;' &
+  PIDS+=($!)
+  wait_port "$1"
+  NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx-$2.pid")" | head -n1)
+}
+stop_nginx() { # name
+  kill "$(cat "$WORK/nginx-$1.pid")"
+  rm -f "$WORK/nginx-$1.pid"
+}
+NGINX_ADDR=127.0.0.1:19301
+start_nginx "$NGINX_ADDR" main
 echo; echo "== nginx $(nginx -v 2>&1 | sed 's/.*\///') stream (worker pid $NGINX_WORKER)"
 
 # --- wssify, one thread on cpu 0, same certificate ---
-start_wssify() { # addr [flags...]
-  taskset -c 0 "$WSSIFY" --listen "$1" --to "$BACKEND" --threads 1 \
+start_wssify() { # addr [flags...]; WSSIFY_ENV (VAR=VALUE...) goes into its environment
+  env ${WSSIFY_ENV:-} taskset -c 0 "$WSSIFY" --listen "$1" --to "$BACKEND" --threads 1 \
     --cert "$WORK/cert.pem" --key "$WORK/key.pem" "${@:2}" 2>"$WORK/wssify-$1.log" &
   PIDS+=($!)
   WSSIFY_PID=$!
@@ -129,19 +147,57 @@ WSSIFY_BUSY=$WSSIFY_PID
 for round in $(seq 1 "$ROUNDS"); do
   # Memory once, on fresh processes, at 1,000 and 5,000 on the way to
   # $IDLE: growth between counts shows whether the cost stays flat.
-  idle=0; [ "$round" = 1 ] && idle=$(idle_counts)
+  idle=0 only=$RATES; [ "$round" = 1 ] && idle=$(idle_counts) only=memory,$RATES
   echo; echo "== round $round of $ROUNDS: nginx (worker pid $NGINX_WORKER)"
-  run_load nginx "$round" "$NGINX_ADDR" "$NGINX_WORKER" x25519 "$idle"
+  run_load nginx "$round" "$NGINX_ADDR" "$NGINX_WORKER" x25519 "$idle" --only "$only"
   echo; echo "== round $round of $ROUNDS: wssify $("$WSSIFY" --version | cut -d' ' -f2) (pid $WSSIFY_MAIN), X25519 like nginx"
-  run_load wssify "$round" "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 "$idle"
+  run_load wssify "$round" "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 "$idle" --only "$only"
   echo; echo "== round $round of $ROUNDS: wssify --busy-poll $BUSY_POLL (pid $WSSIFY_BUSY), latency only"
   run_load wssify-busy "$round" "$BUSY_ADDR" "$WSSIFY_BUSY" x25519 0 --only latency,latency-paced
 done
-kill "$(cat "$WORK/nginx.pid")"; kill "$WSSIFY_MAIN" "$WSSIFY_BUSY"
+# The handshake flood once, after the rounds (its ratio is quiet against
+# flood within the one run), into round 1's files.
+echo; echo "== handshake flood: nginx (worker pid $NGINX_WORKER)"
+run_load nginx 1 "$NGINX_ADDR" "$NGINX_WORKER" x25519 0 --only handshake-flood
+echo; echo "== handshake flood: wssify (pid $WSSIFY_MAIN)"
+run_load wssify 1 "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 0 --only handshake-flood
+stop_nginx main; kill "$WSSIFY_MAIN" "$WSSIFY_BUSY"
+
+# Partial records on fresh processes (a heap that freed earlier phases'
+# connections would hide growth): plain, then with MALLOC_PERTURB_ so RSS
+# counts allocated bytes; nginx writes its title over its environment, so
+# the load is told.
+for perturb in off 165; do
+  perturb_env=(); [ "$perturb" != off ] && perturb_env=(env MALLOC_PERTURB_="$perturb")
+  start_nginx 127.0.0.1:19305 partial "${perturb_env[@]}"
+  echo; echo "== partial records: fresh nginx (worker pid $NGINX_WORKER), MALLOC_PERTURB_ $perturb"
+  run_load nginx 1 127.0.0.1:19305 "$NGINX_WORKER" x25519 0 --only partial-record --malloc-perturb "$perturb"
+  stop_nginx partial
+  WSSIFY_ENV=${perturb_env[1]:-} start_wssify 127.0.0.1:19306
+  echo; echo "== partial records: fresh wssify (pid $WSSIFY_PID), MALLOC_PERTURB_ $perturb"
+  run_load wssify 1 127.0.0.1:19306 "$WSSIFY_PID" x25519 0 --only partial-record --malloc-perturb "$perturb"
+  kill "$WSSIFY_PID"
+done
+
+# The memory budget on fresh processes: wssify with a 64 MiB budget, with
+# its default one, and nginx (no budget) for reference.
+BUDGET_FLAGS=(--max-conns 10000 --stall-timeout 0)
+start_wssify 127.0.0.1:19307 --max-memory 64MiB "${BUDGET_FLAGS[@]}"
+echo; echo "== memory budget: fresh wssify --max-memory 64MiB (pid $WSSIFY_PID)"
+run_load budget-64mib 1 127.0.0.1:19307 "$WSSIFY_PID" x25519 0 --only memory-budget
+kill "$WSSIFY_PID"
+start_wssify 127.0.0.1:19308 "${BUDGET_FLAGS[@]}"
+echo; echo "== memory budget: fresh wssify, default budget (pid $WSSIFY_PID)"
+run_load budget-default 1 127.0.0.1:19308 "$WSSIFY_PID" x25519 0 --only memory-budget
+kill "$WSSIFY_PID"
+start_nginx 127.0.0.1:19309 budget
+echo; echo "== memory budget: fresh nginx, no budget (worker pid $NGINX_WORKER)"
+run_load budget-nginx 1 127.0.0.1:19309 "$NGINX_WORKER" x25519 0 --only memory-budget
+stop_nginx budget
 
 start_wssify 127.0.0.1:19303
 echo; echo "== wssify (pid $WSSIFY_PID), client default: X25519MLKEM768 post-quantum hybrid (one round)"
-run_load wssify-pq 1 127.0.0.1:19303 "$WSSIFY_PID" default "$(idle_counts)"
+run_load wssify-pq 1 127.0.0.1:19303 "$WSSIFY_PID" default "$(idle_counts)" --only "memory,$RATES"
 kill "$WSSIFY_PID"
 
 # --- the table ---
@@ -175,7 +231,7 @@ row() { # title label key unit
   awk -v t="$1" -v n="$n" -v w="$w" -v b="$b" -v q="$q" -v u="$4" -v x="$x" -v y="$y" '
     function times(r) { return r == "" ? "" : sprintf("%.2fx", r) }
     BEGIN { printf "| %-34s | %10s %-5s | %10s %-5s | %6s | %10s %-5s | %6s | %10s %-5s |\n",
-      t, n, u, w, u, times(x), b, (b == "" ? "" : u), times(y), q, u }'
+      t, n, u, w, u, times(x), b, (b == "" ? "" : u), times(y), q, (q == "" ? "" : u) }'
 }
 echo
 echo "Same run, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), terminator pinned to cpu 0, load + echo on cpu 1, $IDLE idle connections; rate figures are medians of $ROUNDS alternating rounds (the PQ column: one round):"
@@ -192,8 +248,34 @@ row "64-byte echo latency p99"          latency        p99_us       us
 row "  1,000 a second: p50"             latency-paced  p50_us       us
 row "  1,000 a second: p99"             latency-paced  p99_us       us
 row "  1,000 a second: terminator CPU"  latency-paced  cpu_terminator %
+row "partial record: per connection"    "partial-record .*malloc_perturb=off" partial_per_conn_kib KiB
+row "  over idle (target < 1 KiB)"      "partial-record .*malloc_perturb=off" extra_per_conn_kib   KiB
+row "  over idle, allocated (PERTURB)"  "partial-record .*malloc_perturb=[1-9][0-9]*" extra_per_conn_kib KiB
+row "handshake flood: echo p99"         handshake-flood flood_p99_us us
+row "  quiet p99, same run"             handshake-flood quiet_p99_us us
+row "  flood / quiet (target <= 2x)"    handshake-flood p99_ratio    x
+row "  full handshakes/s in the flood"  handshake-flood per_s        /s
 echo
 echo "ratio = wssify / nginx within each round, median over the rounds: higher is better for throughput and handshakes, lower for memory, latency and CPU."
+echo "partial record and handshake flood: one run each (fresh processes for partial records; the flood after the rounds)."
+echo
+budget_row() { # title key unit
+  local a b c
+  a=$(field budget-64mib memory-budget "$2"); b=$(field budget-default memory-budget "$2"); c=$(field budget-nginx memory-budget "$2")
+  printf "| %-40s | %14s %-4s | %14s %-4s | %14s %-4s |\n" "$1" "$a" "$3" "$b" "$3" "$c" "$3"
+}
+echo "Memory budget: 2,000 clients with 4 KiB receive buffers stop reading while their backends push 2 MiB each, 20 bulk transfers of 16 MiB echo beside them, RSS sampled every 100 ms for 10 s, then every client reads and checks its bytes; one run each, on fresh processes:"
+echo
+echo "| stalled readers + bulk                   | wssify --max-memory 64MiB | wssify default budget | nginx (no budget)   |"
+echo "|------------------------------------------|---------------------|---------------------|---------------------|"
+budget_row "peak RSS over idle base (stalled)"        stall_peak_over_base_mib MiB
+budget_row "peak RSS over idle base (whole phase)"    peak_over_base_mib       MiB
+budget_row "bytes lost (must be 0)"                   bytes_lost               B
+budget_row "new client: 64-byte echo"                 new_client_echo_ms       ms
+budget_row "new client: connect + handshake + echo"   new_client_total_ms      ms
+budget_row "20 bulk transfers done in"                bulk_s                   s
+budget_row "drain (all readers resume)"               drain_s                  s
+budget_row "kernel TCP memory growth (machine-wide)"  kernel_tcp_growth_mib    MiB
 echo
 # A rate measures the terminator only while its core is the one that is full.
 for phase in throughput full-handshake resumed; do
