@@ -15,6 +15,7 @@ use rustls::ServerConfig;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -41,6 +42,9 @@ pub struct Shared {
     pub backend: Backend,
     /// Limit on sniffing plus the handshake.
     pub handshake_timeout: Duration,
+    /// Where sniffs and handshakes run: their own low-priority threads
+    /// (see `runtime::build_handshakes`), or `None` for the caller's.
+    pub handshakes: Option<Handle>,
     /// Limit on resolving and connecting to the backend.
     pub connect_timeout: Duration,
     /// `None`: never close for idleness.
@@ -88,22 +92,66 @@ pub async fn serve(
     // Opening is boxed: its futures (sniff, handshake, connect) are freed
     // once it is done instead of sizing the task for the connection's whole
     // life. Measured with -Zprint-type-sizes: the task went from 2968 bytes.
-    if let Some(session) = Box::pin(open(tcp, peer, &shared, handshake)).await {
+    let started = Instant::now();
+    let client = match &shared.handshakes {
+        Some(pool) => handshake_on(pool, tcp, peer, &shared, handshake, started).await,
+        None => Box::pin(handshake_here(tcp, peer, &shared, handshake, started)).await,
+    };
+    let Some(client) = client else { return };
+    if let Some(session) = Box::pin(open(client, peer, &shared, started)).await {
         // The session is boxed too: moved by value into `relay`, async fn
         // layout would otherwise hold it twice (1.3 KiB each).
         relay(session, peer, &shared, phase).await;
     }
 }
 
-/// Everything before bytes flow: first-bytes sniff, TLS handshake, backend
-/// connect. Every way this can fail is logged here; `None` means it did.
-async fn open(
+/// Runs [`handshake_here`] on the handshake threads, then brings the
+/// stream back to this runtime. The socket moves as a plain descriptor:
+/// each runtime's event queue watches only the sockets it registered.
+async fn handshake_on(
+    pool: &Handle,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    handshake: OwnedSemaphorePermit,
+    started: Instant,
+) -> Option<TlsStream> {
+    let moved = match tcp.into_std() {
+        Ok(moved) => moved,
+        Err(e) => {
+            debug!("peer={peer} end=\"cannot hand the socket to the handshake threads: {e}\"");
+            return None;
+        }
+    };
+    let shared = shared.clone();
+    let task = pool.spawn(async move {
+        let tcp = match TcpStream::from_std(moved) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                debug!("peer={peer} end=\"cannot watch the socket on the handshake threads: {e}\"");
+                return None;
+            }
+        };
+        Box::pin(handshake_here(tcp, peer, &shared, handshake, started)).await
+    });
+    let mut client = task.await.ok()??;
+    if let Err(e) = client.rebind() {
+        debug!("peer={peer} end=\"cannot take the socket back from the handshake threads: {e}\"");
+        return None;
+    }
+    Some(client)
+}
+
+/// The first-bytes sniff and the TLS handshake, on the runtime it is
+/// polled on; every way it can fail is logged here (`None`). The
+/// handshake permit is given back as soon as it ends.
+async fn handshake_here(
     mut tcp: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
     handshake: OwnedSemaphorePermit,
-) -> Option<Box<Session>> {
-    let started = Instant::now();
+    started: Instant,
+) -> Option<TlsStream> {
     tune(&tcp);
     let deadline = started + shared.handshake_timeout;
 
@@ -165,7 +213,7 @@ async fn open(
     let prefix = not_tls.as_ref().map_or(&[][..], |head| head.bytes());
     let accept =
         TlsStream::accept_with_prefix(tcp, shared.tls.load_full(), prefix, shared.budget.clone());
-    let mut client = match timeout_at(deadline, accept).await {
+    let client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(Refused { error, mut tcp })) => {
             info_limited!(
@@ -196,6 +244,17 @@ async fn open(
         }
     };
     drop(handshake);
+    Some(client)
+}
+
+/// What follows the handshake before bytes flow: the backend connect.
+/// Every way this can fail is logged here; `None` means it did.
+async fn open(
+    mut client: TlsStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    started: Instant,
+) -> Option<Box<Session>> {
     let facts = facts_of(client.negotiated());
 
     let backend = match timeout(shared.connect_timeout, connect(&shared.backend)).await {

@@ -62,7 +62,13 @@ impl Server {
     /// Loads the certificates, builds TLS, starts watching for certificate
     /// changes, binds every `--listen` address and logs one startup line per
     /// listener. Must run inside a tokio runtime.
-    pub fn bind(settings: &Settings, fd_limit: Option<u64>) -> Result<Server, StartupError> {
+    /// `handshakes`: the runtime sniffs and TLS handshakes run on (see
+    /// [`runtime::build_handshakes`]); `None` runs them on the caller's.
+    pub fn bind(
+        settings: &Settings,
+        fd_limit: Option<u64>,
+        handshakes: Option<tokio::runtime::Handle>,
+    ) -> Result<Server, StartupError> {
         let options = tls::TlsOptions {
             provider: tls::provider(),
             tls_min: settings.tls_min,
@@ -159,6 +165,7 @@ impl Server {
             tls: reloader.live(),
             backend: settings.backend.clone(),
             handshake_timeout: settings.handshake_timeout,
+            handshakes,
             connect_timeout: settings.connect_timeout,
             idle_timeout: settings.idle_timeout,
             stall_timeout: settings.stall_timeout,
@@ -230,9 +237,14 @@ impl Server {
 }
 
 /// Runs wssify until SIGTERM/SIGINT and the drain that follows.
-pub async fn run(settings: Settings, fd_limit: Option<u64>) -> Result<Exit, StartupError> {
+/// `handshakes` as for [`Server::bind`].
+pub async fn run(
+    settings: Settings,
+    fd_limit: Option<u64>,
+    handshakes: Option<tokio::runtime::Handle>,
+) -> Result<Exit, StartupError> {
     let signals = shutdown::signals()?;
-    let server = Server::bind(&settings, fd_limit)?;
+    let server = Server::bind(&settings, fd_limit, handshakes)?;
     let exit = server.serve(signals).await;
     info!("stopped");
     Ok(exit)

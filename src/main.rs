@@ -65,7 +65,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(wssify::run(settings, fd_limit));
+    // After the main runtime, whose event queue busy polling looks for.
+    let handshakes = match wssify::runtime::build_handshakes(settings.threads) {
+        Ok(handshakes) => handshakes,
+        Err(e) => {
+            eprintln!("wssify: cannot start the handshake threads ({e}); try a smaller --threads");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(wssify::run(
+        settings,
+        fd_limit,
+        Some(handshakes.handle().clone()),
+    ));
+    handshakes.shutdown_background();
     match result {
         Ok(Exit::Drained) => {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -20,6 +20,48 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::{Builder, Runtime};
 
+/// The nice value of the handshake threads: under contention the kernel
+/// gives a nice-0 thread about nine times the CPU of a nice-10 one and lets
+/// it preempt at once when it wakes (a message arrives), so handshakes use
+/// what established connections leave, without being starved (a nice-19
+/// thread would get 1.5%).
+pub const HANDSHAKE_NICE: i32 = 10;
+
+/// Builds the runtime that runs first-bytes sniffs and TLS handshakes, on
+/// `threads` threads of their own at a lower CPU priority
+/// ([`HANDSHAKE_NICE`]). A handshake's key exchange and signature take a
+/// few hundred microseconds of CPU in one step that cannot be interrupted;
+/// on the connections' own workers, a flood of them queued every
+/// established connection's next message behind thousands of such steps
+/// (64-byte echo p99 from 0.2 ms to 10-30 ms). Here they only take CPU
+/// the established connections do not need. Build it after [`build`]
+/// (busy polling finds its runtime's event queue while that one is built).
+pub fn build_handshakes(threads: usize) -> io::Result<Runtime> {
+    let mut builder = Builder::new_multi_thread();
+    builder
+        .worker_threads(threads.clamp(1, crate::settings::MAX_THREADS))
+        .thread_name("wssify-handshake")
+        .on_thread_start(lower_priority)
+        .enable_all();
+    builder.build()
+}
+
+/// Lowers the calling thread's CPU priority to [`HANDSHAKE_NICE`]; if the
+/// system refuses, handshakes run at normal priority (said at debug).
+fn lower_priority() {
+    // SAFETY: setpriority(2) has no wrapper in std, tokio or socket2; it
+    // takes three integers and touches no memory of ours. On Linux,
+    // PRIO_PROCESS with who = 0 sets the calling thread's nice value (a
+    // per-thread attribute there, see setpriority(2), BUGS).
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HANDSHAKE_NICE) };
+    if result != 0 {
+        log::debug!(
+            "handshake thread keeps its CPU priority: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Builds the runtime: one thread needs no work-stealing scheduler (the
 /// current-thread runtime does the same work without cross-thread
 /// wake-ups); more get the multi-thread one. `busy_poll` is the window a

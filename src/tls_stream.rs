@@ -212,6 +212,18 @@ impl TlsStream {
         })
     }
 
+    /// Moves the socket's registration to the runtime this is called on
+    /// (the handshake ran on its own threads). A duplicate of the
+    /// descriptor is registered here and the original, registered there,
+    /// is closed: the connection itself is untouched, and whatever the
+    /// client sent meanwhile is reported by the new registration.
+    pub fn rebind(&mut self) -> io::Result<()> {
+        let duplicate = socket2::SockRef::from(&self.tcp).try_clone()?;
+        let tcp = TcpStream::from_std(std::net::TcpStream::from(duplicate))?;
+        self.tcp = tcp;
+        Ok(())
+    }
+
     /// Plaintext bytes whose records were written to the socket in full:
     /// what the client can have received (not what was merely queued).
     pub fn plaintext_sent(&self) -> u64 {
