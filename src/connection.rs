@@ -16,7 +16,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::budget::Budget;
@@ -77,16 +77,17 @@ struct Session {
 /// Serves one accepted client until it is done. `held` is kept for the
 /// connection's whole life: dropping it frees its places under
 /// `--max-conns` and `--max-conns-per-ip` and tells the drain this
-/// connection has ended. `handshake` is given back as soon as the
-/// handshake ends, so slow or stalled handshakes are what
-/// `--max-handshakes` limits, never connections that are open.
+/// connection has ended. `slots` are the `--max-handshakes` slots: one is
+/// held from a whole first ClientHello record to the handshake's end, so
+/// handshakes under way are what it limits, never open connections or
+/// clients that have not sent a hello.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
     held: Held,
-    handshake: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
 ) {
     let _held = (held, shared.budget.connection());
     // Opening is boxed: its futures (sniff, handshake, connect) are freed
@@ -94,8 +95,8 @@ pub async fn serve(
     // life. Measured with -Zprint-type-sizes: the task went from 2968 bytes.
     let started = Instant::now();
     let client = match &shared.handshakes {
-        Some(pool) => handshake_on(pool, tcp, peer, &shared, handshake, started).await,
-        None => Box::pin(handshake_here(tcp, peer, &shared, handshake, started)).await,
+        Some(pool) => handshake_on(pool, tcp, peer, &shared, slots, started).await,
+        None => Box::pin(handshake_here(tcp, peer, &shared, slots, started)).await,
     };
     let Some(client) = client else { return };
     if let Some(session) = Box::pin(open(client, peer, &shared, started)).await {
@@ -113,7 +114,7 @@ async fn handshake_on(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-    handshake: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
     started: Instant,
 ) -> Option<TlsStream> {
     let moved = match tcp.into_std() {
@@ -132,7 +133,7 @@ async fn handshake_on(
                 return None;
             }
         };
-        Box::pin(handshake_here(tcp, peer, &shared, handshake, started)).await
+        Box::pin(handshake_here(tcp, peer, &shared, slots, started)).await
     });
     let mut client = task.await.ok()??;
     if let Err(e) = client.rebind() {
@@ -149,9 +150,15 @@ async fn handshake_here(
     mut tcp: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
-    handshake: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
     started: Instant,
 ) -> Option<TlsStream> {
+    // The accept loop waited for room under --max-handshakes, so that
+    // clients queue in the kernel while that many are under way. A slot is
+    // held only from the moment the ClientHello's first record is whole:
+    // clients that send nothing, trickle or stall before that cost only
+    // their bytes (and --handshake-timeout ends them), so a flood of them
+    // cannot keep real clients from their handshakes.
     tune(&tcp);
     let deadline = started + shared.handshake_timeout;
 
@@ -211,8 +218,20 @@ async fn handshake_here(
         None => Kind::HandshakeFailed,
     };
     let prefix = not_tls.as_ref().map_or(&[][..], |head| head.bytes());
-    let accept =
-        TlsStream::accept_with_prefix(tcp, shared.tls.load_full(), prefix, shared.budget.clone());
+    let stream = TlsStream::start(tcp, shared.tls.load_full(), prefix, shared.budget.clone());
+    let accept = async {
+        let mut stream = stream?;
+        if let Err(error) = stream.first_record().await {
+            return Err(stream.refused(error));
+        }
+        let slot = match slots.acquire_owned().await {
+            Ok(slot) => slot,
+            Err(closed) => return Err(stream.refused(io::Error::other(closed))),
+        };
+        let done = stream.handshake().await;
+        drop(slot);
+        done
+    };
     let client = match timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(Refused { error, mut tcp })) => {
@@ -243,7 +262,6 @@ async fn handshake_here(
             return None;
         }
     };
-    drop(handshake);
     Some(client)
 }
 

@@ -167,7 +167,12 @@ pub async fn accept_loop(
         else {
             break;
         };
-        let Some(handshake) = take(&gates.handshakes, &mut phase, &mut handshakes_full, || {
+        // Room for one more handshake is waited for, not held: the slot is
+        // taken by the connection once its ClientHello's first record is
+        // whole (see `connection`), and waiting in line behind
+        // connections that want theirs back (the semaphore is fair) keeps
+        // the loop from holding a slot idle in accept() meanwhile.
+        let Some(room) = take(&gates.handshakes, &mut phase, &mut handshakes_full, || {
             warn!(
                 "{local_addr}: handshake limit reached (--max-handshakes {}); new clients wait until a handshake ends",
                 gates.max_handshakes
@@ -177,6 +182,7 @@ pub async fn accept_loop(
         else {
             break;
         };
+        drop(room);
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = reached(&mut phase, Phase::Draining) => break,
@@ -213,7 +219,7 @@ pub async fn accept_loop(
                     shared.clone(),
                     coordinator.watch(),
                     held,
-                    handshake,
+                    gates.handshakes.clone(),
                 ));
             }
             Err(e) => match classify(&e) {
@@ -238,7 +244,7 @@ pub async fn accept_loop(
                     }
                     // Nothing is held while waiting: other listeners may
                     // still accept.
-                    drop((permit, handshake));
+                    drop(permit);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = reached(&mut phase, Phase::Draining) => break,

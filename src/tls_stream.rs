@@ -32,6 +32,8 @@ const READ_CHUNK: usize = 2 * (MAX_RECORD_PLAINTEXT + MAX_RECORD_OVERHEAD);
 const MAX_INCOMING: usize = 64 * 1024 + READ_CHUNK;
 /// Outgoing ciphertext queued before writes push back.
 const OUTGOING_LIMIT: usize = 64 * 1024;
+/// The content type of a handshake record, which every ClientHello starts with.
+const HANDSHAKE_RECORD: u8 = 0x16;
 /// Plaintext per record (TLS' maximum).
 const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 /// What a record may add to its plaintext: header, explicit nonce, tag and
@@ -158,22 +160,74 @@ impl TlsStream {
         prefix: &[u8],
         budget: Arc<Budget>,
     ) -> Result<TlsStream, Refused> {
-        let mut stream = match TlsStream::new(tcp, config, budget) {
-            Ok(stream) => stream,
-            Err((error, tcp)) => return Err(Refused { error, tcp }),
-        };
+        TlsStream::start(tcp, config, prefix, budget)?
+            .handshake()
+            .await
+    }
+
+    /// A stream whose handshake has not begun; `prefix` is what a sniff
+    /// already read from `tcp`.
+    pub fn start(
+        tcp: TcpStream,
+        config: Arc<ServerConfig>,
+        prefix: &[u8],
+        budget: Arc<Budget>,
+    ) -> Result<TlsStream, Refused> {
+        let mut stream =
+            TlsStream::new(tcp, config, budget).map_err(|(error, tcp)| Refused { error, tcp })?;
         stream.incoming.buf.extend_from_slice(prefix);
+        Ok(stream)
+    }
+
+    /// Waits until the first record (the start of the ClientHello) is
+    /// whole, without handing it to rustls: until then a client costs only
+    /// the bytes it sent, and the work of a handshake (key exchange,
+    /// signature) has not begun. Returns at once for bytes that cannot
+    /// begin a handshake (rustls answers them), and on FIN (the handshake
+    /// then reports it). Bound it with a timeout.
+    pub async fn first_record(&mut self) -> io::Result<()> {
+        let waited = std::future::poll_fn(|cx| {
+            loop {
+                let pending = self.incoming.pending();
+                let whole = match pending.first() {
+                    None => false,
+                    Some(&HANDSHAKE_RECORD) => record_remainder(pending) == Some(0),
+                    Some(_) => true,
+                };
+                if whole {
+                    return Poll::Ready(Ok(()));
+                }
+                match ready!(self.poll_fill(cx, MAX_INCOMING)) {
+                    Ok(0) => return Poll::Ready(Ok(())),
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        })
+        .await;
+        self.count_buffers();
+        waited
+    }
+
+    /// Performs the server handshake. Bound it with a timeout.
+    pub async fn handshake(mut self) -> Result<TlsStream, Refused> {
         let handshake = std::future::poll_fn(|cx| {
-            let done = stream.poll_handshake(cx);
-            stream.count_buffers();
+            let done = self.poll_handshake(cx);
+            self.count_buffers();
             done
         });
         match handshake.await {
-            Ok(()) => Ok(stream),
-            Err(error) => Err(Refused {
-                error,
-                tcp: stream.tcp,
-            }),
+            Ok(()) => Ok(self),
+            Err(error) => Err(self.refused(error)),
+        }
+    }
+
+    /// Gives the socket back with the error that ended the stream, so the
+    /// caller can let an alert reach the client before closing.
+    pub fn refused(self, error: io::Error) -> Refused {
+        Refused {
+            error,
+            tcp: self.tcp,
         }
     }
 

@@ -29,7 +29,7 @@ async fn echo(tls: &mut TlsStream<TcpStream>) {
 async fn session(w: &Wssify, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
     let mut tls = tokio::time::timeout(WAIT, tls_connect(w.addr, config, "localhost"))
         .await
-        .expect("handshake within the bound")
+        .unwrap_or_else(|_| panic!("handshake within the bound; log:\n{}", w.log()))
         .expect("handshake");
     echo(&mut tls).await;
     tls
@@ -51,14 +51,15 @@ async fn past_max_handshakes_clients_wait_until_a_handshake_ends_not_a_connectio
         .await;
         let config = pinned_client(&w.fingerprint().await);
 
-        // Two clients connect and send nothing: both slots are taken.
-        let silent = TcpStream::connect(w.addr).await.unwrap();
-        let _silent_too = TcpStream::connect(w.addr).await.unwrap();
-        // The accept loop took both and now waits for a slot.
+        // Two clients send a whole ClientHello and stall there: both
+        // slots are taken by handshakes under way.
+        let silent = stalled_after_hello(w.addr).await;
+        let _silent_too = stalled_after_hello(w.addr).await;
+        let mut third = tokio::spawn(tls_connect(w.addr, config.clone(), "localhost"));
+        // With both slots held, the accept loop stops after taking the
+        // third (which waits inside for a slot) and says so once.
         w.wait_for_log("handshake limit reached (--max-handshakes 2)")
             .await;
-
-        let mut third = tokio::spawn(tls_connect(w.addr, config.clone(), "localhost"));
         // Nothing can complete it while both slots are held; a bounded
         // look shows it pending (without the limit it completes at once).
         assert!(
@@ -84,6 +85,66 @@ async fn past_max_handshakes_clients_wait_until_a_handshake_ends_not_a_connectio
         let mut fourth = session(&w, config.clone()).await;
         echo(&mut third).await;
         echo(&mut fourth).await;
+    })
+    .await;
+}
+
+/// A client that sends a whole ClientHello, waits for the server's answer,
+/// and then sends nothing.
+async fn stalled_after_hello(addr: std::net::SocketAddr) -> TcpStream {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&hello).await.unwrap();
+    // The server's first flight: its handshake (and its slot) is under way.
+    let mut answer = [0u8; 1];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut answer))
+        .await
+        .expect("the server answers the hello within the bound")
+        .expect("the server's first flight");
+    tcp
+}
+
+#[tokio::test]
+async fn clients_that_stall_before_their_hello_is_whole_hold_no_handshake_slot() {
+    bounded(WAIT * 3, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&[
+            "--to",
+            &backend.to_string(),
+            "--max-handshakes",
+            "2",
+            "--handshake-timeout",
+            "1h",
+        ])
+        .await;
+        let config = pinned_client(&w.fingerprint().await);
+        // Ten clients: some send nothing, some the first bytes of a
+        // handshake record, and stall.
+        let mut stalled = Vec::new();
+        for i in 0..10 {
+            let mut tcp = TcpStream::connect(w.addr).await.unwrap();
+            if i % 2 == 1 {
+                tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+            }
+            stalled.push(tcp);
+        }
+        // Real clients are still served (with the slots held by the
+        // stalled ones, their handshakes would wait for an hour).
+        let mut first = session(&w, config.clone()).await;
+        let mut second = session(&w, config.clone()).await;
+        echo(&mut first).await;
+        echo(&mut second).await;
+        drop(stalled);
     })
     .await;
 }
