@@ -22,16 +22,22 @@
 # (2,000 clients that stop reading while their backends push) on fresh
 # processes: wssify --max-memory 64MiB, wssify with its default budget, and
 # nginx for reference (it has no budget).
+#
+# With --before BIN (an earlier wssify build, e.g. of the last release), a
+# third process runs the same rounds and figures, so a change shows its
+# before and after from one run: the table gets a "before" column and the
+# ratio wssify / before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IDLE=10000 SECONDS_PER_RATE=5 BULK_MIB=256 ROUNDS=5
+IDLE=10000 SECONDS_PER_RATE=5 BULK_MIB=256 ROUNDS=5 BEFORE=
 while [ $# -gt 0 ]; do
   case "$1" in
     --idle) IDLE=$2; shift 2 ;;
     --seconds) SECONDS_PER_RATE=$2; shift 2 ;;
     --bulk-mib) BULK_MIB=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
+    --before) BEFORE=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -130,8 +136,8 @@ start_nginx "$NGINX_ADDR" main
 echo; echo "== nginx $(nginx -v 2>&1 | sed 's/.*\///') stream (worker pid $NGINX_WORKER)"
 
 # --- wssify, one thread on cpu 0, same certificate ---
-start_wssify() { # addr [flags...]; WSSIFY_ENV (VAR=VALUE...) goes into its environment
-  env ${WSSIFY_ENV:-} taskset -c 0 "$WSSIFY" --listen "$1" --to "$BACKEND" --threads 1 \
+start_wssify() { # addr [flags...]; WSSIFY_ENV (VAR=VALUE...) goes into its environment, WSSIFY_BIN picks the binary
+  env ${WSSIFY_ENV:-} taskset -c 0 "${WSSIFY_BIN:-$WSSIFY}" --listen "$1" --to "$BACKEND" --threads 1 \
     --cert "$WORK/cert.pem" --key "$WORK/key.pem" "${@:2}" 2>"$WORK/wssify-$1.log" &
   PIDS+=($!)
   WSSIFY_PID=$!
@@ -143,6 +149,11 @@ WSSIFY_MAIN=$WSSIFY_PID
 BUSY_POLL=100us BUSY_ADDR=127.0.0.1:19304
 start_wssify "$BUSY_ADDR" --busy-poll "$BUSY_POLL"
 WSSIFY_BUSY=$WSSIFY_PID
+if [ -n "$BEFORE" ]; then
+  BEFORE_ADDR=127.0.0.1:19305
+  WSSIFY_BIN=$BEFORE start_wssify "$BEFORE_ADDR"
+  WSSIFY_BEFORE=$WSSIFY_PID
+fi
 
 for round in $(seq 1 "$ROUNDS"); do
   # Memory once, on fresh processes, at 1,000 and 5,000 on the way to
@@ -154,6 +165,10 @@ for round in $(seq 1 "$ROUNDS"); do
   run_load wssify "$round" "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 "$idle" --only "$only"
   echo; echo "== round $round of $ROUNDS: wssify --busy-poll $BUSY_POLL (pid $WSSIFY_BUSY), latency only"
   run_load wssify-busy "$round" "$BUSY_ADDR" "$WSSIFY_BUSY" x25519 0 --only latency,latency-paced
+  if [ -n "$BEFORE" ]; then
+    echo; echo "== round $round of $ROUNDS: before: $BEFORE (pid $WSSIFY_BEFORE)"
+    run_load before "$round" "$BEFORE_ADDR" "$WSSIFY_BEFORE" x25519 "$idle" --only "$only"
+  fi
 done
 # The handshake flood once, after the rounds (its ratio is quiet against
 # flood within the one run), into round 1's files.
@@ -161,6 +176,11 @@ echo; echo "== handshake flood: nginx (worker pid $NGINX_WORKER)"
 run_load nginx 1 "$NGINX_ADDR" "$NGINX_WORKER" x25519 0 --only handshake-flood
 echo; echo "== handshake flood: wssify (pid $WSSIFY_MAIN)"
 run_load wssify 1 "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 0 --only handshake-flood
+if [ -n "$BEFORE" ]; then
+  echo; echo "== handshake flood: before (pid $WSSIFY_BEFORE)"
+  run_load before 1 "$BEFORE_ADDR" "$WSSIFY_BEFORE" x25519 0 --only handshake-flood
+  kill "$WSSIFY_BEFORE"
+fi
 stop_nginx main; kill "$WSSIFY_MAIN" "$WSSIFY_BUSY"
 
 # Partial records on fresh processes (a heap that freed earlier phases'
@@ -212,32 +232,36 @@ values() { # file-glob label key -> the key's values on the label's lines
 field() { # name label key -> the median over the rounds that have it
   values "$WORK/$1.*.out" "$2" "$3" | median
 }
-ratio() { # name label key -> the median over rounds of name / nginx within a round
+ratio() { # name label key [base] -> the median over rounds of name / base (nginx) within a round
   # Each round's pair ran back to back, so a slow spell of the VM weighs on
   # both sides of a ratio rather than on one side of the medians.
   local r n w
   for r in $(seq 1 "$ROUNDS"); do
-    n=$(values "$WORK/nginx.$r.out" "$2" "$3"); w=$(values "$WORK/$1.$r.out" "$2" "$3")
+    n=$(values "$WORK/${4:-nginx}.$r.out" "$2" "$3"); w=$(values "$WORK/$1.$r.out" "$2" "$3")
     if [ -n "$n" ] && [ -n "$w" ]; then
       awk -v n="$n" -v w="$w" 'BEGIN { if (n > 0) print w / n }'
     fi
   done | median
 }
 row() { # title label key unit
-  local n w b q x y
+  local n w b q x y p z
   n=$(field nginx "$2" "$3"); w=$(field wssify "$2" "$3"); b=$(field wssify-busy "$2" "$3")
-  q=$(field wssify-pq "$2" "$3")
-  x=$(ratio wssify "$2" "$3"); y=$(ratio wssify-busy "$2" "$3")
-  awk -v t="$1" -v n="$n" -v w="$w" -v b="$b" -v q="$q" -v u="$4" -v x="$x" -v y="$y" '
+  q=$(field wssify-pq "$2" "$3"); p=$(field before "$2" "$3")
+  x=$(ratio wssify "$2" "$3"); y=$(ratio wssify-busy "$2" "$3"); z=$(ratio wssify "$2" "$3" before)
+  awk -v t="$1" -v n="$n" -v w="$w" -v b="$b" -v q="$q" -v u="$4" -v x="$x" -v y="$y" \
+    -v p="$p" -v z="$z" -v before="$BEFORE" '
     function times(r) { return r == "" ? "" : sprintf("%.2fx", r) }
-    BEGIN { printf "| %-34s | %10s %-5s | %10s %-5s | %6s | %10s %-5s | %6s | %10s %-5s |\n",
-      t, n, u, w, u, times(x), b, (b == "" ? "" : u), times(y), q, (q == "" ? "" : u) }'
+    BEGIN { printf "| %-34s | %10s %-5s | %10s %-5s | %6s | %10s %-5s | %6s | %10s %-5s |",
+      t, n, u, w, u, times(x), b, (b == "" ? "" : u), times(y), q, (q == "" ? "" : u)
+      if (before != "") printf " %10s %-5s | %6s |", p, (p == "" ? "" : u), times(z)
+      printf "\n" }'
 }
 echo
 echo "Same run, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), terminator pinned to cpu 0, load + echo on cpu 1, $IDLE idle connections; rate figures are medians of $ROUNDS alternating rounds (the PQ column: one round):"
 echo
 echo "| per core                           | nginx stream     | wssify (X25519)  | ratio  | --busy-poll $BUSY_POLL | ratio  | wssify (PQ)      |"
 echo "|------------------------------------|------------------|------------------|--------|------------------|--------|------------------|"
+[ -n "$BEFORE" ] && echo "(two more columns: before = $BEFORE, and the ratio wssify / before within each round)"
 row "memory per idle connection"        "memory .*idle_conns=$IDLE" per_conn_kib KiB
 row "  growth per connection, last step" "memory .*idle_conns=$IDLE" marginal_kib KiB
 row "bulk throughput, echoed"           throughput     mb_per_s     MB/s

@@ -326,12 +326,18 @@ async fn relay(
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
         let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
     }
-    if matches!(outcome.end, End::ClientError(_)) {
-        // The client's stream broke (a truncated or forged record, a
-        // reset): the backend must not take it for a complete request, so
-        // it gets a reset, not a FIN, when the socket is dropped.
-        if let Err(e) = SockRef::from(&*backend).set_linger(Some(Duration::ZERO)) {
-            debug!("cannot set SO_LINGER to reset the backend: {e}");
+    // The client's stream broke (a truncated or forged record, a reset),
+    // or a peer stopped taking bytes: bytes were lost on the way, so the
+    // other side must not take the end for a complete exchange. It gets a
+    // reset, not a FIN, when the socket is dropped.
+    let reset: &[&TcpStream] = match outcome.end {
+        End::ClientError(_) => &[&*backend],
+        End::ClientStalled(_) | End::BackendStalled(_) => &[&*backend, client.tcp()],
+        _ => &[],
+    };
+    for socket in reset {
+        if let Err(e) = SockRef::from(*socket).set_linger(Some(Duration::ZERO)) {
+            debug!("cannot set SO_LINGER to reset a connection: {e}");
         }
     }
     // A client that ended first by closing TCP without close_notify (many

@@ -266,6 +266,12 @@ impl TlsStream {
         })
     }
 
+    /// The TCP socket under the stream, for socket options (a reset on
+    /// close); reading or writing it directly would break the session.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
     /// Moves the socket's registration to the runtime this is called on
     /// (the handshake ran on its own threads). A duplicate of the
     /// descriptor is registered here and the original, registered there,
