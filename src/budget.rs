@@ -25,9 +25,9 @@ const GATED_HOLDERS_PER_CONN: usize = 3;
 /// with its record overhead. Asking for less would only cost system calls.
 pub const MIN_GRANT: usize = 4 * 1024;
 /// Waiters are woken once this much is free again (or the budget is below
-/// half), not on every release, so a crowd of waiters does not wake for a
-/// crumb.
-const WAKE_AFTER_FREE: usize = 64 * 1024;
+/// half): the least any of them asks for, so none waits while its grant
+/// would fit, and a crowd does not wake for a crumb.
+const WAKE_AFTER_FREE: usize = MIN_GRANT;
 
 /// The budget every connection draws its buffers from.
 #[derive(Debug)]
@@ -102,7 +102,7 @@ impl Budget {
         // Never below the least worth granting: a budget too small for its
         // connections then serves them in turns rather than none at all.
         let share = (self.limit / 2 / holders).max(min);
-        let granted = self.try_take(|used| {
+        self.take_or_wait(cx, waiting, |used| {
             if used + want <= self.limit / 2 {
                 Some(want)
             } else {
@@ -111,8 +111,7 @@ impl Budget {
                     .min(self.limit.saturating_sub(used));
                 (room >= min).then(|| want.min(room))
             }
-        });
-        self.grant_or_wait(cx, waiting, granted)
+        })
     }
 
     /// Asks for exactly `need` bytes that a holder must have to make any
@@ -124,8 +123,9 @@ impl Budget {
         waiting: &mut Waiting,
         need: usize,
     ) -> Poll<usize> {
-        let granted = self.try_take(|used| (used + need <= self.limit).then_some(need));
-        self.grant_or_wait(cx, waiting, granted)
+        self.take_or_wait(cx, waiting, |used| {
+            (used + need <= self.limit).then_some(need)
+        })
     }
 
     /// Counts bytes that may not wait (ciphertext of bytes already held, a
@@ -158,7 +158,7 @@ impl Budget {
         *held = new;
     }
 
-    fn try_take(&self, decide: impl Fn(usize) -> Option<usize>) -> Option<usize> {
+    fn try_take(&self, decide: &impl Fn(usize) -> Option<usize>) -> Option<usize> {
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
             let take = decide(used)?;
@@ -174,13 +174,17 @@ impl Budget {
         }
     }
 
-    fn grant_or_wait(
+    /// Takes what `decide` grants, or registers the task to be woken. The
+    /// second look, under the lock that `wake_all` takes, closes the gap in
+    /// which a release could find no one to wake just before this task is
+    /// listed.
+    fn take_or_wait(
         &self,
         cx: &mut Context<'_>,
         waiting: &mut Waiting,
-        granted: Option<usize>,
+        decide: impl Fn(usize) -> Option<usize>,
     ) -> Poll<usize> {
-        if let Some(n) = granted {
+        if let Some(n) = self.try_take(&decide) {
             waiting.round = None;
             return Poll::Ready(n);
         }
@@ -193,6 +197,11 @@ impl Budget {
             self.refusals.fetch_add(1, Ordering::Relaxed);
             waiters.push(cx.waker().clone());
             waiting.round = Some(round);
+        }
+        if let Some(n) = self.try_take(&decide) {
+            // Listed for nothing: a wake-up it does not need is harmless.
+            waiting.round = None;
+            return Poll::Ready(n);
         }
         Poll::Pending
     }
@@ -222,6 +231,10 @@ pub struct ConnGuard<'a>(&'a Budget);
 impl Drop for ConnGuard<'_> {
     fn drop(&mut self) {
         self.0.conns.fetch_sub(1, Ordering::Relaxed);
+        // Every share just grew: a holder waiting at its share may fit now.
+        if self.0.used() > self.0.limit / 2 {
+            self.0.wake_all();
+        }
     }
 }
 

@@ -135,7 +135,13 @@ async fn handshake_on(
         };
         Box::pin(handshake_here(tcp, peer, &shared, slots, started)).await
     });
-    let mut client = task.await.ok()??;
+    let mut client = match task.await {
+        Ok(client) => client?,
+        Err(e) => {
+            debug!("peer={peer} end=\"the handshake task ended without a result: {e}\"");
+            return None;
+        }
+    };
     if let Err(e) = client.rebind() {
         debug!("peer={peer} end=\"cannot take the socket back from the handshake threads: {e}\"");
         return None;

@@ -130,7 +130,7 @@ impl Fixture {
 }
 
 /// The first bytes of a connection: a client sends `data` then FIN, and the
-/// server does what `connection::open` does with them (classify; answer
+/// server does what `connection::handshake_here` does with them (classify; answer
 /// plain HTTP; start a TLS handshake). Also reads `data` for an SNI.
 /// Property: no panic, and the server finishes without needing a timeout.
 pub fn first_bytes(data: &[u8]) {
@@ -148,7 +148,7 @@ pub fn first_bytes(data: &[u8]) {
         let prefix = match sniff::classify(&mut tcp, deadline).await {
             Ok(Some(FirstBytes::Tls)) => Vec::new(),
             // Neither TLS nor HTTP: rustls gets the bytes read so far and
-            // answers them with its own alert, as `connection::open` does.
+            // answers them with its own alert, as `connection::handshake_here` does.
             Ok(Some(FirstBytes::NotTls(head))) => head.bytes().to_vec(),
             Ok(Some(FirstBytes::PlainHttp)) => {
                 let _ = sniff::answer_plain_http(&mut tcp).await;

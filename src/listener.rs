@@ -116,9 +116,11 @@ pub struct Gates {
     pub conns: Arc<Semaphore>,
     /// `--max-conns`, for the log line when it is reached.
     pub max_conns: usize,
-    /// One permit per handshake in progress (`--max-handshakes`). Taken
-    /// before `accept()`, so that past the limit new clients wait in the
-    /// kernel's accept queue, holding nothing here.
+    /// One permit per handshake under way (`--max-handshakes`), held by a
+    /// connection from its whole first ClientHello record to the end of
+    /// its handshake. The accept loop waits for room before `accept()`
+    /// without holding it, so past the limit new clients wait in the
+    /// kernel's accept queue.
     pub handshakes: Arc<Semaphore>,
     /// `--max-handshakes`, for the log line when it is reached.
     pub max_handshakes: usize,

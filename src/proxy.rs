@@ -1,8 +1,8 @@
 //! Moving bytes both ways between the client and the backend.
 //!
 //! This is the memory-critical path. Each direction owns a copy buffer only
-//! while bytes are moving through it: the buffer is allocated when the
-//! source has something to read and released as soon as the source would
+//! while bytes are moving through it: the buffer is granted and allocated
+//! once the source is readable and released as soon as the source would
 //! block with nothing left to write, so an idle connection holds none.
 //! A finished direction is passed on as a half-close (FIN towards the
 //! backend, close_notify then FIN towards the client), and the idle timeout
@@ -94,19 +94,27 @@ pub struct Outcome {
     pub end: End,
 }
 
-/// A destination that can say how far its socket has got with bytes it
-/// already accepted from `poll_write`: a TLS stream accepts a write into
-/// its record queue before the socket takes it, so a stall is judged on
-/// this, not on writes alone.
-pub trait Progress {
-    /// A count that grows whenever the destination's socket takes bytes it
-    /// had queued; a destination that queues nothing keeps the default.
+/// What the copy loop asks of each side beyond reading and writing.
+pub trait Peer {
+    /// A count that grows whenever this side's socket takes bytes it had
+    /// queued: a TLS stream accepts a write into its record queue before
+    /// the socket takes it, so a stall is judged on this, not on writes
+    /// alone. A side that queues nothing keeps the default.
     fn progress(&self) -> u64 {
         0
     }
+
+    /// Ready when a read may find something: a copy buffer is granted and
+    /// allocated only then, so an idle direction asks the budget for
+    /// nothing.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-impl Progress for tokio::net::TcpStream {}
+impl Peer for tokio::net::TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
 
 /// The timeouts a proxied connection runs under; `None`: never.
 #[derive(Debug, Clone, Copy)]
@@ -127,8 +135,8 @@ pub async fn pipe<C, B, S>(
     mut stop: S,
 ) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + Progress + Unpin,
-    B: AsyncRead + AsyncWrite + Progress + Unpin,
+    C: AsyncRead + AsyncWrite + Peer + Unpin,
+    B: AsyncRead + AsyncWrite + Peer + Unpin,
     S: Future<Output = ()> + Unpin,
 {
     let mut halves = Halves {
@@ -325,7 +333,7 @@ impl Half {
         moved: &mut bool,
     ) -> Poll<Result<(), Failure>>
     where
-        R: AsyncRead + Unpin,
+        R: AsyncRead + Peer + Unpin,
         W: AsyncWrite + Unpin,
     {
         loop {
@@ -346,6 +354,9 @@ impl Half {
                 }
                 self.blocked = false;
                 if self.buf.is_none() {
+                    if let Err(e) = ready!(reader.poll_readable(cx)) {
+                        return Poll::Ready(Err(Failure::Read(e)));
+                    }
                     let want = self.size.max(COPY_BUFFER_MIN);
                     let granted =
                         ready!(budget.poll_reserve(cx, &mut self.waiting, 0, want, MIN_GRANT));

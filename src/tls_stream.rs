@@ -62,6 +62,9 @@ pub struct TlsStream {
     unsent_records: Vec<(usize, usize)>,
     /// Plaintext bytes whose records were written to the socket in full.
     plaintext_sent: u64,
+    /// Ciphertext bytes the socket took: what the stall timeout watches
+    /// (a slow reader takes part of a record long before all of it).
+    ciphertext_sent: u64,
     /// The peer sent close_notify, or closed TCP: nothing more to read.
     read_closed: bool,
     /// We queued close_notify: nothing more may be written.
@@ -141,7 +144,6 @@ pub struct Refused {
 }
 
 impl TlsStream {
-    /// Performs the server handshake on `tcp`. Bound it with a timeout.
     /// Performs the server handshake on `tcp` with no memory budget (for
     /// tests and the fuzzer). Bound it with a timeout.
     pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
@@ -251,6 +253,7 @@ impl TlsStream {
             sent: 0,
             unsent_records: Vec::new(),
             plaintext_sent: 0,
+            ciphertext_sent: 0,
             read_closed: false,
             failed: false,
             account: Account {
@@ -530,6 +533,7 @@ impl TlsStream {
             ready?;
         } else {
             self.incoming.shrink_to_pending();
+            self.count_buffers();
             return Poll::Pending;
         }
         ready!(self.poll_grant(cx, max));
@@ -541,6 +545,7 @@ impl TlsStream {
         let read = std::pin::pin!(self.tcp.read_buf(&mut self.incoming.buf)).poll(cx);
         if read.is_pending() {
             self.incoming.shrink_to_pending();
+            self.count_buffers();
         } else {
             shrink_if_empty(&mut self.incoming.buf);
         }
@@ -603,6 +608,7 @@ impl TlsStream {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
+            self.ciphertext_sent += n as u64;
             self.count_sent_records();
         }
         self.outgoing = Vec::new();
@@ -996,10 +1002,20 @@ fn shrink_if_empty(buf: &mut Vec<u8>) {
     }
 }
 
-/// The stall timeout's view of the client: records that reach the socket.
-impl crate::proxy::Progress for TlsStream {
+/// What the copy loop asks of the client beyond reading and writing.
+impl crate::proxy::Peer for TlsStream {
+    /// Ciphertext the socket took, so a slow reader is never taken for a
+    /// stalled one.
     fn progress(&self) -> u64 {
-        self.plaintext_sent()
+        self.ciphertext_sent
+    }
+
+    /// Always ready: what a read may find depends on records rustls has
+    /// yet to see (some arrive while the other direction writes), so the
+    /// read itself decides; its own buffer is granted by the budget when
+    /// the socket is readable (`poll_grant`).
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -1034,6 +1050,48 @@ mod tests {
         let mut out = Vec::new();
         conn.write_tls(&mut out).unwrap();
         out
+    }
+
+    #[tokio::test]
+    async fn a_hello_trickled_before_the_handshake_counts_only_its_bytes_in_the_budget() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let budget = Arc::new(Budget::new(1 << 30));
+        let mut stream = TlsStream::start(tcp, config(), &[], budget.clone())
+            .map_err(|refused| refused.error)
+            .unwrap();
+        let hello = client_hello();
+        let run = async {
+            let body = &hello[..hello.len() - 1];
+            for (n, piece) in body.chunks(64).enumerate() {
+                client.write_all(piece).await.unwrap();
+                let i = (n * 64 + piece.len()).saturating_sub(1);
+                // Until the record is whole, first_record waits for more.
+                let waited = tokio::time::timeout(
+                    std::time::Duration::from_millis(20),
+                    stream.first_record(),
+                )
+                .await;
+                assert!(
+                    waited.is_err(),
+                    "first_record ended before the record was whole"
+                );
+                let counted = budget.used();
+                assert!(
+                    counted <= i + 1 + 16,
+                    "{counted} bytes of budget counted for {} bytes of a ClientHello",
+                    i + 1
+                );
+            }
+            client.write_all(&hello[hello.len() - 1..]).await.unwrap();
+            stream.first_record().await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .expect("bounded");
     }
 
     #[tokio::test]
