@@ -176,6 +176,10 @@ echo; echo "== handshake flood: nginx (worker pid $NGINX_WORKER)"
 run_load nginx 1 "$NGINX_ADDR" "$NGINX_WORKER" x25519 0 --only handshake-flood
 echo; echo "== handshake flood: wssify (pid $WSSIFY_MAIN)"
 run_load wssify 1 "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 0 --only handshake-flood
+start_wssify 127.0.0.1:19309 --low-priority-handshakes
+echo; echo "== handshake flood: wssify --low-priority-handshakes (pid $WSSIFY_PID)"
+run_load wssify-lowprio 1 127.0.0.1:19309 "$WSSIFY_PID" x25519 0 --only handshake-flood,full-handshake
+kill "$WSSIFY_PID"
 if [ -n "$BEFORE" ]; then
   echo; echo "== handshake flood: before (pid $WSSIFY_BEFORE)"
   run_load before 1 "$BEFORE_ADDR" "$WSSIFY_BEFORE" x25519 0 --only handshake-flood
@@ -279,6 +283,19 @@ row "handshake flood: echo p99"         handshake-flood flood_p99_us us
 row "  quiet p99, same run"             handshake-flood quiet_p99_us us
 row "  flood / quiet (target <= 2x)"    handshake-flood p99_ratio    x
 row "  full handshakes/s in the flood"  handshake-flood per_s        /s
+lowprio() { # title label key unit: wssify --low-priority-handshakes, one run
+  printf "| %-34s | %10s %-5s |\n" "$1" "$(field wssify-lowprio "$2" "$3")" "$4"
+}
+echo
+echo "wssify --low-priority-handshakes (one run, after the rounds):"
+echo
+echo "| per core                           | wssify           |"
+echo "|------------------------------------|------------------|"
+lowprio "handshake flood: echo p99"         handshake-flood flood_p99_us us
+lowprio "  quiet p99, same run"             handshake-flood quiet_p99_us us
+lowprio "  flood / quiet (target <= 2x)"    handshake-flood p99_ratio    x
+lowprio "  full handshakes/s in the flood"  handshake-flood per_s        /s
+lowprio "full handshakes/s, no flood"       full-handshake  per_s        /s
 echo
 echo "ratio = wssify / nginx within each round, median over the rounds: higher is better for throughput and handshakes, lower for memory, latency and CPU."
 echo "partial record and handshake flood: one run each (fresh processes for partial records; the flood after the rounds)."

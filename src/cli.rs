@@ -144,6 +144,12 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub busy_poll: Option<String>,
 
+    /// run TLS handshakes on threads of their own at a lower CPU priority,
+    /// so a flood of them only takes the CPU open connections leave (costs
+    /// about a quarter of the handshake rate on one core)
+    #[argh(switch)]
+    pub low_priority_handshakes: bool,
+
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
@@ -228,6 +234,7 @@ impl Args {
             );
             settings.threads = count_flag("--threads", text, MAX_THREADS, &why)?;
         }
+        settings.low_priority_handshakes = self.low_priority_handshakes;
         if let Some(text) = &self.busy_poll {
             let too_long = || {
                 let why = format!(

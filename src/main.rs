@@ -66,19 +66,24 @@ fn main() -> ExitCode {
         }
     };
     // After the main runtime, whose event queue busy polling looks for.
-    let handshakes = match wssify::runtime::build_handshakes(settings.threads) {
-        Ok(handshakes) => handshakes,
-        Err(e) => {
-            eprintln!("wssify: cannot start the handshake threads ({e}); try a smaller --threads");
-            return ExitCode::FAILURE;
+    let handshakes = if settings.low_priority_handshakes {
+        match wssify::runtime::build_handshakes(settings.threads) {
+            Ok(handshakes) => Some(handshakes),
+            Err(e) => {
+                eprintln!(
+                    "wssify: cannot start the handshake threads ({e}); try a smaller --threads"
+                );
+                return ExitCode::FAILURE;
+            }
         }
+    } else {
+        None
     };
-    let result = runtime.block_on(wssify::run(
-        settings,
-        fd_limit,
-        Some(handshakes.handle().clone()),
-    ));
-    handshakes.shutdown_background();
+    let pool = handshakes.as_ref().map(|h| h.handle().clone());
+    let result = runtime.block_on(wssify::run(settings, fd_limit, pool));
+    if let Some(handshakes) = handshakes {
+        handshakes.shutdown_background();
+    }
     match result {
         Ok(Exit::Drained) => {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -66,6 +66,9 @@ pub struct Settings {
     /// How long an idle worker checks for I/O before it sleeps; `None`
     /// sleeps at once (see `runtime`).
     pub busy_poll: Option<Duration>,
+    /// Handshakes run on threads of their own at a lower CPU priority (see
+    /// `runtime::build_handshakes`).
+    pub low_priority_handshakes: bool,
 }
 
 impl Settings {
@@ -88,6 +91,7 @@ impl Settings {
             alpn: Vec::new(),
             threads: default_threads(),
             busy_poll: None,
+            low_priority_handshakes: false,
         }
     }
 }
