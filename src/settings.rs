@@ -345,6 +345,25 @@ impl fmt::Display for ValueError {
     }
 }
 
+/// Splits `text` (trimmed) into its number and its unit, as durations and
+/// sizes are written; `what` and `expected` word the error.
+fn number_and_unit<'a>(
+    text: &'a str,
+    what: &str,
+    expected: &str,
+) -> Result<(Decimal<'a>, &'a str), ValueError> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    match Decimal::read(number) {
+        Some(number) => Ok((number, unit)),
+        None => Err(ValueError::Invalid(format!(
+            "'{text}' is not {what}; {expected}"
+        ))),
+    }
+}
+
 /// Reads `90s`, `5m`, `1h`, `2d`, `250ms`, `200us`, fractions of them
 /// (`1.5s`) or plain seconds (`30`), at most [`MAX_DURATION`]. The
 /// arithmetic is exact (no floating point) and rounds up to the
@@ -353,15 +372,7 @@ impl fmt::Display for ValueError {
 pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
     const EXPECTED: &str = "expected a duration like 90s, 5m, 1h, 250ms, 200us or plain seconds";
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let Some(number) = Decimal::read(number) else {
-        return Err(ValueError::Invalid(format!(
-            "'{text}' is not a duration; {EXPECTED}"
-        )));
-    };
+    let (number, unit) = number_and_unit(text, "a duration", EXPECTED)?;
     const NANOS_PER_SEC: u128 = 1_000_000_000;
     let scale: u128 = match unit.trim() {
         "" | "s" | "sec" | "secs" => NANOS_PER_SEC,
@@ -451,15 +462,7 @@ impl<'a> Decimal<'a> {
 pub fn parse_size(text: &str) -> Result<usize, ValueError> {
     const EXPECTED: &str = "expected a size like 64MiB, 1GiB, 512KiB or plain bytes";
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let Some(number) = Decimal::read(number) else {
-        return Err(ValueError::Invalid(format!(
-            "'{text}' is not a size; {EXPECTED}"
-        )));
-    };
+    let (number, unit) = number_and_unit(text, "a size", EXPECTED)?;
     let scale: u128 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
