@@ -144,9 +144,9 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub busy_poll: Option<String>,
 
-    /// run TLS handshakes on threads of their own at a lower CPU priority,
-    /// so a flood of them only takes the CPU open connections leave (costs
-    /// about a quarter of the handshake rate on one core)
+    /// run TLS handshakes on threads of their own at the lowest CPU priority
+    /// (SCHED_IDLE), so a flood of them only takes the CPU open connections
+    /// leave (costs about a quarter of the handshake rate on one core)
     #[argh(switch)]
     pub low_priority_handshakes: bool,
 

@@ -20,22 +20,20 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::{Builder, Runtime};
 
-/// The nice value of the handshake threads: under contention the kernel
-/// gives a nice-0 thread about nine times the CPU of a nice-10 one and lets
-/// it preempt at once when it wakes (a message arrives), so handshakes use
-/// what established connections leave, without being starved (a nice-19
-/// thread would get 1.5%).
-pub const HANDSHAKE_NICE: i32 = 10;
-
 /// Builds the runtime that runs first-bytes sniffs and TLS handshakes, on
-/// `threads` threads of their own at a lower CPU priority
-/// ([`HANDSHAKE_NICE`]). A handshake's key exchange and signature take a
-/// few hundred microseconds of CPU in one step that cannot be interrupted;
-/// on the connections' own workers, a flood of them queued every
-/// established connection's next message behind thousands of such steps
-/// (64-byte echo p99 from 0.2 ms to 10-30 ms). Here they only take CPU
-/// the established connections do not need. Build it after [`build`]
-/// (busy polling finds its runtime's event queue while that one is built).
+/// `threads` threads of their own under `SCHED_IDLE`, the kernel's lowest
+/// class. A handshake's key exchange and signature take a few hundred
+/// microseconds of CPU in one step that cannot be interrupted, and tokio
+/// has no task priorities: on the connections' own workers, a flood of
+/// handshakes queued every open connection's next message behind them
+/// (64-byte echo p99 34x its quiet figure in the benchmark). Under
+/// `SCHED_IDLE` a handshake thread runs only on CPU nothing else wants and
+/// yields the moment a connection's worker wakes (p99 1.3x to 2.1x). A
+/// nice value was not enough: at nice 10 the kernel let a running step
+/// finish first (p99 9x). The price: while open connections keep every
+/// core busy, new handshakes wait (up to `--handshake-timeout`). Build it
+/// after [`build`] (busy polling finds its runtime's event queue while that
+/// one is built).
 pub fn build_handshakes(threads: usize) -> io::Result<Runtime> {
     let mut builder = Builder::new_multi_thread();
     builder
@@ -46,14 +44,15 @@ pub fn build_handshakes(threads: usize) -> io::Result<Runtime> {
     builder.build()
 }
 
-/// Lowers the calling thread's CPU priority to [`HANDSHAKE_NICE`]; if the
-/// system refuses, handshakes run at normal priority (said at debug).
+/// Puts the calling thread under `SCHED_IDLE`; if the system refuses,
+/// handshakes run at normal priority (said at debug).
 fn lower_priority() {
-    // SAFETY: setpriority(2) has no wrapper in std, tokio or socket2; it
-    // takes three integers and touches no memory of ours. On Linux,
-    // PRIO_PROCESS with who = 0 sets the calling thread's nice value (a
-    // per-thread attribute there, see setpriority(2), BUGS).
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HANDSHAKE_NICE) };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) has no wrapper in std, tokio or
+    // socket2; it reads the `sched_param` we pass for the length of the
+    // call and touches no other memory of ours. On Linux, pid 0 means the
+    // calling thread, and moving to SCHED_IDLE needs no privilege.
+    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if result != 0 {
         log::debug!(
             "handshake thread keeps its CPU priority: {}",

@@ -260,3 +260,51 @@ async fn out_of_descriptors_warns_once_and_says_how_long_when_it_recovers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn low_priority_handshakes_run_on_idle_class_threads_and_serve_as_usual() {
+    bounded(WAIT * 3, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&[
+            "--to",
+            &backend.to_string(),
+            "--low-priority-handshakes",
+            "--threads",
+            "2",
+        ])
+        .await;
+        let config = pinned_client(&w.fingerprint().await);
+        // Handshakes on the other threads, then bytes on the connection's
+        // own runtime: both directions work, for more than one client.
+        let mut first = session(&w, config.clone()).await;
+        let mut second = session(&w, config.clone()).await;
+        echo(&mut first).await;
+        echo(&mut second).await;
+        // The handshake threads are in SCHED_IDLE (policy 5), the others not.
+        let mut idle_class = 0;
+        let mut others = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", w.pid())).unwrap() {
+            let dir = task.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            // Fields after the command name, which is in parentheses.
+            let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            // policy is field 41 of stat, the 39th after the name.
+            let policy: u32 = after
+                .split_whitespace()
+                .nth(38)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(u32::MAX);
+            if comm.trim() == "wssify-handshak" {
+                assert_eq!(policy, 5, "a handshake thread is not SCHED_IDLE");
+                idle_class += 1;
+            } else {
+                assert_ne!(policy, 5, "{} is SCHED_IDLE", comm.trim());
+                others += 1;
+            }
+        }
+        assert_eq!(idle_class, 2, "two handshake threads for --threads 2");
+        assert!(others > 0);
+    })
+    .await;
+}
