@@ -146,7 +146,8 @@ pub struct Args {
 
     /// run TLS handshakes on threads of their own at the lowest CPU priority
     /// (SCHED_IDLE), so a flood of them only takes the CPU open connections
-    /// leave (costs about a quarter of the handshake rate on one core)
+    /// leave; only where wssify has its cores to itself: any busy program
+    /// beside it takes that CPU too (costs a quarter of the handshake rate)
     #[argh(switch)]
     pub low_priority_handshakes: bool,
 
