@@ -14,6 +14,7 @@
 //! half the budget plus their own shares, and a new client always finds its
 //! share free: it is served while others are stalled.
 
+use std::num::NonZeroU64;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -49,7 +50,8 @@ pub struct Budget {
 /// for, so polling again while waiting does not add it twice.
 #[derive(Debug, Default)]
 pub struct Waiting {
-    round: Option<u64>,
+    // Rounds count from 1, so `None` costs no extra word.
+    round: Option<NonZeroU64>,
 }
 
 impl Budget {
@@ -60,7 +62,7 @@ impl Budget {
             used: AtomicUsize::new(0),
             conns: AtomicUsize::new(0),
             waiters: Mutex::new(Vec::new()),
-            round: AtomicU64::new(0),
+            round: AtomicU64::new(1),
             refusals: AtomicU64::new(0),
         }
     }
@@ -192,11 +194,11 @@ impl Budget {
             Ok(waiters) => waiters,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let round = self.round.load(Ordering::Relaxed);
-        if waiting.round != Some(round) {
+        let round = NonZeroU64::new(self.round.load(Ordering::Relaxed));
+        if waiting.round != round {
             self.refusals.fetch_add(1, Ordering::Relaxed);
             waiters.push(cx.waker().clone());
-            waiting.round = Some(round);
+            waiting.round = round;
         }
         if let Some(n) = self.try_take(&decide) {
             // Listed for nothing: a wake-up it does not need is harmless.

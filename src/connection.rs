@@ -55,14 +55,25 @@ pub struct Shared {
     pub budget: Arc<Budget>,
 }
 
+/// The most a connection's task (the future [`serve`] returns) may take in
+/// a debug build, checked at each spawn there. Release builds lay it out in
+/// 1016 bytes, which tokio's task header brings to 1152, the largest size
+/// that keeps an idle connection under its measured 6 KiB (the next step is
+/// 1280: tokio aligns tasks to 128 bytes). Measured with
+/// `cargo +nightly rustc --release --lib -- -Zprint-type-sizes`.
+pub const MAX_TASK_BYTES: usize = 1024;
+
 /// What is known about a connection for its log line.
 #[derive(Default)]
+///
+/// Kept for the connection's whole life: what can be is kept as rustls'
+/// small codes and named only when the line is written.
 struct Facts {
     sni: Option<String>,
     version: &'static str,
-    cipher: String,
+    cipher: Option<rustls::CipherSuite>,
     alpn: Option<Vec<u8>>,
-    group: String,
+    group: Option<rustls::NamedGroup>,
     client_cert: Option<String>,
 }
 
@@ -81,26 +92,40 @@ struct Session {
 /// held from a whole first ClientHello record to the handshake's end, so
 /// handshakes under way are what it limits, never open connections or
 /// clients that have not sent a hello.
-pub async fn serve(
+///
+/// The returned future is the connection's task for its whole life, so its
+/// size is paid by every idle connection: it is an `async` block rather
+/// than an `async fn`, whose parameters would be stored twice (as passed,
+/// and as the body's locals).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its parameters twice"
+)]
+pub fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
     held: Held,
     slots: Arc<Semaphore>,
-) {
-    let _held = (held, shared.budget.connection());
-    // Opening is boxed, and is one future: its steps (sniff, handshake,
-    // connect) and what they hand each other (the TLS stream, 1.3 KiB) are
-    // freed once it is done instead of sizing the task for the
-    // connection's whole life (a local moved on to the next step still
-    // keeps its place in an async fn's layout: 1.4 KiB per idle
-    // connection, measured). With -Zprint-type-sizes: the task went from
-    // 2968 bytes.
-    if let Some(session) = Box::pin(opening(tcp, peer, &shared, slots)).await {
-        // The session is boxed too: moved by value into `relay`, async fn
-        // layout would otherwise hold it twice (1.3 KiB each).
-        relay(session, peer, &shared, phase).await;
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let connection = shared.budget.connection();
+        // Opening is boxed, and is one future: its steps (sniff, handshake,
+        // connect) and what they hand each other (the TLS stream, 1.3 KiB)
+        // are freed once it is done instead of sizing the task for the
+        // connection's whole life (a local moved on to the next step still
+        // keeps its place in a future's layout: 1.4 KiB per idle
+        // connection, measured). With -Zprint-type-sizes: the task went
+        // from 2968 bytes.
+        if let Some(session) = Box::pin(opening(tcp, peer, &shared, slots)).await {
+            // The session is boxed too: moved by value into `relay`, the
+            // layout would otherwise hold it twice (1.3 KiB each).
+            relay(session, peer, &shared, phase).await;
+        }
+        // Only now: this frees the connection's places and tells the drain
+        // it has ended (moved out where it was captured, not kept twice).
+        drop((held, connection));
     }
 }
 
@@ -326,59 +351,67 @@ async fn open(
 }
 
 /// Moves bytes until the session ends, then logs how it went.
-async fn relay(
+///
+/// An `async` block, as for [`serve`]: it lives as long as the connection.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its parameters twice"
+)]
+fn relay(
     mut session: Box<Session>,
     peer: SocketAddr,
     shared: &Shared,
     mut phase: watch::Receiver<Phase>,
-) {
-    let Session {
-        client, backend, ..
-    } = &mut *session;
-    // Pinned here and lent to `pipe`, so the future is stored only once.
-    let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
-    let timeouts = Timeouts {
-        idle: shared.idle_timeout,
-        stall: shared.stall_timeout,
-    };
-    let outcome = proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await;
-    if matches!(outcome.end, End::IdleTimeout(_) | End::Drained) {
-        // Say goodbye properly: close_notify to the client, FIN to the backend.
-        let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
-        let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
-    }
-    // The client's stream broke (a truncated or forged record, a reset),
-    // or a peer stopped taking bytes: bytes were lost on the way, so the
-    // other side must not take the end for a complete exchange. It gets a
-    // reset, not a FIN, when the socket is dropped.
-    let reset: &[&TcpStream] = match outcome.end {
-        End::ClientError(_) => &[&*backend],
-        End::ClientStalled(_) | End::BackendStalled(_) => &[&*backend, client.tcp()],
-        _ => &[],
-    };
-    for socket in reset {
-        if let Err(e) = SockRef::from(*socket).set_linger(Some(Duration::ZERO)) {
-            debug!("cannot set SO_LINGER to reset a connection: {e}");
+) -> impl Future<Output = ()> + Send + '_ {
+    async move {
+        let Session {
+            client, backend, ..
+        } = &mut *session;
+        // Pinned here and lent to `pipe`, so the future is stored only once.
+        let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
+        let timeouts = Timeouts {
+            idle: shared.idle_timeout,
+            stall: shared.stall_timeout,
+        };
+        let outcome = proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await;
+        if matches!(outcome.end, End::IdleTimeout(_) | End::Drained) {
+            // Say goodbye properly: close_notify to the client, FIN to the backend.
+            let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
         }
+        // The client's stream broke (a truncated or forged record, a reset),
+        // or a peer stopped taking bytes: bytes were lost on the way, so the
+        // other side must not take the end for a complete exchange. It gets a
+        // reset, not a FIN, when the socket is dropped.
+        let reset: &[&TcpStream] = match outcome.end {
+            End::ClientError(_) => &[&*backend],
+            End::ClientStalled(_) | End::BackendStalled(_) => &[&*backend, client.tcp()],
+            _ => &[],
+        };
+        for socket in reset {
+            if let Err(e) = SockRef::from(*socket).set_linger(Some(Duration::ZERO)) {
+                debug!("cannot set SO_LINGER to reset a connection: {e}");
+            }
+        }
+        // A client that ended first by closing TCP without close_notify (many
+        // browsers do) is said so: the stream ended cleanly at a record
+        // boundary, but nothing proves the client meant to stop there. (Once
+        // the backend has ended first, a client closing that way is the norm.)
+        let to_client = client.plaintext_sent();
+        let note = match outcome.end {
+            End::ClientClosed if client.closed_without_notify() => " (no close_notify)",
+            _ => "",
+        };
+        info!(
+            "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}{note}\"",
+            session.facts.describe(),
+            outcome.to_backend,
+            // What went out on the socket, not what was queued for it.
+            to_client,
+            elapsed(session.started),
+            outcome.end
+        );
     }
-    // A client that ended first by closing TCP without close_notify (many
-    // browsers do) is said so: the stream ended cleanly at a record
-    // boundary, but nothing proves the client meant to stop there. (Once
-    // the backend has ended first, a client closing that way is the norm.)
-    let to_client = client.plaintext_sent();
-    let note = match outcome.end {
-        End::ClientClosed if client.closed_without_notify() => " (no close_notify)",
-        _ => "",
-    };
-    info!(
-        "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}{note}\"",
-        session.facts.describe(),
-        outcome.to_backend,
-        // What went out on the socket, not what was queued for it.
-        to_client,
-        elapsed(session.started),
-        outcome.end
-    );
 }
 
 impl Facts {
@@ -392,8 +425,8 @@ impl Facts {
                 .as_deref()
                 .map_or(logsafe::bare(b"-"), |s| logsafe::bare(s.as_bytes())),
             self.version,
-            self.cipher,
-            self.group,
+            named(self.cipher),
+            named(self.group),
             self.alpn
                 .as_deref()
                 .map_or(logsafe::bare(b"-"), logsafe::bare),
@@ -408,17 +441,18 @@ impl Facts {
     }
 }
 
+/// A rustls code by its name, or `-`.
+fn named(code: Option<impl std::fmt::Debug>) -> String {
+    code.map_or("-".to_string(), |c| format!("{c:?}"))
+}
+
 fn facts_of(negotiated: Negotiated) -> Facts {
     Facts {
         sni: negotiated.sni,
         version: tls::version_name(negotiated.version),
-        cipher: negotiated
-            .suite
-            .map_or("-".to_string(), |s| format!("{:?}", s.suite())),
+        cipher: negotiated.suite.map(|s| s.suite()),
         alpn: negotiated.alpn,
-        group: negotiated
-            .group
-            .map_or("-".to_string(), |g| format!("{g:?}")),
+        group: negotiated.group,
         client_cert: negotiated.client_cert,
     }
 }
@@ -456,4 +490,21 @@ fn tune(stream: &TcpStream) {
 
 fn elapsed(started: Instant) -> String {
     format!("{:.3}s", started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The session is boxed for the connection's whole life: 1464 bytes in
+    /// a release build (1480 in a debug one), 1088 of them rustls'
+    /// connection state. A field that grows it grows every idle connection
+    /// (the task's own size is checked at each spawn, see
+    /// [`MAX_TASK_BYTES`]).
+    #[test]
+    fn a_session_stays_small() {
+        let size = std::mem::size_of::<Session>();
+        let most = if cfg!(debug_assertions) { 1480 } else { 1464 };
+        assert!(size <= most, "a session grew to {size} bytes");
+    }
 }

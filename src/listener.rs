@@ -215,14 +215,22 @@ pub async fn accept_loop(
                     guard: coordinator.guard(),
                     per_ip,
                 };
-                tokio::spawn(connection::serve(
+                let task = connection::serve(
                     tcp,
                     peer,
                     shared.clone(),
                     coordinator.watch(),
                     held,
                     gates.handshakes.clone(),
-                ));
+                );
+                // Every idle connection pays for its task: a change that
+                // grows it fails every test that opens a connection.
+                debug_assert!(
+                    std::mem::size_of_val(&task) <= connection::MAX_TASK_BYTES,
+                    "the connection task grew to {} bytes",
+                    std::mem::size_of_val(&task)
+                );
+                tokio::spawn(task);
             }
             Err(e) => match classify(&e) {
                 AcceptError::PerConnection => {

@@ -127,121 +127,132 @@ pub struct Timeouts {
 
 /// Copies both ways until both directions are finished, an error occurs, a
 /// timeout passes, or `stop` completes. Copy buffers are granted by `budget`.
-pub async fn pipe<C, B, S>(
+///
+/// Every idle connection holds this future, so it is an `async` block: an
+/// `async fn` would store its parameters twice.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its parameters twice"
+)]
+pub fn pipe<C, B, S>(
     client: &mut C,
     backend: &mut B,
     timeouts: Timeouts,
     budget: &Budget,
     mut stop: S,
-) -> Outcome
+) -> impl Future<Output = Outcome>
 where
     C: AsyncRead + AsyncWrite + Peer + Unpin,
     B: AsyncRead + AsyncWrite + Peer + Unpin,
     S: Future<Output = ()> + Unpin,
 {
-    let mut halves = Halves {
-        up: Half::default(),
-        down: Half::default(),
-        budget,
-    };
-    let mut first_done: Option<End> = None;
-    let mut last_activity = Instant::now();
-    let first_deadline = match (timeouts.idle, timeouts.stall) {
-        (Some(idle), Some(stall)) => Some(idle.min(stall)),
-        (idle, stall) => idle.or(stall),
-    };
-    let timer = first_deadline.map(|d| tokio::time::sleep_until(last_activity + d));
-    tokio::pin!(timer);
-
-    let end = poll_fn(|cx| {
-        if Pin::new(&mut stop).poll(cx).is_ready() {
-            return Poll::Ready(End::Drained);
-        }
-        let Halves { up, down, budget } = &mut halves;
-        let mut moved = false;
-        if !up.done {
-            match up.poll_copy(cx, &mut *client, &mut *backend, budget, &mut moved) {
-                Poll::Ready(Ok(())) => {
-                    first_done.get_or_insert(End::ClientClosed);
-                }
-                Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(End::ClientError(e)),
-                Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(End::BackendError(e)),
-                Poll::Pending => {}
-            }
-        }
-        if !down.done {
-            match down.poll_copy(cx, &mut *backend, &mut *client, budget, &mut moved) {
-                Poll::Ready(Ok(())) => {
-                    first_done.get_or_insert(End::BackendClosed);
-                }
-                Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(End::BackendError(e)),
-                Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(End::ClientError(e)),
-                Poll::Pending => {}
-            }
-        }
-        if up.done && down.done {
-            return Poll::Ready(first_done.take().unwrap_or(End::ClientClosed));
-        }
-        if moved {
-            last_activity = Instant::now();
-        }
-        let Some(mut timer) = timer.as_mut().as_pin_mut() else {
-            return Poll::Pending;
+    async move {
+        let mut halves = Halves {
+            up: Half::default(),
+            down: Half::default(),
+            budget,
         };
-        if let Some(stall) = timeouts.stall {
-            // A direction that starts waiting on its destination (or sees it
-            // take bytes) gets a new mark; the timer must not sleep past it.
-            let marks = [
-                up.mark_stall(backend.progress()),
-                down.mark_stall(client.progress()),
-            ];
-            if let Some(at) = marks.into_iter().flatten().min().map(|at| at + stall)
-                && at < timer.deadline()
-            {
-                timer.as_mut().reset(at);
-            }
-        }
-        // The timer is re-armed lazily: only when it fires do we look at
-        // when bytes last moved, so busy connections never touch it.
-        while timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            let mut next: Option<Instant> = None;
-            if let Some(limit) = timeouts.idle {
-                let at = last_activity + limit;
-                if now >= at {
-                    return Poll::Ready(End::IdleTimeout(limit));
-                }
-                next = Some(at);
-            }
-            if let Some(limit) = timeouts.stall {
-                for (half, end) in [
-                    (&*down, End::ClientStalled(limit)),
-                    (&*up, End::BackendStalled(limit)),
-                ] {
-                    if let Some((since, _)) = half.stalled {
-                        let at = since + limit;
-                        if now >= at {
-                            return Poll::Ready(end);
-                        }
-                        next = Some(next.map_or(at, |n| n.min(at)));
-                    }
-                }
-                // Nothing waiting: look again after a stall's length.
-                next.get_or_insert(now + limit);
-            }
-            match next {
-                Some(at) => timer.as_mut().reset(at),
-                None => break,
-            }
-        }
-        Poll::Pending
-    })
-    .await;
+        let mut first_done: Option<End> = None;
+        let mut last_activity = Instant::now();
+        let first_deadline = match (timeouts.idle, timeouts.stall) {
+            (Some(idle), Some(stall)) => Some(idle.min(stall)),
+            (idle, stall) => idle.or(stall),
+        };
+        let timer = first_deadline.map(|d| tokio::time::sleep_until(last_activity + d));
+        tokio::pin!(timer);
 
-    Outcome {
-        to_backend: halves.up.bytes,
-        to_client: halves.down.bytes,
-        end,
+        let end = poll_fn(|cx| {
+            if Pin::new(&mut stop).poll(cx).is_ready() {
+                return Poll::Ready(End::Drained);
+            }
+            let Halves { up, down, budget } = &mut halves;
+            let mut moved = false;
+            if !up.done {
+                match up.poll_copy(cx, &mut *client, &mut *backend, budget, &mut moved) {
+                    Poll::Ready(Ok(())) => {
+                        first_done.get_or_insert(End::ClientClosed);
+                    }
+                    Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(End::ClientError(e)),
+                    Poll::Ready(Err(Failure::Write(e))) => {
+                        return Poll::Ready(End::BackendError(e));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if !down.done {
+                match down.poll_copy(cx, &mut *backend, &mut *client, budget, &mut moved) {
+                    Poll::Ready(Ok(())) => {
+                        first_done.get_or_insert(End::BackendClosed);
+                    }
+                    Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(End::BackendError(e)),
+                    Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(End::ClientError(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if up.done && down.done {
+                return Poll::Ready(first_done.take().unwrap_or(End::ClientClosed));
+            }
+            if moved {
+                last_activity = Instant::now();
+            }
+            let Some(mut timer) = timer.as_mut().as_pin_mut() else {
+                return Poll::Pending;
+            };
+            if let Some(stall) = timeouts.stall {
+                // A direction that starts waiting on its destination (or sees it
+                // take bytes) gets a new mark; the timer must not sleep past it.
+                let marks = [
+                    up.mark_stall(backend.progress()),
+                    down.mark_stall(client.progress()),
+                ];
+                if let Some(at) = marks.into_iter().flatten().min().map(|at| at + stall)
+                    && at < timer.deadline()
+                {
+                    timer.as_mut().reset(at);
+                }
+            }
+            // The timer is re-armed lazily: only when it fires do we look at
+            // when bytes last moved, so busy connections never touch it.
+            while timer.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                let mut next: Option<Instant> = None;
+                if let Some(limit) = timeouts.idle {
+                    let at = last_activity + limit;
+                    if now >= at {
+                        return Poll::Ready(End::IdleTimeout(limit));
+                    }
+                    next = Some(at);
+                }
+                if let Some(limit) = timeouts.stall {
+                    for (half, end) in [
+                        (&*down, End::ClientStalled(limit)),
+                        (&*up, End::BackendStalled(limit)),
+                    ] {
+                        if let Some((since, _)) = half.stalled {
+                            let at = since + limit;
+                            if now >= at {
+                                return Poll::Ready(end);
+                            }
+                            next = Some(next.map_or(at, |n| n.min(at)));
+                        }
+                    }
+                    // Nothing waiting: look again after a stall's length.
+                    next.get_or_insert(now + limit);
+                }
+                match next {
+                    Some(at) => timer.as_mut().reset(at),
+                    None => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+
+        Outcome {
+            to_backend: halves.up.bytes,
+            to_client: halves.down.bytes,
+            end,
+        }
     }
 }
 

@@ -314,10 +314,11 @@ impl TlsStream {
         self.incoming.pending().len() + (self.plaintext.len() - self.taken)
     }
 
-    /// What was negotiated, for the log line.
-    pub fn negotiated(&self) -> Negotiated {
+    /// What was negotiated, for the log line. The SNI moves out rather
+    /// than being copied: each connection keeps it once.
+    pub fn negotiated(&mut self) -> Negotiated {
         Negotiated {
-            sni: self.sni.clone(),
+            sni: self.sni.take(),
             version: self.conn.protocol_version(),
             suite: self.conn.negotiated_cipher_suite(),
             group: self.conn.negotiated_key_exchange_group().map(|g| g.name()),
