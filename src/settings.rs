@@ -364,42 +364,97 @@ fn number_and_unit<'a>(
     }
 }
 
+/// The duration units, largest first, each with the names it is typed
+/// as and its length in nanoseconds. A compound duration (`1h30m`) gives
+/// its units in this order, each once.
+const DURATION_UNITS: [(&[&str], u128); 6] = [
+    (&["d"], 86_400 * NANOS_PER_SEC),
+    (&["h"], 3600 * NANOS_PER_SEC),
+    (&["m", "min", "mins"], 60 * NANOS_PER_SEC),
+    (&["", "s", "sec", "secs"], NANOS_PER_SEC),
+    (&["ms"], 1_000_000),
+    (&["us", "µs"], 1_000),
+];
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
 /// Reads `90s`, `5m`, `1h`, `2d`, `250ms`, `200us`, fractions of them
-/// (`1.5s`) or plain seconds (`30`), at most [`MAX_DURATION`]. The
-/// arithmetic is exact (no floating point) and rounds up to the
-/// nanosecond, so no value but 0 becomes 0, which some flags read as
-/// "never".
+/// (`1.5s`), plain seconds (`30`), or several of them largest first, each
+/// unit once (`1h30m`, `2m30s`, `1d12h`; spaces between the parts are
+/// allowed, `1h 30m`, as between a number and its unit), at most
+/// [`MAX_DURATION`]. The arithmetic is exact (no floating point) and
+/// rounds each part up to the nanosecond, so no value but 0 becomes 0,
+/// which some flags read as "never".
 pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
-    const EXPECTED: &str = "expected a duration like 90s, 5m, 1h, 250ms, 200us or plain seconds";
+    const EXPECTED: &str = "expected a duration like 90s, 5m, 1h30m, 250ms, 200us or plain seconds";
     let text = text.trim();
-    let (number, unit) = number_and_unit(text, "a duration", EXPECTED)?;
-    const NANOS_PER_SEC: u128 = 1_000_000_000;
-    let scale: u128 = match unit.trim() {
-        "" | "s" | "sec" | "secs" => NANOS_PER_SEC,
-        "ms" => 1_000_000,
-        "us" | "µs" => 1_000,
-        "m" | "min" | "mins" => 60 * NANOS_PER_SEC,
-        "h" => 3600 * NANOS_PER_SEC,
-        "d" => 86_400 * NANOS_PER_SEC,
-        other => {
-            return Err(ValueError::Invalid(format!(
-                "unknown unit '{other}' in '{text}'; {EXPECTED}"
-            )));
-        }
-    };
     let too_long = || {
         ValueError::TooLarge(format!(
             "'{text}' is longer than {}, the longest duration wssify takes",
             format_duration(MAX_DURATION)
         ))
     };
-    let nanos = number
-        .scaled(scale, Rounding::Up)
-        .filter(|nanos| *nanos <= MAX_DURATION.as_nanos())
-        .ok_or_else(too_long)?;
-    u64::try_from(nanos)
+    let parts = duration_parts(text);
+    let compound = parts.len() > 1;
+    let mut total: u128 = 0;
+    let mut previous: Option<usize> = None;
+    for part in parts {
+        let (number, unit) = number_and_unit(part, "a duration", EXPECTED)
+            .map_err(|_| ValueError::Invalid(format!("'{text}' is not a duration; {EXPECTED}")))?;
+        let unit = unit.trim();
+        let Some(rank) = DURATION_UNITS
+            .iter()
+            .position(|(names, _)| names.contains(&unit))
+        else {
+            return Err(ValueError::Invalid(format!(
+                "unknown unit '{unit}' in '{text}'; {EXPECTED}"
+            )));
+        };
+        if compound && unit.is_empty() {
+            return Err(ValueError::Invalid(format!(
+                "'{text}' has a number without a unit; in a duration of several parts each needs one, e.g. 1h30m"
+            )));
+        }
+        if previous.is_some_and(|previous| rank <= previous) {
+            return Err(ValueError::Invalid(format!(
+                "'{text}' has its units out of order; give the largest first and each once, e.g. 1h30m"
+            )));
+        }
+        previous = Some(rank);
+        let nanos = number
+            .scaled(DURATION_UNITS[rank].1, Rounding::Up)
+            .ok_or_else(too_long)?;
+        total = total.checked_add(nanos).ok_or_else(too_long)?;
+    }
+    if total > MAX_DURATION.as_nanos() {
+        return Err(too_long());
+    }
+    u64::try_from(total)
         .map(Duration::from_nanos)
         .map_err(|_| too_long())
+}
+
+/// Splits a duration into its parts, each a number and its unit: a new
+/// part starts wherever a digit or `.` follows anything else (`1h30m`,
+/// `1h 30m`). A number and its unit stay one part even with a space
+/// between them (`5 s`).
+fn duration_parts(text: &str) -> Vec<&str> {
+    let numeric = |c: char| c.is_ascii_digit() || c == '.';
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut after_unit = false;
+    for (at, c) in text.char_indices() {
+        if numeric(c) {
+            if after_unit {
+                parts.push(&text[start..at]);
+                start = at;
+            }
+            after_unit = false;
+        } else if !c.is_whitespace() {
+            after_unit = true;
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// A non-negative decimal number as typed (`30`, `1.5`, `.5`), kept as
@@ -606,6 +661,42 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration(".").is_err());
         assert!(parse_duration("1.2.3s").is_err());
+    }
+
+    #[test]
+    fn compound_durations() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2m30s"), Ok(Duration::from_secs(150)));
+        assert_eq!(parse_duration("1d12h"), Ok(Duration::from_secs(129_600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1 h 30 min"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("1d2h3m4s5ms6us"),
+            Ok(Duration::new(93_784, 5_006_000))
+        );
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.5h30m"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("364d23h59m60s"), Ok(MAX_DURATION));
+        for (text, why) in [
+            ("30m1h", "out of order"),
+            ("1m1m", "out of order"),
+            ("1m30min", "out of order"),
+            ("1h30", "a number without a unit"),
+            ("1h30x", "unknown unit 'x'"),
+            ("1h-30m", "unknown unit 'h-'"),
+        ] {
+            let err = parse_duration(text).unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+            assert!(err.contains(&format!("'{text}'")), "{text}: {err}");
+        }
+        assert!(matches!(
+            parse_duration("365d1s"),
+            Err(ValueError::TooLarge(why)) if why.contains("longer than 365d")
+        ));
+        assert!(matches!(
+            parse_duration("99999999999999999999999999999999999999d1h"),
+            Err(ValueError::TooLarge(_))
+        ));
     }
 
     #[test]
