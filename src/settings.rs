@@ -251,6 +251,9 @@ pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
     if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
         return parse_port(bare).map(ListenAddr::AllInterfaces);
     }
+    if let Some(why) = ip_without_port("--listen", text, "9300") {
+        return Err(why);
+    }
     match text.parse::<SocketAddr>() {
         Ok(addr) => Ok(ListenAddr::Addr(addr)),
         Err(_) => match text.rsplit_once(':') {
@@ -261,6 +264,127 @@ pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
             None => Err(EXPECTED.to_string()),
         },
     }
+}
+
+/// Says how two `--listen` values would take the same port, so that the
+/// second bind would fail, or `None` when each can be bound. A bare port
+/// binds `[::]` for IPv4 and IPv6, so it overlaps any address on its port;
+/// `0.0.0.0:PORT` overlaps every IPv4 address on it, `[::]:PORT` every
+/// IPv6 one. Port 0 asks the kernel for a free port each time: no overlap.
+pub fn listen_overlap(listen: &[ListenAddr]) -> Option<String> {
+    let port = |addr: &ListenAddr| match addr {
+        ListenAddr::AllInterfaces(port) => *port,
+        ListenAddr::Addr(addr) => addr.port(),
+    };
+    let canonical = |addr: &ListenAddr| match addr {
+        ListenAddr::Addr(addr) => {
+            ListenAddr::Addr(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
+        }
+        other => *other,
+    };
+    for (i, later) in listen.iter().enumerate() {
+        for earlier in &listen[..i] {
+            if port(earlier) != port(later) || port(later) == 0 {
+                continue;
+            }
+            let (a, b) = (canonical(earlier), canonical(later));
+            if a == b {
+                return Some(format!(
+                    "--listen {later} is given twice; give each address once"
+                ));
+            }
+            let why = match (a, b) {
+                (ListenAddr::AllInterfaces(_), _) | (_, ListenAddr::AllInterfaces(_)) => {
+                    "a bare port already listens on every address, IPv4 and IPv6"
+                }
+                (ListenAddr::Addr(x), ListenAddr::Addr(y)) => {
+                    let wide = |w: SocketAddr, o: SocketAddr| {
+                        w.ip().is_unspecified() && w.is_ipv4() == o.is_ipv4()
+                    };
+                    if wide(x, y) || wide(y, x) {
+                        if x.is_ipv4() {
+                            "0.0.0.0 already listens on every IPv4 address"
+                        } else {
+                            "[::] already listens on every IPv6 address"
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            return Some(format!(
+                "--listen {earlier} and --listen {later} overlap: {why}; give only one of them"
+            ));
+        }
+    }
+    None
+}
+
+/// What to say about an IP address typed without a port (`127.0.0.1`,
+/// `[::1]`), or an IPv6 address and port without brackets (`::1:9300`),
+/// for `flag`; `port` is the example port. `None` for anything else.
+fn ip_without_port(flag: &str, text: &str, port: &str) -> Option<String> {
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'))
+        && inner.parse::<std::net::Ipv6Addr>().is_ok()
+    {
+        return Some(format!("no port in '{text}'; e.g. {flag} {text}:{port}"));
+    }
+    match text.parse::<IpAddr>().ok()? {
+        IpAddr::V4(_) => Some(format!("no port in '{text}'; e.g. {flag} {text}:{port}")),
+        IpAddr::V6(_) => match text.rsplit_once(':') {
+            Some((ip, last))
+                if ip.parse::<std::net::Ipv6Addr>().is_ok()
+                    && !last.is_empty()
+                    && last.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Some(format!(
+                    "an IPv6 address goes in brackets before its port: {flag} [{ip}]:{last} (or, if {last} is part of the address, {flag} [{text}]:{port})"
+                ))
+            }
+            _ => Some(format!(
+                "no port, and an IPv6 address goes in brackets: {flag} [{text}]:{port}"
+            )),
+        },
+    }
+}
+
+/// What to say about a URL given as `--to` (`ws://host:9200/chat`): the
+/// backend is a TCP address, so the scheme goes, and the path too (each
+/// client's request carries its own). `None` when `text` has no scheme.
+fn drop_scheme(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+    {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let has_port = authority.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (!host.contains(':') || host.ends_with(']'))
+    });
+    let mut why = if authority.is_empty() {
+        "drop the scheme: --to HOST:PORT, e.g. --to 127.0.0.1:9200".to_string()
+    } else if has_port {
+        format!("drop the scheme: --to {authority}")
+    } else {
+        format!("drop the scheme and give the port: --to {authority}:PORT")
+    };
+    if !path.is_empty() && path != "/" {
+        why.push_str(" (the path is not needed: each client's request carries its own)");
+    }
+    if matches!(scheme.to_ascii_lowercase().as_str(), "wss" | "https") {
+        why.push_str("; wssify speaks plain TCP to the backend, so it must not expect TLS");
+    }
+    Some(why)
 }
 
 /// The backend: a host (name or IP) and a port; names are resolved at each
@@ -287,6 +411,9 @@ impl fmt::Display for Backend {
 pub fn parse_backend(text: &str) -> Result<Backend, String> {
     const EXPECTED: &str = "expected HOST:PORT (127.0.0.1:9200, ws-server:9200, [::1]:9200)";
     let text = text.trim();
+    if let Some(why) = drop_scheme(text) {
+        return Err(why);
+    }
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         let port = parse_port(text)?;
         return Ok(Backend {
@@ -299,6 +426,9 @@ pub fn parse_backend(text: &str) -> Result<Backend, String> {
             host: addr.ip().to_string(),
             port: addr.port(),
         });
+    }
+    if let Some(why) = ip_without_port("--to", text, "9200") {
+        return Err(why);
     }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(format!("no port in '{text}'; {EXPECTED}"));
@@ -639,6 +769,122 @@ mod tests {
                 .contains("not a host")
         );
         assert!(parse_backend("h:70000").unwrap_err().contains("not a port"));
+    }
+
+    #[test]
+    fn addresses_without_a_port_or_brackets_say_how_to_write_them() {
+        let cases = [
+            (
+                "127.0.0.1",
+                "no port in '127.0.0.1'; e.g. --listen 127.0.0.1:9300",
+            ),
+            ("[::1]", "no port in '[::1]'; e.g. --listen [::1]:9300"),
+            (
+                "::1",
+                "no port, and an IPv6 address goes in brackets: --listen [::1]:9300",
+            ),
+            (
+                "fe80::1:9300",
+                "an IPv6 address goes in brackets before its port: --listen [fe80::1]:9300",
+            ),
+        ];
+        for (text, why) in cases {
+            let err = parse_listen(text).unwrap_err();
+            assert!(err.starts_with(why), "{text}: {err}");
+        }
+        let err = parse_backend("::1:9200").unwrap_err();
+        assert!(
+            err.starts_with("an IPv6 address goes in brackets before its port: --to [::1]:9200"),
+            "{err}"
+        );
+        let err = parse_backend("[::1]").unwrap_err();
+        assert!(
+            err.starts_with("no port in '[::1]'; e.g. --to [::1]:9200"),
+            "{err}"
+        );
+        let err = parse_backend("10.0.0.5").unwrap_err();
+        assert!(
+            err.starts_with("no port in '10.0.0.5'; e.g. --to 10.0.0.5:9200"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_url_as_backend_is_told_to_drop_the_scheme() {
+        let cases = [
+            (
+                "ws://127.0.0.1:9200",
+                "drop the scheme: --to 127.0.0.1:9200",
+            ),
+            (
+                "http://ws-server:9200/",
+                "drop the scheme: --to ws-server:9200",
+            ),
+            ("tcp://[::1]:9200", "drop the scheme: --to [::1]:9200"),
+            (
+                "WS://host:1/chat?x=1",
+                "drop the scheme: --to host:1 (the path is not needed",
+            ),
+            (
+                "ws://localhost",
+                "drop the scheme and give the port: --to localhost:PORT",
+            ),
+            ("ws://user@host:5", "drop the scheme: --to host:5"),
+        ];
+        for (text, why) in cases {
+            let err = parse_backend(text).unwrap_err();
+            assert!(err.starts_with(why), "{text}: {err}");
+            assert!(!err.contains("TLS"), "{text}: {err}");
+        }
+        for text in ["wss://host:9443/x", "https://host:9443"] {
+            let err = parse_backend(text).unwrap_err();
+            assert!(err.starts_with("drop the scheme: --to host:9443"), "{err}");
+            assert!(
+                err.ends_with("plain TCP to the backend, so it must not expect TLS"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn listen_addresses_that_would_take_the_same_port() {
+        let listen = |texts: &[&str]| -> Vec<ListenAddr> {
+            texts.iter().map(|t| parse_listen(t).unwrap()).collect()
+        };
+        let cases: [(&[&str], &str); 7] = [
+            (&["9300", "9300"], "--listen 9300 is given twice"),
+            (&["9300", ":9300"], "--listen 9300 is given twice"),
+            (
+                &["127.0.0.1:9300", "[::ffff:127.0.0.1]:9300"],
+                "given twice",
+            ),
+            (
+                &["9300", "0.0.0.0:9300"],
+                "--listen 9300 and --listen 0.0.0.0:9300 overlap: a bare port already listens on every address, IPv4 and IPv6; give only one of them",
+            ),
+            (&["[::]:9300", "9300"], "a bare port already listens"),
+            (
+                &["127.0.0.1:9300", "0.0.0.0:9300"],
+                "0.0.0.0 already listens on every IPv4 address",
+            ),
+            (
+                &["[::]:9300", "[::1]:9300"],
+                "[::] already listens on every IPv6 address",
+            ),
+        ];
+        for (texts, why) in cases {
+            let found = listen_overlap(&listen(texts)).unwrap_or_default();
+            assert!(found.contains(why), "{texts:?}: {found}");
+        }
+        for texts in [
+            &["9300", "9301"][..],
+            &["127.0.0.1:9300", "192.0.2.1:9300"],
+            &["0.0.0.0:9300", "[::1]:9300"],
+            &["127.0.0.1:0", "127.0.0.1:0"],
+            &["0", "0"],
+        ] {
+            assert_eq!(listen_overlap(&listen(texts)), None, "{texts:?}");
+        }
     }
 
     #[test]
