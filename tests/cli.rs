@@ -228,6 +228,147 @@ fn version_prints_name_and_version() {
 }
 
 // ---------------------------------------------------------------------------
+// Flags as people type them
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn flag_equals_value_and_compound_durations_start() {
+    // The form Kubernetes `args:` and many scripts use, with a duration
+    // of two parts.
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start_raw(&[
+            "--listen=127.0.0.1:0",
+            &format!("--to={backend}"),
+            "--idle-timeout=1h30m",
+            "--stall-timeout",
+            "2m30s",
+            "--alpn=http/1.1",
+        ])
+        .await;
+        let limits = w.wait_for_log("limits: ").await;
+        assert!(limits.contains("idle timeout 90m, stall 150s"), "{limits}");
+        let listening = w.wait_for_log("listening on ").await;
+        assert!(listening.contains("ALPN: http/1.1"), "{listening}");
+    })
+    .await;
+}
+
+#[test]
+fn dash_h_and_help_anywhere_print_the_help() {
+    for args in [
+        &["-h"][..],
+        &["--listen", "9300", "-h"],
+        &["--help", "--listen", "9300", "--to", "127.0.0.1:9200"],
+        &["-l", "9300", "--help", "--to=127.0.0.1:9200"],
+    ] {
+        let (code, out) = run_to_exit(args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(out.starts_with("Usage: wssify "), "{args:?}: {out}");
+        assert!(out.contains("-h, --help"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn flag_equals_mistakes_are_one_line_usage_errors() {
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["--listen=", "--to", "127.0.0.1:9"],
+            &["--listen= has no value after the '='", "--listen=ADDR"],
+        ),
+        (
+            &["--listen=127.0.0.1:0", "--to=-x"],
+            &["--to '-x': no port in '-x'"],
+        ),
+        (
+            &["--listen=127.0.0.1:0", "--to=127.0.0.1:9", "--check=yes"],
+            &["--check takes no value"],
+        ),
+        (
+            &[
+                "--listen=127.0.0.1:0",
+                "--to=127.0.0.1:9",
+                "--idle-timeout=30m1h",
+            ],
+            &["--idle-timeout '30m1h'", "largest first", "e.g. 1h30m"],
+        ),
+    ];
+    for (args, needles) in cases {
+        assert_one_line_error(run_to_exit(args), FLAG_ERROR, needles);
+    }
+}
+
+#[test]
+fn a_url_as_to_is_told_to_drop_the_scheme() {
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "ws://127.0.0.1:9200",
+            &["--to 'ws://127.0.0.1:9200': drop the scheme: --to 127.0.0.1:9200"],
+        ),
+        (
+            "http://ws-server:9200/chat",
+            &[
+                "drop the scheme: --to ws-server:9200",
+                "the path is not needed",
+            ],
+        ),
+        (
+            "wss://ws-server:9443",
+            &[
+                "drop the scheme: --to ws-server:9443",
+                "plain TCP to the backend",
+            ],
+        ),
+        ("tcp://[::1]:9200", &["drop the scheme: --to [::1]:9200"]),
+    ];
+    for (to, needles) in cases {
+        assert_one_line_error(
+            run_to_exit(&["--listen", "127.0.0.1:0", "--to", to]),
+            FLAG_ERROR,
+            needles,
+        );
+    }
+}
+
+#[test]
+fn a_listen_address_given_twice_or_overlapping_is_a_usage_error() {
+    // Without the check, the second bind fails with "already in use by
+    // another program" (exit 1): the other program is this one.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    drop(taken);
+    let here = format!("127.0.0.1:{port}");
+    let all = format!("0.0.0.0:{port}");
+    let bare = port.to_string();
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &[&here, &here],
+            &[
+                &format!("--listen {here} is given twice"),
+                "give each address once",
+            ],
+        ),
+        (
+            &[&bare, &all],
+            &[
+                &format!("--listen {bare} and --listen {all} overlap"),
+                "a bare port already listens on every address, IPv4 and IPv6",
+            ],
+        ),
+        (&[&here, &format!(":{port}")], &["overlap"]),
+    ];
+    for (listens, needles) in cases {
+        let mut args = Vec::new();
+        for listen in listens {
+            args.extend(["--listen".to_string(), listen.to_string()]);
+        }
+        args.extend(["--to".to_string(), "127.0.0.1:9".to_string()]);
+        let error = assert_one_line_error(run(&args), FLAG_ERROR, needles);
+        assert!(!error.contains("another program"), "{error}");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Certificate and key files
 // ---------------------------------------------------------------------------
 
@@ -608,6 +749,14 @@ fn malformed_listen() {
         ("99999", "'99999' is not a port"),
         ("127.0.0.1:http", "'http' is not a port"),
         ("nonsense", "expected a port (9300), IP:PORT"),
+        (
+            "127.0.0.1",
+            "no port in '127.0.0.1'; e.g. --listen 127.0.0.1:9300",
+        ),
+        (
+            "::1",
+            "no port, and an IPv6 address goes in brackets: --listen [::1]:9300",
+        ),
     ];
     for (value, why) in cases {
         assert_one_line_error(
@@ -628,6 +777,11 @@ fn malformed_to() {
         ),
         ("127.0.0.1:70000", "'70000' is not a port"),
         ("127.0.0.1:0", "port 0 cannot be connected to"),
+        (
+            "::1:9200",
+            "an IPv6 address goes in brackets before its port: --to [::1]:9200",
+        ),
+        ("[::1]", "no port in '[::1]'; e.g. --to [::1]:9200"),
     ];
     for (value, why) in cases {
         assert_one_line_error(

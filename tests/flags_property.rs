@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use proptest::prelude::*;
-use wssify::cli::Args;
+use wssify::cli::{Args, CommandLine, prepare};
 use wssify::settings::{
     format_duration, format_size, parse_backend, parse_duration, parse_listen, parse_size,
 };
@@ -354,6 +354,33 @@ proptest! {
         }
         prop_assert!(s.alpn.iter().all(|p| (1..=255).contains(&p.len())), "{flag} {value:?}");
         prop_assert!(s.backend.port != 0, "{flag} {value:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn flag_equals_value_reads_as_flag_then_value(
+        flag in 0..VALUE_FLAGS.len(),
+        value in prop_oneof![typed(), address(), "-[a-z=-]{0,8}", "[a-z]{1,5}=[a-z=]{0,5}"],
+    ) {
+        prop_assume!(!value.is_empty());
+        let flag = VALUE_FLAGS[flag];
+        let base = ["--listen", "9300", "--to", "127.0.0.1:9200"].map(String::from);
+        let mut joined = base.to_vec();
+        joined.push(format!("{flag}={value}"));
+        let mut spaced = base.to_vec();
+        spaced.extend([flag.to_string(), value.clone()]);
+        prop_assert_eq!(prepare(&joined), Ok(CommandLine::Args(spaced)));
+    }
+
+    #[test]
+    fn a_command_line_without_equals_or_help_is_left_as_it_is(
+        args in prop::collection::vec(prop_oneof![typed(), address(), "--?[a-z-]{0,20}"], 0..8),
+    ) {
+        prop_assume!(args.iter().all(|a| !a.contains('=') && !["-h", "--help", "help"].contains(&a.as_str())));
+        prop_assert_eq!(prepare(&args), Ok(CommandLine::Args(args.clone())));
     }
 }
 
