@@ -193,6 +193,9 @@ fn judge(
     if let Some(why) = order {
         found.error(format!("{origin}: {why}"));
     }
+    if let Some(why) = &s.chain_warning {
+        found.warn(format!("{origin}: {why}"));
+    }
     match expiry_note(s, origin, now) {
         Some(Expiry::Expired(_)) => found.error(format!(
             "{origin}: certificate {} expired on {}; renew it",

@@ -85,6 +85,7 @@ impl Server {
                 dev.fingerprint
             );
         }
+        reload::log_chains(&loader.served());
         reload::log_expiry(&loader.served());
         let reloader = Arc::new(reload::Reloader::new(loader, config));
         // Before the startup line: from then on, SIGHUP and file changes

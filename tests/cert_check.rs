@@ -370,3 +370,98 @@ fn a_cert_dir_with_only_a_ca_bundle_neither_passes_nor_starts() {
     assert!(!out.contains("WARN"), "no warning before the error: {out}");
     assert!(!out.contains("listening on"), "{out}");
 }
+
+/// `cert.pem` instead of `fullchain.pem`: a leaf issued by an intermediate,
+/// alone. The check passes (a leaf straight from a private root needs
+/// nothing more) but warns, naming the file; the full chain has no warning.
+#[test]
+fn a_leaf_without_its_intermediate_is_a_warning_naming_the_file() {
+    let root = Ca::new("check root");
+    let intermediate = root.intermediate("check intermediate");
+    let leaf = intermediate.server(&["example.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(dir.path(), "cert");
+    let (_backend, to) = backend();
+    let args = |cert: &Path| {
+        vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--to".into(),
+            to.clone(),
+            "--cert".into(),
+            s(cert),
+            "--key".into(),
+            s(&key),
+        ]
+    };
+    let (code, out) = check(&args(&cert));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "warning: --cert {}: the chain has only the leaf; use the full chain (e.g. fullchain.pem, not cert.pem)",
+            cert.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("(check intermediate)"), "{out}");
+    assert!(out.contains("wssify --check: OK"), "{out}");
+
+    let full = dir.path().join("fullchain.pem");
+    std::fs::write(
+        &full,
+        format!("{}{}", leaf.cert_pem, intermediate.cert_pem()),
+    )
+    .unwrap();
+    let (code, out) = check(&args(&full));
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("only the leaf"), "{out}");
+    assert!(out.contains("chain of 2, in order"), "{out}");
+}
+
+/// The chain upside down (intermediate first, then the leaf): the check
+/// and a real start both say the leaf must come first, not that the key
+/// does not match.
+#[test]
+fn a_chain_with_the_leaf_last_says_the_leaf_must_come_first() {
+    let root = Ca::new("check root");
+    let intermediate = root.intermediate("check intermediate");
+    let leaf = intermediate.server(&["example.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(dir.path(), "site");
+    std::fs::write(
+        &cert,
+        format!("{}{}", intermediate.cert_pem(), leaf.cert_pem),
+    )
+    .unwrap();
+    let (_backend, to) = backend();
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--to".into(),
+        to,
+        "--cert".into(),
+        s(&cert),
+        "--key".into(),
+        s(&key),
+    ];
+    let expected = format!(
+        "--cert {}: the leaf must come first: certificate 2 (example.test) is the one --key {} belongs to",
+        cert.display(),
+        key.display()
+    );
+    let (code, out) = check(&args);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("error: {expected}")), "{out}");
+    assert!(!out.contains("does not match"), "{out}");
+
+    args.retain(|a| a != "--check");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out) = run_to_exit(&args);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("wssify: ")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(
+        errors[0].starts_with(&format!("wssify: {expected}")),
+        "{out}"
+    );
+}

@@ -29,6 +29,7 @@ struct Files {
     cert: PathBuf,
     key: PathBuf,
     cert_der: Vec<u8>,
+    key_der: Vec<u8>,
 }
 
 impl Files {
@@ -41,6 +42,7 @@ impl Files {
         std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
         Files {
             cert_der: generated.cert.der().to_vec(),
+            key_der: generated.signing_key.serialize_der(),
             dir,
             cert,
             key,
@@ -479,6 +481,46 @@ fn cert_file_without_a_pem_certificate() {
         run_with_files(&text, &f.key),
         START_ERROR,
         &[&format!("--cert {}", p(&text)), "has no PEM certificate"],
+    );
+}
+
+#[test]
+fn an_empty_cert_or_key_file_says_empty() {
+    let f = Files::new();
+    let empty = f.write("empty.pem", "");
+    let error = assert_one_line_error(
+        run_with_files(&empty, &f.key),
+        START_ERROR,
+        &[
+            &format!("--cert {} is empty", p(&empty)),
+            "it should hold your PEM certificate chain",
+        ],
+    );
+    assert!(!error.contains("DER"), "{error}");
+    // Only blank lines (a secret that was never filled in) is empty too.
+    let blank = f.write("blank.key", "\n \n");
+    let error = assert_one_line_error(
+        run_with_files(&f.cert, &blank),
+        START_ERROR,
+        &[
+            &format!("--key {} is empty", p(&blank)),
+            "it should hold the PEM private key",
+        ],
+    );
+    assert!(!error.contains("DER"), "{error}");
+}
+
+#[test]
+fn a_der_key_gets_the_command_that_converts_it() {
+    let f = Files::new();
+    let der = f.write("key.der", &f.key_der);
+    assert_one_line_error(
+        run_with_files(&f.cert, &der),
+        START_ERROR,
+        &[
+            &format!("--key {} is a DER (binary) private key, not PEM", p(&der)),
+            "openssl pkey -inform der -in KEY -out key.pem",
+        ],
     );
 }
 
