@@ -21,7 +21,7 @@ use crate::settings::{
     help_triggers("-h", "--help", "help"),
     example = "Put wss://localhost:9300 in front of a ws:// server on port 9200,\nwith a self-signed development certificate:\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200",
     example = "Serve a real certificate on 443 to a backend found by name:\n  $ {command_name} --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem --idle-timeout 1d",
-    example = "Check certificates, keys and the backend before a deploy, without listening:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
+    example = "Check certificates, keys, ports and the backend before a deploy, serving nothing:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
     note = "Durations read like 90s, 5m, 1h30m, 1d, 250ms or plain seconds, at most 365d.\nSizes read like 64MiB or 1GiB. Counts go up to 10000000, --threads to 1024.\nRUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open\nconnection touched; SIGHUP re-reads them too. SIGTERM or SIGINT drains open\nconnections for --drain-timeout; a second signal exits at once."
 )]
 pub struct Args {
@@ -76,9 +76,9 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub reload_interval: Option<String>,
 
-    /// load and validate every file, key and chain, and connect to the
-    /// backend once; print a summary and exit 0 if all is well, 1 if not;
-    /// never listens
+    /// load and validate every file, key and chain, bind each --listen for
+    /// a moment, and connect to the backend once; print a summary and exit
+    /// 0 if all is well, 1 if not; serves nothing
     #[argh(switch)]
     pub check: bool,
 

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod loader;
 pub mod logsafe;
+pub mod port_holder;
 pub mod proxy;
 pub mod ratelog;
 pub mod reload;

@@ -651,11 +651,45 @@ fn port_in_use() {
         START_ERROR,
         &[
             &format!("--listen {addr}"),
-            &format!("port {port} is already in use"),
+            &format!("port {port} is already in use by "),
+            // The holder is this test process, and it is named.
+            &format!("(pid {})", std::process::id()),
             "choose another port",
         ],
     );
     drop(taken);
+}
+
+#[test]
+fn overlapping_listens_the_flags_cannot_tell_are_named_at_bind() {
+    // [::] and 0.0.0.0 on one port overlap only where IPv6 sockets take
+    // IPv4 too (net.ipv6.bindv6only=0, Linux's default), so the flags let
+    // them through; the second bind then names this wssify, not "another
+    // program".
+    let v6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").unwrap_or_default();
+    if v6only.trim() != "0" || std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!(
+            "skipping: this host has no IPv6 or sets net.ipv6.bindv6only={}, so [::] and 0.0.0.0 do not overlap",
+            v6only.trim()
+        );
+        return;
+    }
+    let probe = std::net::TcpListener::bind("[::]:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let v6 = format!("[::]:{port}");
+    let v4 = format!("0.0.0.0:{port}");
+    let error = assert_one_line_error(
+        run_to_exit(&["--listen", &v6, "--listen", &v4, "--to", "127.0.0.1:9"]),
+        START_ERROR,
+        &[
+            &format!(
+                "--listen {v4}: port {port} is already taken by another --listen of this wssify"
+            ),
+            "give each address once",
+        ],
+    );
+    assert!(!error.contains("another program"), "{error}");
 }
 
 /// What a started binary did: began serving, or exited by itself.
@@ -712,58 +746,25 @@ fn run_until_listening_or_exit(args: &[&str]) -> Outcome {
     }
 }
 
-/// Why this process may bind ports below 1024, if it may.
-fn low_port_privilege() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|rest| {
-                rest.split_whitespace()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    };
-    if field("Uid:").get(1).map(String::as_str) == Some("0") {
-        return Some("the tests run as root".to_string());
-    }
-    if let Some(caps) = field("CapEff:").first()
-        && let Ok(caps) = u64::from_str_radix(caps, 16)
-        && caps & (1 << 10) != 0
-    {
-        return Some("the tests have CAP_NET_BIND_SERVICE".to_string());
-    }
-    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|s| s.trim().parse::<u16>().ok());
-    if let Some(start) = start
-        && start <= 80
-    {
-        return Some(format!(
-            "net.ipv4.ip_unprivileged_port_start is {start}, so anyone may bind port 80"
-        ));
-    }
-    None
-}
-
 #[test]
 fn low_port_without_privilege_is_permission_denied() {
     let args = ["--listen", "127.0.0.1:80", "--to", "127.0.0.1:9"];
-    match low_port_privilege() {
-        None => {
+    match unprivileged_wssify() {
+        Ok(mut command) => {
+            command.args(args);
             assert_one_line_error(
-                run_to_exit(&args),
+                run_command_to_exit(command),
                 START_ERROR,
                 &[
                     "--listen 127.0.0.1:80",
-                    "permission denied for port 80",
-                    "setcap cap_net_bind_service",
+                    "permission denied for port 80: ports below",
+                    "setcap cap_net_bind_service=+ep",
+                    "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+                    "net.ipv4.ip_unprivileged_port_start",
                 ],
             );
         }
-        Some(why) => {
+        Err(why) => {
             eprintln!(
                 "skipping the permission-denied assertion: {why}; checking only that binding port 80 succeeds or fails cleanly"
             );
