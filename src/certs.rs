@@ -46,6 +46,9 @@ pub struct CertSummary {
     pub self_signed: bool,
     /// Certificates in the chain, leaf included.
     pub chain_len: usize,
+    /// What is wrong with the chain that a start still serves (the leaf
+    /// alone, without its intermediates): a warning, see [`only_the_leaf`].
+    pub chain_warning: Option<String>,
 }
 
 impl CertSummary {
@@ -120,10 +123,23 @@ pub fn from_pem(
             "{key_label}: the key cannot be used ({e}); use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key"
         )
     })?;
-    let certified_key = CertifiedKey::new(chain, signing_key);
+    let certified_key = CertifiedKey::new(chain.clone(), signing_key.clone());
     match certified_key.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            // The key belongs to a later certificate: the chain is upside down.
+            let belongs = chain.iter().enumerate().skip(1).find(|(_, cert)| {
+                CertifiedKey::new(vec![(*cert).clone()], signing_key.clone())
+                    .keys_match()
+                    .is_ok()
+            });
+            if let Some((at, cert)) = belongs {
+                return Err(format!(
+                    "{cert_label}: the leaf must come first: certificate {} ({}) is the one {key_label} belongs to; put it first in the file, then its intermediates",
+                    at + 1,
+                    subject_of(cert)
+                ));
+            }
             return Err(format!(
                 "{key_label} does not match the certificate in {cert_label}: give the key that was made with that certificate (the first one in the file)"
             ));
@@ -144,17 +160,27 @@ pub fn from_pem(
 /// Reads a whole file, or says in one line why not: `label` names the flag
 /// and file, `what` what the file should hold.
 pub fn read(label: &str, path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| {
-        let fix = match e.kind() {
-            io::ErrorKind::NotFound => format!("no such file; give the path of {what}"),
-            io::ErrorKind::PermissionDenied => {
-                "permission denied; make it readable by the user wssify runs as".to_string()
+    std::fs::read(path)
+        .map_err(|e| {
+            let fix = match e.kind() {
+                io::ErrorKind::NotFound => format!("no such file; give the path of {what}"),
+                io::ErrorKind::PermissionDenied => {
+                    "permission denied; make it readable by the user wssify runs as".to_string()
+                }
+                io::ErrorKind::IsADirectory => {
+                    format!("this is a directory; give the path of {what}")
+                }
+                _ => format!("cannot be read ({e}); give the path of {what}"),
+            };
+            format!("{label}: {fix}")
+        })
+        .and_then(|bytes| {
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                Err(format!("{label} is empty; it should hold {what}"))
+            } else {
+                Ok(bytes)
             }
-            io::ErrorKind::IsADirectory => format!("this is a directory; give the path of {what}"),
-            _ => format!("cannot be read ({e}); give the path of {what}"),
-        };
-        format!("{label}: {fix}")
-    })
+        })
 }
 
 /// What a `--cert` file should hold, for error messages.
@@ -191,6 +217,9 @@ fn parse_key(label: &str, pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> 
                 "holds a certificate but no private key; did you swap --cert and --key?"
                     .to_string()
             }
+            pem::Error::NoItemsFound if PrivateKeyDer::try_from(pem).is_ok() => {
+                "is a DER (binary) private key, not PEM; convert it: openssl pkey -inform der -in KEY -out key.pem".to_string()
+            }
             pem::Error::NoItemsFound => "has no private key (a BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block); give the key in PEM form".to_string(),
             other => format!("malformed PEM ({other}); give the private key in PEM form"),
         };
@@ -217,6 +246,20 @@ pub fn chain_order_problem(chain: &[CertificateDer<'_>]) -> Option<String> {
                 i + 2
             ));
         };
+        if child.issuer() != parent.subject() && parent.issuer() == child.subject() {
+            return Some(format!(
+                "{}chain out of order: certificate {} ({}) is issued by certificate {} ({}), so it must come before it; put the server's certificate first, then each issuer in turn",
+                if i == 0 {
+                    "the leaf must come first: "
+                } else {
+                    ""
+                },
+                i + 2,
+                parent.subject(),
+                i + 1,
+                child.subject()
+            ));
+        }
         if child.issuer() != parent.subject() {
             return Some(format!(
                 "chain out of order: certificate {} ({}) is not issued by certificate {} ({}); put the server's certificate first, then each issuer in turn",
@@ -228,6 +271,26 @@ pub fn chain_order_problem(chain: &[CertificateDer<'_>]) -> Option<String> {
         }
     }
     None
+}
+
+/// Says so when a chain is a leaf alone that is not self-signed: the most
+/// common production TLS fault, `cert.pem` given instead of
+/// `fullchain.pem`. Browsers often fill the gap from a cache, so it looks
+/// fine from a desktop, while other clients (phones, programs, `curl`)
+/// fail to verify it. A leaf issued straight by a root that clients hold
+/// (a private CA) needs nothing more, which is why this is a warning.
+pub fn only_the_leaf(chain: &[CertificateDer<'_>]) -> Option<String> {
+    let [leaf] = chain else {
+        return None;
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    if parsed.issuer() == parsed.subject() {
+        return None;
+    }
+    let issuer = common_name_or_subject(parsed.issuer());
+    Some(format!(
+        "the chain has only the leaf; use the full chain (e.g. fullchain.pem, not cert.pem): clients refuse a leaf without the intermediate that issued it ({issuer}), unless {issuer} is itself a root they trust"
+    ))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -245,6 +308,7 @@ pub fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
         dns_names: Vec::new(),
         self_signed: false,
         chain_len: chain.len(),
+        chain_warning: only_the_leaf(chain),
     };
     let Some(leaf) = chain.first() else {
         return summary;

@@ -1,6 +1,6 @@
-//! `wssify --check`: everything a real start would load, validated and
-//! summarised without listening, like `nginx -t`, for CI pipelines and for
-//! operators before a deploy.
+//! `wssify --check`: everything a real start would load or bind, validated
+//! and summarised without serving, like `nginx -t`, for CI pipelines and
+//! for operators before a deploy.
 //!
 //! Unlike a start, which stops at the first problem, a check reports every
 //! problem it finds, and it also judges what a start tolerates: an expired
@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::certs::{self, LoadedCert};
 use crate::client_auth::{self, Crls};
+use crate::listener::{self, Bound};
 use crate::loader;
 use crate::reload::{Expiry, expiry_note};
 use crate::settings::{Settings, format_duration};
@@ -69,6 +70,10 @@ pub async fn check(settings: &Settings) -> Findings {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let certs = &settings.certs;
     let mut names: HashMap<String, String> = HashMap::new();
+
+    // Held to the end, as a start holds every listener: two values that
+    // overlap fail as they would at a start.
+    let _bound = check_listen(&mut found, settings);
 
     if certs.self_signed() {
         found.info(
@@ -157,6 +162,32 @@ pub async fn check(settings: &Settings) -> Findings {
     found
 }
 
+/// Binds each `--listen` value as a start would (without accepting
+/// anything) and reports what a start would stop at, in a start's words:
+/// a port in use, a privileged port without the privilege, an address
+/// not on this host. A port held by another wssify is a warning: most
+/// likely the one these flags are about to replace, which frees it first.
+fn check_listen(found: &mut Findings, settings: &Settings) -> Vec<Bound> {
+    let mut bound = Vec::new();
+    for addr in &settings.listen {
+        match listener::try_bind(addr) {
+            Ok(b) => {
+                found.info(format!(
+                    "--listen {addr}: free; a start listens on {}{}",
+                    b.local_addr, b.scope
+                ));
+                bound.push(b);
+            }
+            Err(e) if e.held_by_wssify => found.warn(format!(
+                "{}; if that is the wssify these flags replace, a start succeeds once it has stopped",
+                e.message
+            )),
+            Err(e) => found.error(e.message.to_string()),
+        }
+    }
+    bound
+}
+
 /// Adds what is known about one certificate (or why it could not load).
 fn judge(
     found: &mut Findings,
@@ -192,6 +223,9 @@ fn judge(
     ));
     if let Some(why) = order {
         found.error(format!("{origin}: {why}"));
+    }
+    if let Some(why) = &s.chain_warning {
+        found.warn(format!("{origin}: {why}"));
     }
     match expiry_note(s, origin, now) {
         Some(Expiry::Expired(_)) => found.error(format!(

@@ -11,17 +11,18 @@ use crate::error::StartupError;
 use crate::settings::{
     Backend, CertPair, CertSettings, ListenAddr, MAX_BUSY_POLL, MAX_CONNS, MAX_MAX_MEMORY,
     MAX_THREADS, MIN_MAX_MEMORY, Settings, TlsMin, ValueError, default_threads, format_duration,
-    format_size, parse_backend, parse_duration, parse_listen, parse_size,
+    format_size, listen_overlap, parse_backend, parse_duration, parse_listen, parse_size,
 };
 
 /// Accept TLS (wss://, https://, any TCP) on its own port and pipe the raw
 /// bytes to a plain backend (ws://). No HTTP is parsed.
 #[derive(FromArgs, Debug)]
 #[argh(
+    help_triggers("-h", "--help", "help"),
     example = "Put wss://localhost:9300 in front of a ws:// server on port 9200,\nwith a self-signed development certificate:\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200",
     example = "Serve a real certificate on 443 to a backend found by name:\n  $ {command_name} --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem --idle-timeout 1d",
-    example = "Check certificates, keys and the backend before a deploy, without listening:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
-    note = "Durations read like 90s, 5m, 1h, 1d, 250ms or plain seconds, at most 365d.\nSizes read like 64MiB or 1GiB. Counts go up to 10000000, --threads to 1024.\nRUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open\nconnection touched; SIGHUP re-reads them too. SIGTERM or SIGINT drains open\nconnections for --drain-timeout; a second signal exits at once."
+    example = "Check certificates, keys, ports and the backend before a deploy, serving nothing:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
+    note = "Durations read like 90s, 5m, 1h30m, 1d, 250ms or plain seconds, at most 365d.\nSizes read like 64MiB or 1GiB. Counts go up to 10000000, --threads to 1024.\nRUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open\nconnection touched; SIGHUP re-reads them too. SIGTERM or SIGINT drains open\nconnections for --drain-timeout; a second signal exits at once."
 )]
 pub struct Args {
     /// where to accept TLS: a port (all interfaces, IPv4 and IPv6), IP:PORT
@@ -75,9 +76,9 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub reload_interval: Option<String>,
 
-    /// load and validate every file, key and chain, and connect to the
-    /// backend once; print a summary and exit 0 if all is well, 1 if not;
-    /// never listens
+    /// load and validate every file, key and chain, bind each --listen for
+    /// a moment, and connect to the backend once; print a summary and exit
+    /// 0 if all is well, 1 if not; serves nothing
     #[argh(switch)]
     pub check: bool,
 
@@ -156,6 +157,118 @@ pub struct Args {
     pub version: bool,
 }
 
+/// The flags that take a value, each with what its value is: the forms
+/// argh does not take (`--listen=9300`) are rewritten only for these, so
+/// that an `=` inside a value stays where it is. A unit test holds this
+/// list to [`Args`].
+const VALUE_FLAGS: [(&str, &str); 21] = [
+    ("--listen", "ADDR"),
+    ("--to", "HOST:PORT"),
+    ("--cert", "FILE"),
+    ("--key", "FILE"),
+    ("--cert-dir", "DIR"),
+    ("--client-ca", "FILE"),
+    ("--crl", "FILE"),
+    ("--reload-interval", "DURATION"),
+    ("--idle-timeout", "DURATION"),
+    ("--stall-timeout", "DURATION"),
+    ("--handshake-timeout", "DURATION"),
+    ("--connect-timeout", "DURATION"),
+    ("--drain-timeout", "DURATION"),
+    ("--max-conns", "N"),
+    ("--max-conns-per-ip", "N"),
+    ("--max-handshakes", "N"),
+    ("--max-memory", "SIZE"),
+    ("--tls-min", "VERSION"),
+    ("--alpn", "PROTO"),
+    ("--threads", "N"),
+    ("--busy-poll", "DURATION"),
+];
+/// The short names of flags that take a value.
+const SHORT_VALUE_FLAGS: [&str; 2] = ["-l", "-t"];
+/// The flags that take no value.
+const SWITCHES: [&str; 6] = [
+    "--strict-sni",
+    "--client-ca-optional",
+    "--check",
+    "--low-priority-handshakes",
+    "--version",
+    "-V",
+];
+/// What asks for the help, wherever a flag may stand.
+const HELP: [&str; 3] = ["-h", "--help", "help"];
+
+/// The command line, rewritten into what argh takes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommandLine {
+    /// `-h`, `--help` or `help` stood where a flag may: print the help.
+    Help,
+    /// The arguments for [`Args`].
+    Args(Vec<String>),
+}
+
+/// Rewrites the forms people type that argh does not take, before argh
+/// parses: `--flag=value` (as Kubernetes `args:` and many scripts write
+/// it) becomes `--flag value`, split at the first `=` and only for a
+/// known flag that takes a value, so the value itself may hold `=` or
+/// start with `-` and is still a value; `-h` and `--help` anywhere a flag
+/// may stand ask for the help, even with other flags before or after.
+/// What follows a flag that takes a value is its value, whatever it looks
+/// like, as argh reads it; everything after `--` is left alone.
+pub fn prepare(args: &[String]) -> Result<CommandLine, StartupError> {
+    let takes_value = |name: &str| {
+        VALUE_FLAGS.iter().any(|(flag, _)| *flag == name) || SHORT_VALUE_FLAGS.contains(&name)
+    };
+    let mut out = Vec::with_capacity(args.len() + 1);
+    let mut help = false;
+    let mut mistake = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            out.push(arg.clone());
+            out.extend(rest.cloned());
+            break;
+        }
+        if HELP.contains(&arg.as_str()) {
+            help = true;
+            continue;
+        }
+        if takes_value(arg) {
+            out.push(arg.clone());
+            out.extend(rest.next().cloned());
+            continue;
+        }
+        if arg.starts_with("--")
+            && let Some((name, value)) = arg.split_once('=')
+        {
+            if let Some((_, what)) = VALUE_FLAGS.iter().find(|(flag, _)| *flag == name) {
+                if value.is_empty() {
+                    mistake.get_or_insert_with(|| {
+                        StartupError::new(format!(
+                            "{name}= has no value after the '='; write {name}={what} or {name} {what}"
+                        ))
+                    });
+                }
+                out.push(name.to_string());
+                out.push(value.to_string());
+                continue;
+            }
+            if SWITCHES.contains(&name) {
+                mistake.get_or_insert_with(|| {
+                    StartupError::new(format!("{name} takes no value; write {name} alone"))
+                });
+                continue;
+            }
+        }
+        out.push(arg.clone());
+    }
+    match mistake {
+        _ if help => Ok(CommandLine::Help),
+        Some(mistake) => Err(mistake),
+        None => Ok(CommandLine::Args(out)),
+    }
+}
+
 impl Args {
     /// Checks every flag and builds the settings, or says which flag is wrong.
     pub fn into_settings(self) -> Result<Settings, StartupError> {
@@ -169,6 +282,9 @@ impl Args {
             .iter()
             .map(|text| parse_listen(text).map_err(|why| flag_error("--listen", text, &why)))
             .collect::<Result<Vec<ListenAddr>, _>>()?;
+        if let Some(why) = listen_overlap(&listen) {
+            return Err(StartupError::new(why));
+        }
 
         let Some(to) = self.to.as_deref() else {
             return Err(StartupError::new(
@@ -418,6 +534,113 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Settings, StartupError> {
         let args = Args::from_args(&["wssify"], args).map_err(|e| StartupError::new(e.output))?;
         args.into_settings()
+    }
+
+    fn prepared(args: &[&str]) -> Result<CommandLine, String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        prepare(&args).map_err(|e| e.to_string())
+    }
+
+    fn rewritten(args: &[&str]) -> Vec<String> {
+        match prepared(args) {
+            Ok(CommandLine::Args(args)) => args,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flag_equals_value_is_split_at_the_first_equals_for_flags_that_take_a_value() {
+        assert_eq!(
+            rewritten(&["--listen=9300", "--to=127.0.0.1:9200", "--check"]),
+            ["--listen", "9300", "--to", "127.0.0.1:9200", "--check"]
+        );
+        // The value keeps its own '=' and may start with '-'.
+        assert_eq!(rewritten(&["--alpn=a=b"]), ["--alpn", "a=b"]);
+        assert_eq!(rewritten(&["--to=-x"]), ["--to", "-x"]);
+        assert_eq!(rewritten(&["--to=--listen"]), ["--to", "--listen"]);
+        // A flag's value is never rewritten, nor anything after "--".
+        assert_eq!(rewritten(&["--alpn", "--x=y"]), ["--alpn", "--x=y"]);
+        assert_eq!(rewritten(&["-t", "-h"]), ["-t", "-h"]);
+        assert_eq!(rewritten(&["--", "--listen=1"]), ["--", "--listen=1"]);
+        // Unknown flags and short ones are left for argh to report.
+        assert_eq!(rewritten(&["--bogus=1"]), ["--bogus=1"]);
+        assert_eq!(rewritten(&["-l=1"]), ["-l=1"]);
+    }
+
+    #[test]
+    fn flag_equals_nothing_and_switch_equals_something_are_mistakes() {
+        assert_eq!(
+            prepared(&["--listen="]),
+            Err(
+                "--listen= has no value after the '='; write --listen=ADDR or --listen ADDR".into()
+            )
+        );
+        assert_eq!(
+            prepared(&["--listen", "1", "--check=true"]),
+            Err("--check takes no value; write --check alone".into())
+        );
+    }
+
+    #[test]
+    fn help_anywhere_a_flag_may_stand() {
+        for args in [
+            &["-h"][..],
+            &["--help"],
+            &["help"],
+            &["--listen", "9300", "-h"],
+            &["--help", "--listen", "9300"],
+            &["-h", "--listen="],
+            &["--listen=9300", "--help", "--to", "x"],
+        ] {
+            assert_eq!(prepared(args), Ok(CommandLine::Help), "{args:?}");
+        }
+        // As a flag's value it is that value.
+        assert_eq!(rewritten(&["--alpn", "-h"]), ["--alpn", "-h"]);
+    }
+
+    #[test]
+    fn the_flag_lists_match_argh() {
+        for (flag, _) in VALUE_FLAGS {
+            let out = Args::from_args(&["wssify"], &[flag]).unwrap_err().output;
+            assert!(out.contains("No value provided"), "{flag}: {out}");
+        }
+        for flag in SHORT_VALUE_FLAGS {
+            let out = Args::from_args(&["wssify"], &[flag]).unwrap_err().output;
+            assert!(out.contains("No value provided"), "{flag}: {out}");
+        }
+        for flag in SWITCHES {
+            assert!(Args::from_args(&["wssify"], &[flag]).is_ok(), "{flag}");
+        }
+        // Every flag the help lists is in one of the lists.
+        let help = Args::from_args(&["wssify"], &["--help"])
+            .unwrap_err()
+            .output;
+        let options = help.split("Options:").nth(1).unwrap();
+        let options = options.split("Examples:").next().unwrap();
+        let mut seen = 0;
+        for line in options
+            .lines()
+            .filter(|l| l.starts_with("  -") || l.starts_with("  help"))
+        {
+            // The names lead the line; a long one may touch its text.
+            for name in line.split_whitespace() {
+                let name = name.trim_end_matches(',');
+                if !name.starts_with('-') && name != "help" {
+                    break;
+                }
+                let known = VALUE_FLAGS.iter().any(|(flag, _)| *flag == name)
+                    || SHORT_VALUE_FLAGS.contains(&name)
+                    || SWITCHES.contains(&name)
+                    || HELP.contains(&name);
+                assert!(known, "{name} from the help is in no list");
+                seen += 1;
+            }
+        }
+        assert_eq!(
+            seen,
+            VALUE_FLAGS.len() + SHORT_VALUE_FLAGS.len() + SWITCHES.len() + HELP.len(),
+            "{options}"
+        );
     }
 
     #[test]

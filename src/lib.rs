@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod loader;
 pub mod logsafe;
+pub mod port_holder;
 pub mod proxy;
 pub mod ratelog;
 pub mod reload;
@@ -85,6 +86,7 @@ impl Server {
                 dev.fingerprint
             );
         }
+        reload::log_chains(&loader.served());
         reload::log_expiry(&loader.served());
         let reloader = Arc::new(reload::Reloader::new(loader, config));
         // Before the startup line: from then on, SIGHUP and file changes

@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::connection::{self, Shared};
 use crate::error::StartupError;
+use crate::port_holder;
 use crate::ratelog::{Kind, info_limited};
 use crate::settings::{ListenAddr, format_duration};
 use crate::shutdown::{ConnectionGuard, Coordinator, Phase, reached};
@@ -46,6 +47,21 @@ pub struct Bound {
 /// Binds one `--listen` value. A bare port binds `[::]` for IPv4 and IPv6
 /// together, or `0.0.0.0` on hosts without IPv6.
 pub fn bind(addr: &ListenAddr) -> Result<Bound, StartupError> {
+    try_bind(addr).map_err(|failure| failure.message)
+}
+
+/// Why a `--listen` value could not be bound.
+pub struct BindError {
+    /// The one line a start stops with, naming the flag and the fix.
+    pub message: StartupError,
+    /// Another wssify holds the port: for `--check`, most likely the one
+    /// the checked flags are about to replace.
+    pub held_by_wssify: bool,
+}
+
+/// [`bind`], telling `--check` who holds a port in use. `--check` binds
+/// through here so that it and a start say the same thing.
+pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
     let result = match *addr {
         ListenAddr::Addr(socket_addr) => bind_one(socket_addr, false).map(|b| (b, "")),
         ListenAddr::AllInterfaces(port) => {
@@ -89,24 +105,60 @@ fn no_ipv6(e: &io::Error) -> bool {
     ) || e.raw_os_error() == Some(97) // EAFNOSUPPORT
 }
 
-fn bind_error(addr: &ListenAddr, e: &io::Error) -> StartupError {
-    let port = match addr {
-        ListenAddr::AllInterfaces(port) => *port,
-        ListenAddr::Addr(a) => a.port(),
+/// The lowest port anyone may bind without a privilege, from the kernel
+/// (`net.ipv4.ip_unprivileged_port_start`, which covers IPv6 too), or
+/// the traditional 1024.
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+fn bind_error(addr: &ListenAddr, e: &io::Error) -> BindError {
+    let (port, ip) = match addr {
+        ListenAddr::AllInterfaces(port) => (*port, None),
+        ListenAddr::Addr(a) => (a.port(), Some(a.ip())),
     };
+    let mut held_by_wssify = false;
     let why = match e.kind() {
-        io::ErrorKind::AddrInUse => format!(
-            "port {port} is already in use by another program; stop it or choose another port (`ss -ltnp 'sport = :{port}'` shows who has it)"
-        ),
-        io::ErrorKind::PermissionDenied => format!(
-            "permission denied for port {port}; ports below 1024 need a privilege: run `sudo setcap cap_net_bind_service=+ep $(command -v wssify)` once, or listen on a high port and map it (docker run -p 443:9300)"
-        ),
-        io::ErrorKind::AddrNotAvailable => {
-            "that IP is not an address of this machine; use a bare port to listen everywhere, or an address `ip addr` shows".to_string()
+        io::ErrorKind::AddrInUse => match port_holder::listening_on(port) {
+            Some(holder) if holder.is_this_process() => format!(
+                "port {port} is already taken by another --listen of this wssify; give each address once"
+            ),
+            Some(holder) => {
+                held_by_wssify = holder.name == "wssify";
+                format!(
+                    "port {port} is already in use by {} (pid {}); stop it or choose another port",
+                    holder.name, holder.pid
+                )
+            }
+            None => format!(
+                "port {port} is already in use by another program; stop it or choose another port (`ss -ltnp 'sport = :{port}'` shows which)"
+            ),
+        },
+        io::ErrorKind::PermissionDenied => {
+            let start = unprivileged_port_start();
+            if port < start {
+                format!(
+                    "permission denied for port {port}: ports below {start} need a privilege; run `sudo setcap cap_net_bind_service=+ep $(command -v wssify)` once, or give its systemd unit AmbientCapabilities=CAP_NET_BIND_SERVICE, or lower the sysctl net.ipv4.ip_unprivileged_port_start to {port}; or listen on a high port and map it (docker run -p {port}:9300)"
+                )
+            } else {
+                format!(
+                    "permission denied for port {port} ({e}), which needs no privilege: a security policy (SELinux, AppArmor, seccomp) refuses it"
+                )
+            }
         }
+        io::ErrorKind::AddrNotAvailable => format!(
+            "{} is not an address of this host; use a bare port to listen everywhere, or an address `ip addr` shows",
+            ip.map_or("that IP".to_string(), |ip| ip.to_string())
+        ),
         _ => format!("cannot listen ({e})"),
     };
-    StartupError::new(format!("--listen {addr}: {why}"))
+    BindError {
+        message: StartupError::new(format!("--listen {addr}: {why}")),
+        held_by_wssify,
+    }
 }
 
 /// What an accept loop admits clients by; shared by every listener.

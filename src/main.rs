@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
-use wssify::cli::{self, Args};
+use wssify::cli::{self, Args, CommandLine};
 use wssify::{Exit, limits};
 
 fn main() -> ExitCode {
@@ -119,9 +119,11 @@ fn run_check(settings: &wssify::Settings) -> ExitCode {
     }
 }
 
-/// Parses the command line. `--help` prints to stdout and exits 0; a flag
-/// argh cannot parse (unknown, missing value) is a usage error like any
-/// other flag mistake: one line on stderr and exit code 2.
+/// Parses the command line. `-h`/`--help` prints to stdout and exits 0; a
+/// flag argh cannot parse (unknown, missing value) is a usage error like
+/// any other flag mistake: one line on stderr and exit code 2. The forms
+/// argh does not take (`--listen=9300`, `-h` anywhere) are rewritten by
+/// [`cli::prepare`] first.
 fn parse_args() -> Result<Args, ExitCode> {
     let strings: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
@@ -131,7 +133,15 @@ fn parse_args() -> Result<Args, ExitCode> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("wssify");
-    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    let rest = match cli::prepare(strings.get(1..).unwrap_or_default()) {
+        Ok(CommandLine::Args(rest)) => rest,
+        Ok(CommandLine::Help) => vec!["--help".to_string()],
+        Err(e) => {
+            eprintln!("wssify: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     Args::from_args(&[command], &rest).map_err(|early| match early.status {
         Ok(()) => {
             print!("{}", early.output);

@@ -111,6 +111,9 @@ impl Reloader {
         } else if trigger == Trigger::Signal && report.refusals.is_empty() {
             info!("reload ({}): nothing changed", trigger.name());
         }
+        if !report.changes.is_empty() {
+            log_chains(&loader.served());
+        }
         if !report.changes.is_empty() || trigger == Trigger::Signal {
             log_expiry(&loader.served());
         }
@@ -125,6 +128,17 @@ impl Reloader {
         // A panic while holding the lock leaves a loader that is still
         // whole (every field is replaced only once it is complete).
         self.loader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Warns about each served certificate whose chain lacks its
+/// intermediates (see [`crate::certs::only_the_leaf`]): at start and
+/// after a reload that took something, not daily.
+pub fn log_chains(served: &[(&str, &CertSummary)]) {
+    for (origin, summary) in served {
+        if let Some(why) = &summary.chain_warning {
+            warn!("{origin}: {why}");
+        }
     }
 }
 
@@ -320,6 +334,7 @@ mod tests {
             dns_names: Vec::new(),
             self_signed: false,
             chain_len: 1,
+            chain_warning: None,
         }
     }
 

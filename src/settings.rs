@@ -251,6 +251,9 @@ pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
     if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
         return parse_port(bare).map(ListenAddr::AllInterfaces);
     }
+    if let Some(why) = ip_without_port("--listen", text, "9300") {
+        return Err(why);
+    }
     match text.parse::<SocketAddr>() {
         Ok(addr) => Ok(ListenAddr::Addr(addr)),
         Err(_) => match text.rsplit_once(':') {
@@ -261,6 +264,127 @@ pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
             None => Err(EXPECTED.to_string()),
         },
     }
+}
+
+/// Says how two `--listen` values would take the same port, so that the
+/// second bind would fail, or `None` when each can be bound. A bare port
+/// binds `[::]` for IPv4 and IPv6, so it overlaps any address on its port;
+/// `0.0.0.0:PORT` overlaps every IPv4 address on it, `[::]:PORT` every
+/// IPv6 one. Port 0 asks the kernel for a free port each time: no overlap.
+pub fn listen_overlap(listen: &[ListenAddr]) -> Option<String> {
+    let port = |addr: &ListenAddr| match addr {
+        ListenAddr::AllInterfaces(port) => *port,
+        ListenAddr::Addr(addr) => addr.port(),
+    };
+    let canonical = |addr: &ListenAddr| match addr {
+        ListenAddr::Addr(addr) => {
+            ListenAddr::Addr(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
+        }
+        other => *other,
+    };
+    for (i, later) in listen.iter().enumerate() {
+        for earlier in &listen[..i] {
+            if port(earlier) != port(later) || port(later) == 0 {
+                continue;
+            }
+            let (a, b) = (canonical(earlier), canonical(later));
+            if a == b {
+                return Some(format!(
+                    "--listen {later} is given twice; give each address once"
+                ));
+            }
+            let why = match (a, b) {
+                (ListenAddr::AllInterfaces(_), _) | (_, ListenAddr::AllInterfaces(_)) => {
+                    "a bare port already listens on every address, IPv4 and IPv6"
+                }
+                (ListenAddr::Addr(x), ListenAddr::Addr(y)) => {
+                    let wide = |w: SocketAddr, o: SocketAddr| {
+                        w.ip().is_unspecified() && w.is_ipv4() == o.is_ipv4()
+                    };
+                    if wide(x, y) || wide(y, x) {
+                        if x.is_ipv4() {
+                            "0.0.0.0 already listens on every IPv4 address"
+                        } else {
+                            "[::] already listens on every IPv6 address"
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            return Some(format!(
+                "--listen {earlier} and --listen {later} overlap: {why}; give only one of them"
+            ));
+        }
+    }
+    None
+}
+
+/// What to say about an IP address typed without a port (`127.0.0.1`,
+/// `[::1]`), or an IPv6 address and port without brackets (`::1:9300`),
+/// for `flag`; `port` is the example port. `None` for anything else.
+fn ip_without_port(flag: &str, text: &str, port: &str) -> Option<String> {
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'))
+        && inner.parse::<std::net::Ipv6Addr>().is_ok()
+    {
+        return Some(format!("no port in '{text}'; e.g. {flag} {text}:{port}"));
+    }
+    match text.parse::<IpAddr>().ok()? {
+        IpAddr::V4(_) => Some(format!("no port in '{text}'; e.g. {flag} {text}:{port}")),
+        IpAddr::V6(_) => match text.rsplit_once(':') {
+            Some((ip, last))
+                if ip.parse::<std::net::Ipv6Addr>().is_ok()
+                    && !last.is_empty()
+                    && last.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Some(format!(
+                    "an IPv6 address goes in brackets before its port: {flag} [{ip}]:{last} (or, if {last} is part of the address, {flag} [{text}]:{port})"
+                ))
+            }
+            _ => Some(format!(
+                "no port, and an IPv6 address goes in brackets: {flag} [{text}]:{port}"
+            )),
+        },
+    }
+}
+
+/// What to say about a URL given as `--to` (`ws://host:9200/chat`): the
+/// backend is a TCP address, so the scheme goes, and the path too (each
+/// client's request carries its own). `None` when `text` has no scheme.
+fn drop_scheme(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+    {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let has_port = authority.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (!host.contains(':') || host.ends_with(']'))
+    });
+    let mut why = if authority.is_empty() {
+        "drop the scheme: --to HOST:PORT, e.g. --to 127.0.0.1:9200".to_string()
+    } else if has_port {
+        format!("drop the scheme: --to {authority}")
+    } else {
+        format!("drop the scheme and give the port: --to {authority}:PORT")
+    };
+    if !path.is_empty() && path != "/" {
+        why.push_str(" (the path is not needed: each client's request carries its own)");
+    }
+    if matches!(scheme.to_ascii_lowercase().as_str(), "wss" | "https") {
+        why.push_str("; wssify speaks plain TCP to the backend, so it must not expect TLS");
+    }
+    Some(why)
 }
 
 /// The backend: a host (name or IP) and a port; names are resolved at each
@@ -287,6 +411,9 @@ impl fmt::Display for Backend {
 pub fn parse_backend(text: &str) -> Result<Backend, String> {
     const EXPECTED: &str = "expected HOST:PORT (127.0.0.1:9200, ws-server:9200, [::1]:9200)";
     let text = text.trim();
+    if let Some(why) = drop_scheme(text) {
+        return Err(why);
+    }
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         let port = parse_port(text)?;
         return Ok(Backend {
@@ -299,6 +426,9 @@ pub fn parse_backend(text: &str) -> Result<Backend, String> {
             host: addr.ip().to_string(),
             port: addr.port(),
         });
+    }
+    if let Some(why) = ip_without_port("--to", text, "9200") {
+        return Err(why);
     }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(format!("no port in '{text}'; {EXPECTED}"));
@@ -364,42 +494,97 @@ fn number_and_unit<'a>(
     }
 }
 
+/// The duration units, largest first, each with the names it is typed
+/// as and its length in nanoseconds. A compound duration (`1h30m`) gives
+/// its units in this order, each once.
+const DURATION_UNITS: [(&[&str], u128); 6] = [
+    (&["d"], 86_400 * NANOS_PER_SEC),
+    (&["h"], 3600 * NANOS_PER_SEC),
+    (&["m", "min", "mins"], 60 * NANOS_PER_SEC),
+    (&["", "s", "sec", "secs"], NANOS_PER_SEC),
+    (&["ms"], 1_000_000),
+    (&["us", "µs"], 1_000),
+];
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
 /// Reads `90s`, `5m`, `1h`, `2d`, `250ms`, `200us`, fractions of them
-/// (`1.5s`) or plain seconds (`30`), at most [`MAX_DURATION`]. The
-/// arithmetic is exact (no floating point) and rounds up to the
-/// nanosecond, so no value but 0 becomes 0, which some flags read as
-/// "never".
+/// (`1.5s`), plain seconds (`30`), or several of them largest first, each
+/// unit once (`1h30m`, `2m30s`, `1d12h`; spaces between the parts are
+/// allowed, `1h 30m`, as between a number and its unit), at most
+/// [`MAX_DURATION`]. The arithmetic is exact (no floating point) and
+/// rounds each part up to the nanosecond, so no value but 0 becomes 0,
+/// which some flags read as "never".
 pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
-    const EXPECTED: &str = "expected a duration like 90s, 5m, 1h, 250ms, 200us or plain seconds";
+    const EXPECTED: &str = "expected a duration like 90s, 5m, 1h30m, 250ms, 200us or plain seconds";
     let text = text.trim();
-    let (number, unit) = number_and_unit(text, "a duration", EXPECTED)?;
-    const NANOS_PER_SEC: u128 = 1_000_000_000;
-    let scale: u128 = match unit.trim() {
-        "" | "s" | "sec" | "secs" => NANOS_PER_SEC,
-        "ms" => 1_000_000,
-        "us" | "µs" => 1_000,
-        "m" | "min" | "mins" => 60 * NANOS_PER_SEC,
-        "h" => 3600 * NANOS_PER_SEC,
-        "d" => 86_400 * NANOS_PER_SEC,
-        other => {
-            return Err(ValueError::Invalid(format!(
-                "unknown unit '{other}' in '{text}'; {EXPECTED}"
-            )));
-        }
-    };
     let too_long = || {
         ValueError::TooLarge(format!(
             "'{text}' is longer than {}, the longest duration wssify takes",
             format_duration(MAX_DURATION)
         ))
     };
-    let nanos = number
-        .scaled(scale, Rounding::Up)
-        .filter(|nanos| *nanos <= MAX_DURATION.as_nanos())
-        .ok_or_else(too_long)?;
-    u64::try_from(nanos)
+    let parts = duration_parts(text);
+    let compound = parts.len() > 1;
+    let mut total: u128 = 0;
+    let mut previous: Option<usize> = None;
+    for part in parts {
+        let (number, unit) = number_and_unit(part, "a duration", EXPECTED)
+            .map_err(|_| ValueError::Invalid(format!("'{text}' is not a duration; {EXPECTED}")))?;
+        let unit = unit.trim();
+        let Some(rank) = DURATION_UNITS
+            .iter()
+            .position(|(names, _)| names.contains(&unit))
+        else {
+            return Err(ValueError::Invalid(format!(
+                "unknown unit '{unit}' in '{text}'; {EXPECTED}"
+            )));
+        };
+        if compound && unit.is_empty() {
+            return Err(ValueError::Invalid(format!(
+                "'{text}' has a number without a unit; in a duration of several parts each needs one, e.g. 1h30m"
+            )));
+        }
+        if previous.is_some_and(|previous| rank <= previous) {
+            return Err(ValueError::Invalid(format!(
+                "'{text}' has its units out of order; give the largest first and each once, e.g. 1h30m"
+            )));
+        }
+        previous = Some(rank);
+        let nanos = number
+            .scaled(DURATION_UNITS[rank].1, Rounding::Up)
+            .ok_or_else(too_long)?;
+        total = total.checked_add(nanos).ok_or_else(too_long)?;
+    }
+    if total > MAX_DURATION.as_nanos() {
+        return Err(too_long());
+    }
+    u64::try_from(total)
         .map(Duration::from_nanos)
         .map_err(|_| too_long())
+}
+
+/// Splits a duration into its parts, each a number and its unit: a new
+/// part starts wherever a digit or `.` follows anything else (`1h30m`,
+/// `1h 30m`). A number and its unit stay one part even with a space
+/// between them (`5 s`).
+fn duration_parts(text: &str) -> Vec<&str> {
+    let numeric = |c: char| c.is_ascii_digit() || c == '.';
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut after_unit = false;
+    for (at, c) in text.char_indices() {
+        if numeric(c) {
+            if after_unit {
+                parts.push(&text[start..at]);
+                start = at;
+            }
+            after_unit = false;
+        } else if !c.is_whitespace() {
+            after_unit = true;
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// A non-negative decimal number as typed (`30`, `1.5`, `.5`), kept as
@@ -587,6 +772,122 @@ mod tests {
     }
 
     #[test]
+    fn addresses_without_a_port_or_brackets_say_how_to_write_them() {
+        let cases = [
+            (
+                "127.0.0.1",
+                "no port in '127.0.0.1'; e.g. --listen 127.0.0.1:9300",
+            ),
+            ("[::1]", "no port in '[::1]'; e.g. --listen [::1]:9300"),
+            (
+                "::1",
+                "no port, and an IPv6 address goes in brackets: --listen [::1]:9300",
+            ),
+            (
+                "fe80::1:9300",
+                "an IPv6 address goes in brackets before its port: --listen [fe80::1]:9300",
+            ),
+        ];
+        for (text, why) in cases {
+            let err = parse_listen(text).unwrap_err();
+            assert!(err.starts_with(why), "{text}: {err}");
+        }
+        let err = parse_backend("::1:9200").unwrap_err();
+        assert!(
+            err.starts_with("an IPv6 address goes in brackets before its port: --to [::1]:9200"),
+            "{err}"
+        );
+        let err = parse_backend("[::1]").unwrap_err();
+        assert!(
+            err.starts_with("no port in '[::1]'; e.g. --to [::1]:9200"),
+            "{err}"
+        );
+        let err = parse_backend("10.0.0.5").unwrap_err();
+        assert!(
+            err.starts_with("no port in '10.0.0.5'; e.g. --to 10.0.0.5:9200"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_url_as_backend_is_told_to_drop_the_scheme() {
+        let cases = [
+            (
+                "ws://127.0.0.1:9200",
+                "drop the scheme: --to 127.0.0.1:9200",
+            ),
+            (
+                "http://ws-server:9200/",
+                "drop the scheme: --to ws-server:9200",
+            ),
+            ("tcp://[::1]:9200", "drop the scheme: --to [::1]:9200"),
+            (
+                "WS://host:1/chat?x=1",
+                "drop the scheme: --to host:1 (the path is not needed",
+            ),
+            (
+                "ws://localhost",
+                "drop the scheme and give the port: --to localhost:PORT",
+            ),
+            ("ws://user@host:5", "drop the scheme: --to host:5"),
+        ];
+        for (text, why) in cases {
+            let err = parse_backend(text).unwrap_err();
+            assert!(err.starts_with(why), "{text}: {err}");
+            assert!(!err.contains("TLS"), "{text}: {err}");
+        }
+        for text in ["wss://host:9443/x", "https://host:9443"] {
+            let err = parse_backend(text).unwrap_err();
+            assert!(err.starts_with("drop the scheme: --to host:9443"), "{err}");
+            assert!(
+                err.ends_with("plain TCP to the backend, so it must not expect TLS"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn listen_addresses_that_would_take_the_same_port() {
+        let listen = |texts: &[&str]| -> Vec<ListenAddr> {
+            texts.iter().map(|t| parse_listen(t).unwrap()).collect()
+        };
+        let cases: [(&[&str], &str); 7] = [
+            (&["9300", "9300"], "--listen 9300 is given twice"),
+            (&["9300", ":9300"], "--listen 9300 is given twice"),
+            (
+                &["127.0.0.1:9300", "[::ffff:127.0.0.1]:9300"],
+                "given twice",
+            ),
+            (
+                &["9300", "0.0.0.0:9300"],
+                "--listen 9300 and --listen 0.0.0.0:9300 overlap: a bare port already listens on every address, IPv4 and IPv6; give only one of them",
+            ),
+            (&["[::]:9300", "9300"], "a bare port already listens"),
+            (
+                &["127.0.0.1:9300", "0.0.0.0:9300"],
+                "0.0.0.0 already listens on every IPv4 address",
+            ),
+            (
+                &["[::]:9300", "[::1]:9300"],
+                "[::] already listens on every IPv6 address",
+            ),
+        ];
+        for (texts, why) in cases {
+            let found = listen_overlap(&listen(texts)).unwrap_or_default();
+            assert!(found.contains(why), "{texts:?}: {found}");
+        }
+        for texts in [
+            &["9300", "9301"][..],
+            &["127.0.0.1:9300", "192.0.2.1:9300"],
+            &["0.0.0.0:9300", "[::1]:9300"],
+            &["127.0.0.1:0", "127.0.0.1:0"],
+            &["0", "0"],
+        ] {
+            assert_eq!(listen_overlap(&listen(texts)), None, "{texts:?}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
@@ -606,6 +907,42 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration(".").is_err());
         assert!(parse_duration("1.2.3s").is_err());
+    }
+
+    #[test]
+    fn compound_durations() {
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2m30s"), Ok(Duration::from_secs(150)));
+        assert_eq!(parse_duration("1d12h"), Ok(Duration::from_secs(129_600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1 h 30 min"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("1d2h3m4s5ms6us"),
+            Ok(Duration::new(93_784, 5_006_000))
+        );
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.5h30m"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("364d23h59m60s"), Ok(MAX_DURATION));
+        for (text, why) in [
+            ("30m1h", "out of order"),
+            ("1m1m", "out of order"),
+            ("1m30min", "out of order"),
+            ("1h30", "a number without a unit"),
+            ("1h30x", "unknown unit 'x'"),
+            ("1h-30m", "unknown unit 'h-'"),
+        ] {
+            let err = parse_duration(text).unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+            assert!(err.contains(&format!("'{text}'")), "{text}: {err}");
+        }
+        assert!(matches!(
+            parse_duration("365d1s"),
+            Err(ValueError::TooLarge(why)) if why.contains("longer than 365d")
+        ));
+        assert!(matches!(
+            parse_duration("99999999999999999999999999999999999999d1h"),
+            Err(ValueError::TooLarge(_))
+        ));
     }
 
     #[test]

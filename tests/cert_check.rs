@@ -1,5 +1,6 @@
-//! `wssify --check`: validates every input and the backend without
-//! listening, prints a summary, and exits 0 only when all is well.
+//! `wssify --check`: validates every input, each `--listen` address and
+//! the backend without serving, prints a summary, and exits 0 only when
+//! all is well.
 
 mod common;
 
@@ -35,7 +36,7 @@ fn chain(dir: &Path, ca: &Ca, leaf: &Leaf, name: &str) -> (PathBuf, PathBuf) {
 }
 
 #[test]
-fn a_good_set_passes_and_check_never_listens() {
+fn a_good_set_passes() {
     let ca = Ca::new("check CA");
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = chain(dir.path(), &ca, &ca.server(&["example.test"]), "site");
@@ -45,12 +46,10 @@ fn a_good_set_passes_and_check_never_listens() {
     let crl = dir.path().join("clients.crl");
     std::fs::write(&crl, clients.crl(&[5, 6])).unwrap();
     let (_backend, to) = backend();
-    // The port is taken: a check that tried to listen would fail.
-    let (_taken, listen) = backend();
 
     let (code, out) = check(&[
         "--listen".into(),
-        listen,
+        "127.0.0.1:0".into(),
         "--to".into(),
         to.clone(),
         "--cert".into(),
@@ -71,6 +70,11 @@ fn a_good_set_passes_and_check_never_listens() {
         "{out}"
     );
     assert!(out.contains("chain of 2, in order"), "{out}");
+    assert!(!out.contains("only the leaf"), "{out}");
+    assert!(
+        out.contains("--listen 127.0.0.1:0: free; a start listens on 127.0.0.1:"),
+        "{out}"
+    );
     assert!(
         out.contains(&format!(
             "--client-ca {}: 1 CA certificates; client certificates required",
@@ -175,7 +179,7 @@ fn each_broken_input_fails_the_check_naming_its_file() {
     for (args, expected) in cases {
         let mut all = vec![
             "--listen".to_string(),
-            "9300".into(),
+            "127.0.0.1:0".into(),
             "--to".into(),
             to.clone(),
         ];
@@ -197,7 +201,12 @@ fn each_broken_input_fails_the_check_naming_its_file() {
 fn an_unreachable_backend_fails_the_check() {
     let (listener, to) = backend();
     drop(listener);
-    let (code, out) = check(&["--listen".into(), "9300".into(), "--to".into(), to.clone()]);
+    let (code, out) = check(&[
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--to".into(),
+        to.clone(),
+    ]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("error: backend {to} (--to) is unreachable")),
@@ -219,7 +228,7 @@ fn a_certificate_expiring_soon_is_a_warning_not_a_failure() {
     let (_backend, to) = backend();
     let (code, out) = check(&[
         "--listen".into(),
-        "9300".into(),
+        "127.0.0.1:0".into(),
         "--to".into(),
         to,
         "--cert".into(),
@@ -236,7 +245,7 @@ fn a_certificate_expiring_soon_is_a_warning_not_a_failure() {
 fn flag_mistakes_are_usage_errors_as_in_a_real_run() {
     let (code, out) = check(&[
         "--listen".into(),
-        "9300".into(),
+        "127.0.0.1:0".into(),
         "--to".into(),
         "127.0.0.1:1".into(),
         "--crl".into(),
@@ -301,7 +310,7 @@ fn a_cert_manager_secret_passes_with_a_warning_about_ca_crt() {
     let (_backend, to) = backend();
     let (code, out) = check(&[
         "--listen".into(),
-        "9300".into(),
+        "127.0.0.1:0".into(),
         "--to".into(),
         to,
         "--cert-dir".into(),
@@ -369,4 +378,199 @@ fn a_cert_dir_with_only_a_ca_bundle_neither_passes_nor_starts() {
     );
     assert!(!out.contains("WARN"), "no warning before the error: {out}");
     assert!(!out.contains("listening on"), "{out}");
+}
+
+/// `cert.pem` instead of `fullchain.pem`: a leaf issued by an intermediate,
+/// alone. The check passes (a leaf straight from a private root needs
+/// nothing more) but warns, naming the file; the full chain has no warning.
+#[test]
+fn a_leaf_without_its_intermediate_is_a_warning_naming_the_file() {
+    let root = Ca::new("check root");
+    let intermediate = root.intermediate("check intermediate");
+    let leaf = intermediate.server(&["example.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(dir.path(), "cert");
+    let (_backend, to) = backend();
+    let args = |cert: &Path| {
+        vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--to".into(),
+            to.clone(),
+            "--cert".into(),
+            s(cert),
+            "--key".into(),
+            s(&key),
+        ]
+    };
+    let (code, out) = check(&args(&cert));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "warning: --cert {}: the chain has only the leaf; use the full chain (e.g. fullchain.pem, not cert.pem)",
+            cert.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("(check intermediate)"), "{out}");
+    assert!(out.contains("wssify --check: OK"), "{out}");
+
+    let full = dir.path().join("fullchain.pem");
+    std::fs::write(
+        &full,
+        format!("{}{}", leaf.cert_pem, intermediate.cert_pem()),
+    )
+    .unwrap();
+    let (code, out) = check(&args(&full));
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("only the leaf"), "{out}");
+    assert!(out.contains("chain of 2, in order"), "{out}");
+}
+
+/// The chain upside down (intermediate first, then the leaf): the check
+/// and a real start both say the leaf must come first, not that the key
+/// does not match.
+#[test]
+fn a_chain_with_the_leaf_last_says_the_leaf_must_come_first() {
+    let root = Ca::new("check root");
+    let intermediate = root.intermediate("check intermediate");
+    let leaf = intermediate.server(&["example.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(dir.path(), "site");
+    std::fs::write(
+        &cert,
+        format!("{}{}", intermediate.cert_pem(), leaf.cert_pem),
+    )
+    .unwrap();
+    let (_backend, to) = backend();
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--to".into(),
+        to,
+        "--cert".into(),
+        s(&cert),
+        "--key".into(),
+        s(&key),
+    ];
+    let expected = format!(
+        "--cert {}: the leaf must come first: certificate 2 (example.test) is the one --key {} belongs to",
+        cert.display(),
+        key.display()
+    );
+    let (code, out) = check(&args);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("error: {expected}")), "{out}");
+    assert!(!out.contains("does not match"), "{out}");
+
+    args.retain(|a| a != "--check");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out) = run_to_exit(&args);
+    assert_eq!(code, 1, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("wssify: ")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(
+        errors[0].starts_with(&format!("wssify: {expected}")),
+        "{out}"
+    );
+}
+
+/// An IPv4 address that is not on this host (from the documentation
+/// ranges; the first one this host does not have).
+fn foreign_ip() -> String {
+    for ip in ["203.0.113.1", "198.51.100.1", "192.0.2.1"] {
+        match TcpListener::bind((ip, 0)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => return ip.to_string(),
+            _ => continue,
+        }
+    }
+    panic!("this host has every documentation address; no address to show EADDRNOTAVAIL with");
+}
+
+/// The check binds each `--listen` as a start would (a port in use, an
+/// address not on this host) and says what a start would say.
+#[test]
+fn check_binds_each_listen_and_reports_what_a_start_would_refuse() {
+    let (_backend, to) = backend();
+    let (_taken, in_use) = backend();
+    let port = in_use.rsplit(':').next().unwrap().to_string();
+    let foreign = format!("{}:9300", foreign_ip());
+    let (code, out) = check(&[
+        "--listen".into(),
+        in_use.clone(),
+        "--listen".into(),
+        foreign.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--to".into(),
+        to.clone(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let in_use_line = format!("--listen {in_use}: port {port} is already in use by ");
+    let error = out
+        .lines()
+        .find(|l| l.starts_with(&format!("error: {in_use_line}")))
+        .unwrap_or_else(|| panic!("no port-in-use error:\n{out}"));
+    assert!(
+        error.contains(&format!(
+            "(pid {}); stop it or choose another port",
+            std::process::id()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "error: --listen {foreign}: {} is not an address of this host; use a bare port to listen everywhere",
+            foreign.rsplit_once(':').unwrap().0
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("--listen 127.0.0.1:0: free; a start listens on 127.0.0.1:"),
+        "{out}"
+    );
+    assert!(out.contains("wssify --check: FAILED (2 problems)"), "{out}");
+
+    // A real start stops at the same port with the same words.
+    let (code, started) = run_to_exit(&["--listen", &in_use, "--to", &to]);
+    assert_eq!(code, 1, "{started}");
+    let start_error = started
+        .lines()
+        .find(|l| l.starts_with("wssify: "))
+        .unwrap_or_else(|| panic!("{started}"));
+    assert_eq!(
+        start_error.strip_prefix("wssify: "),
+        error.strip_prefix("error: "),
+        "{started}\n{out}"
+    );
+}
+
+/// A port below 1024 without the privilege: the check says how to grant
+/// it. As root the binary runs as nobody through `setpriv`; where that is
+/// impossible, the reason is printed and the case skipped.
+#[test]
+fn check_reports_a_privileged_port_and_how_to_grant_it() {
+    let mut command = match unprivileged_wssify() {
+        Ok(command) => command,
+        Err(why) => {
+            eprintln!("skipping the privileged-port check: {why}");
+            return;
+        }
+    };
+    let (_backend, to) = backend();
+    command.args(["--check", "--listen", "127.0.0.1:80", "--to", &to]);
+    let (code, out) = run_command_to_exit(command);
+    assert_eq!(code, 1, "{out}");
+    let error = out
+        .lines()
+        .find(|l| l.starts_with("error: --listen 127.0.0.1:80: permission denied for port 80"))
+        .unwrap_or_else(|| panic!("no permission error:\n{out}"));
+    for how in [
+        "setcap cap_net_bind_service=+ep",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "net.ipv4.ip_unprivileged_port_start",
+    ] {
+        assert!(error.contains(how), "{how:?} not in: {error}");
+    }
+    assert!(out.contains("wssify --check: FAILED (1 problem)"), "{out}");
 }

@@ -303,6 +303,7 @@ async fn chain_with_intermediate_is_sent_whole_and_verifies_against_the_root() {
         assert_eq!(&served[1], intermediate.der());
         let line = w.wait_for_log("listening on ").await;
         assert!(line.contains("2 certificates in chain"), "{line}");
+        assert!(w.lines_with("only the leaf").is_empty(), "{}", w.log());
     })
     .await;
 }
@@ -320,7 +321,7 @@ async fn leaf_without_its_intermediate_does_not_verify_against_the_root() {
         let (cert_path, key_path) =
             write_pair(dir.path(), &pem("CERTIFICATE", &leaf), &key.serialize_pem());
         let backend = echo_backend().await;
-        let w = Wssify::start(&[
+        let mut w = Wssify::start(&[
             "--to",
             &backend.to_string(),
             "--cert",
@@ -329,6 +330,16 @@ async fn leaf_without_its_intermediate_does_not_verify_against_the_root() {
             key_path.to_str().unwrap(),
         ])
         .await;
+        // It still serves, but says why clients may refuse it, and how to fix it.
+        let warning = w.wait_for_log("the chain has only the leaf").await;
+        assert!(warning.contains("WARN"), "{warning}");
+        assert!(
+            warning.contains(&format!(
+                "--cert {}: the chain has only the leaf; use the full chain (e.g. fullchain.pem, not cert.pem)",
+                cert_path.display()
+            )),
+            "{warning}"
+        );
         assert_rejected_certificate(
             tls_connect(w.addr, trusting_client(&[root.der().clone()]), "localhost").await,
         );

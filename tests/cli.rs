@@ -29,6 +29,7 @@ struct Files {
     cert: PathBuf,
     key: PathBuf,
     cert_der: Vec<u8>,
+    key_der: Vec<u8>,
 }
 
 impl Files {
@@ -41,6 +42,7 @@ impl Files {
         std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
         Files {
             cert_der: generated.cert.der().to_vec(),
+            key_der: generated.signing_key.serialize_der(),
             dir,
             cert,
             key,
@@ -228,6 +230,147 @@ fn version_prints_name_and_version() {
 }
 
 // ---------------------------------------------------------------------------
+// Flags as people type them
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn flag_equals_value_and_compound_durations_start() {
+    // The form Kubernetes `args:` and many scripts use, with a duration
+    // of two parts.
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start_raw(&[
+            "--listen=127.0.0.1:0",
+            &format!("--to={backend}"),
+            "--idle-timeout=1h30m",
+            "--stall-timeout",
+            "2m30s",
+            "--alpn=http/1.1",
+        ])
+        .await;
+        let limits = w.wait_for_log("limits: ").await;
+        assert!(limits.contains("idle timeout 90m, stall 150s"), "{limits}");
+        let listening = w.wait_for_log("listening on ").await;
+        assert!(listening.contains("ALPN: http/1.1"), "{listening}");
+    })
+    .await;
+}
+
+#[test]
+fn dash_h_and_help_anywhere_print_the_help() {
+    for args in [
+        &["-h"][..],
+        &["--listen", "9300", "-h"],
+        &["--help", "--listen", "9300", "--to", "127.0.0.1:9200"],
+        &["-l", "9300", "--help", "--to=127.0.0.1:9200"],
+    ] {
+        let (code, out) = run_to_exit(args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(out.starts_with("Usage: wssify "), "{args:?}: {out}");
+        assert!(out.contains("-h, --help"), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn flag_equals_mistakes_are_one_line_usage_errors() {
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["--listen=", "--to", "127.0.0.1:9"],
+            &["--listen= has no value after the '='", "--listen=ADDR"],
+        ),
+        (
+            &["--listen=127.0.0.1:0", "--to=-x"],
+            &["--to '-x': no port in '-x'"],
+        ),
+        (
+            &["--listen=127.0.0.1:0", "--to=127.0.0.1:9", "--check=yes"],
+            &["--check takes no value"],
+        ),
+        (
+            &[
+                "--listen=127.0.0.1:0",
+                "--to=127.0.0.1:9",
+                "--idle-timeout=30m1h",
+            ],
+            &["--idle-timeout '30m1h'", "largest first", "e.g. 1h30m"],
+        ),
+    ];
+    for (args, needles) in cases {
+        assert_one_line_error(run_to_exit(args), FLAG_ERROR, needles);
+    }
+}
+
+#[test]
+fn a_url_as_to_is_told_to_drop_the_scheme() {
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "ws://127.0.0.1:9200",
+            &["--to 'ws://127.0.0.1:9200': drop the scheme: --to 127.0.0.1:9200"],
+        ),
+        (
+            "http://ws-server:9200/chat",
+            &[
+                "drop the scheme: --to ws-server:9200",
+                "the path is not needed",
+            ],
+        ),
+        (
+            "wss://ws-server:9443",
+            &[
+                "drop the scheme: --to ws-server:9443",
+                "plain TCP to the backend",
+            ],
+        ),
+        ("tcp://[::1]:9200", &["drop the scheme: --to [::1]:9200"]),
+    ];
+    for (to, needles) in cases {
+        assert_one_line_error(
+            run_to_exit(&["--listen", "127.0.0.1:0", "--to", to]),
+            FLAG_ERROR,
+            needles,
+        );
+    }
+}
+
+#[test]
+fn a_listen_address_given_twice_or_overlapping_is_a_usage_error() {
+    // Without the check, the second bind fails with "already in use by
+    // another program" (exit 1): the other program is this one.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    drop(taken);
+    let here = format!("127.0.0.1:{port}");
+    let all = format!("0.0.0.0:{port}");
+    let bare = port.to_string();
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &[&here, &here],
+            &[
+                &format!("--listen {here} is given twice"),
+                "give each address once",
+            ],
+        ),
+        (
+            &[&bare, &all],
+            &[
+                &format!("--listen {bare} and --listen {all} overlap"),
+                "a bare port already listens on every address, IPv4 and IPv6",
+            ],
+        ),
+        (&[&here, &format!(":{port}")], &["overlap"]),
+    ];
+    for (listens, needles) in cases {
+        let mut args = Vec::new();
+        for listen in listens {
+            args.extend(["--listen".to_string(), listen.to_string()]);
+        }
+        args.extend(["--to".to_string(), "127.0.0.1:9".to_string()]);
+        let error = assert_one_line_error(run(&args), FLAG_ERROR, needles);
+        assert!(!error.contains("another program"), "{error}");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Certificate and key files
 // ---------------------------------------------------------------------------
 
@@ -338,6 +481,46 @@ fn cert_file_without_a_pem_certificate() {
         run_with_files(&text, &f.key),
         START_ERROR,
         &[&format!("--cert {}", p(&text)), "has no PEM certificate"],
+    );
+}
+
+#[test]
+fn an_empty_cert_or_key_file_says_empty() {
+    let f = Files::new();
+    let empty = f.write("empty.pem", "");
+    let error = assert_one_line_error(
+        run_with_files(&empty, &f.key),
+        START_ERROR,
+        &[
+            &format!("--cert {} is empty", p(&empty)),
+            "it should hold your PEM certificate chain",
+        ],
+    );
+    assert!(!error.contains("DER"), "{error}");
+    // Only blank lines (a secret that was never filled in) is empty too.
+    let blank = f.write("blank.key", "\n \n");
+    let error = assert_one_line_error(
+        run_with_files(&f.cert, &blank),
+        START_ERROR,
+        &[
+            &format!("--key {} is empty", p(&blank)),
+            "it should hold the PEM private key",
+        ],
+    );
+    assert!(!error.contains("DER"), "{error}");
+}
+
+#[test]
+fn a_der_key_gets_the_command_that_converts_it() {
+    let f = Files::new();
+    let der = f.write("key.der", &f.key_der);
+    assert_one_line_error(
+        run_with_files(&f.cert, &der),
+        START_ERROR,
+        &[
+            &format!("--key {} is a DER (binary) private key, not PEM", p(&der)),
+            "openssl pkey -inform der -in KEY -out key.pem",
+        ],
     );
 }
 
@@ -468,11 +651,45 @@ fn port_in_use() {
         START_ERROR,
         &[
             &format!("--listen {addr}"),
-            &format!("port {port} is already in use"),
+            &format!("port {port} is already in use by "),
+            // The holder is this test process, and it is named.
+            &format!("(pid {})", std::process::id()),
             "choose another port",
         ],
     );
     drop(taken);
+}
+
+#[test]
+fn overlapping_listens_the_flags_cannot_tell_are_named_at_bind() {
+    // [::] and 0.0.0.0 on one port overlap only where IPv6 sockets take
+    // IPv4 too (net.ipv6.bindv6only=0, Linux's default), so the flags let
+    // them through; the second bind then names this wssify, not "another
+    // program".
+    let v6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").unwrap_or_default();
+    if v6only.trim() != "0" || std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!(
+            "skipping: this host has no IPv6 or sets net.ipv6.bindv6only={}, so [::] and 0.0.0.0 do not overlap",
+            v6only.trim()
+        );
+        return;
+    }
+    let probe = std::net::TcpListener::bind("[::]:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let v6 = format!("[::]:{port}");
+    let v4 = format!("0.0.0.0:{port}");
+    let error = assert_one_line_error(
+        run_to_exit(&["--listen", &v6, "--listen", &v4, "--to", "127.0.0.1:9"]),
+        START_ERROR,
+        &[
+            &format!(
+                "--listen {v4}: port {port} is already taken by another --listen of this wssify"
+            ),
+            "give each address once",
+        ],
+    );
+    assert!(!error.contains("another program"), "{error}");
 }
 
 /// What a started binary did: began serving, or exited by itself.
@@ -529,58 +746,25 @@ fn run_until_listening_or_exit(args: &[&str]) -> Outcome {
     }
 }
 
-/// Why this process may bind ports below 1024, if it may.
-fn low_port_privilege() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|rest| {
-                rest.split_whitespace()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    };
-    if field("Uid:").get(1).map(String::as_str) == Some("0") {
-        return Some("the tests run as root".to_string());
-    }
-    if let Some(caps) = field("CapEff:").first()
-        && let Ok(caps) = u64::from_str_radix(caps, 16)
-        && caps & (1 << 10) != 0
-    {
-        return Some("the tests have CAP_NET_BIND_SERVICE".to_string());
-    }
-    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-        .ok()
-        .and_then(|s| s.trim().parse::<u16>().ok());
-    if let Some(start) = start
-        && start <= 80
-    {
-        return Some(format!(
-            "net.ipv4.ip_unprivileged_port_start is {start}, so anyone may bind port 80"
-        ));
-    }
-    None
-}
-
 #[test]
 fn low_port_without_privilege_is_permission_denied() {
     let args = ["--listen", "127.0.0.1:80", "--to", "127.0.0.1:9"];
-    match low_port_privilege() {
-        None => {
+    match unprivileged_wssify() {
+        Ok(mut command) => {
+            command.args(args);
             assert_one_line_error(
-                run_to_exit(&args),
+                run_command_to_exit(command),
                 START_ERROR,
                 &[
                     "--listen 127.0.0.1:80",
-                    "permission denied for port 80",
-                    "setcap cap_net_bind_service",
+                    "permission denied for port 80: ports below",
+                    "setcap cap_net_bind_service=+ep",
+                    "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+                    "net.ipv4.ip_unprivileged_port_start",
                 ],
             );
         }
-        Some(why) => {
+        Err(why) => {
             eprintln!(
                 "skipping the permission-denied assertion: {why}; checking only that binding port 80 succeeds or fails cleanly"
             );
@@ -608,6 +792,14 @@ fn malformed_listen() {
         ("99999", "'99999' is not a port"),
         ("127.0.0.1:http", "'http' is not a port"),
         ("nonsense", "expected a port (9300), IP:PORT"),
+        (
+            "127.0.0.1",
+            "no port in '127.0.0.1'; e.g. --listen 127.0.0.1:9300",
+        ),
+        (
+            "::1",
+            "no port, and an IPv6 address goes in brackets: --listen [::1]:9300",
+        ),
     ];
     for (value, why) in cases {
         assert_one_line_error(
@@ -628,6 +820,11 @@ fn malformed_to() {
         ),
         ("127.0.0.1:70000", "'70000' is not a port"),
         ("127.0.0.1:0", "port 0 cannot be connected to"),
+        (
+            "::1:9200",
+            "an IPv6 address goes in brackets before its port: --to [::1]:9200",
+        ),
+        ("[::1]", "no port in '[::1]'; e.g. --to [::1]:9200"),
     ];
     for (value, why) in cases {
         assert_one_line_error(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use proptest::prelude::*;
-use wssify::cli::Args;
+use wssify::cli::{Args, CommandLine, prepare};
 use wssify::settings::{
     format_duration, format_size, parse_backend, parse_duration, parse_listen, parse_size,
 };
@@ -43,6 +43,17 @@ const DURATION_UNITS: [(&str, u128); 12] = [
     ("mins", 60_000_000_000),
     ("h", 3_600_000_000_000),
     ("d", 86_400_000_000_000),
+];
+
+/// The units a duration of several parts (`1h30m`) may use, largest first,
+/// each with its names; a part needs a unit, so plain seconds are not here.
+const COMPOUND_UNITS: [(&[&str], u128); 6] = [
+    (&["d"], 86_400_000_000_000),
+    (&["h"], 3_600_000_000_000),
+    (&["m", "min", "mins"], 60_000_000_000),
+    (&["s", "sec", "secs"], 1_000_000_000),
+    (&["ms"], 1_000_000),
+    (&["us", "µs"], 1_000),
 ];
 
 /// Every size unit with its length in bytes.
@@ -101,6 +112,7 @@ fn typed() -> impl Strategy<Value = String> {
         any::<String>(),
         "[ +\\-]?[0-9]{0,25}(\\.[0-9]{0,25})?[ ]?(|s|ms|us|µs|m|h|d|min|secs|k|KiB|M|MiB|G|GiB|T|TiB|y|e5|inf|NaN)",
         "[0-9a-fA-F:.\\[\\]%a-z_-]{0,45}",
+        "([0-9]{1,12}(\\.[0-9]{0,3})?[ ]?(d|h|m|min|s|ms|us|µs|)[ ]?){1,5}",
         any::<u128>().prop_map(|n| n.to_string()),
         any::<f64>().prop_map(|n| n.to_string()),
     ]
@@ -186,6 +198,57 @@ proptest! {
                 prop_assert!(why.to_string().contains("365d"), "{}: {}", text, why);
             }
         }
+    }
+
+    #[test]
+    fn a_compound_duration_is_the_exact_sum_of_its_parts_or_refused(
+        parts in prop::collection::vec(
+            (0..COMPOUND_UNITS.len(), 0usize..3, number(), prop::option::of("[0-9]{0,12}")),
+            1..=COMPOUND_UNITS.len(),
+        ),
+        space in any::<bool>(),
+    ) {
+        // Each unit once, largest first: sort by rank, keep one per rank.
+        let mut parts = parts;
+        parts.sort_by_key(|(rank, ..)| *rank);
+        parts.dedup_by_key(|(rank, ..)| *rank);
+        let mut text = String::new();
+        let mut expected = Some(0u128);
+        for (rank, name, (whole, digits), fraction) in &parts {
+            let (names, scale) = COMPOUND_UNITS[*rank];
+            let unit = names[name % names.len()];
+            if space && !text.is_empty() {
+                text.push(' ');
+            }
+            match fraction {
+                Some(f) => text.push_str(&format!("{digits}.{f}{unit}")),
+                None => text.push_str(&format!("{digits}{unit}")),
+            }
+            let part = exact(*whole, fraction.as_deref().unwrap_or(""), scale, true);
+            expected = expected.zip(part).and_then(|(sum, part)| sum.checked_add(part));
+        }
+        let expected = expected.filter(|nanos| *nanos <= YEAR.as_nanos());
+        match parse_duration(&text) {
+            Ok(d) => prop_assert_eq!(Some(d.as_nanos()), expected, "{}", text),
+            Err(why) => {
+                prop_assert_eq!(expected, None, "{} refused: {}", text, why);
+                prop_assert!(why.to_string().contains("365d"), "{}: {}", text, why);
+            }
+        }
+    }
+
+    #[test]
+    fn a_compound_duration_out_of_order_is_refused(
+        first in 0..COMPOUND_UNITS.len(),
+        second in 0..COMPOUND_UNITS.len(),
+        a in 1u32..1000,
+        b in 1u32..1000,
+    ) {
+        // The second unit is the same as the first or larger.
+        prop_assume!(second <= first);
+        let text = format!("{a}{}{b}{}", COMPOUND_UNITS[first].0[0], COMPOUND_UNITS[second].0[0]);
+        let why = parse_duration(&text).map(|d| format!("{d:?}")).unwrap_or_else(|e| e.to_string());
+        prop_assert!(why.contains("out of order"), "{}: {}", text, why);
     }
 
     #[test]
@@ -291,6 +354,33 @@ proptest! {
         }
         prop_assert!(s.alpn.iter().all(|p| (1..=255).contains(&p.len())), "{flag} {value:?}");
         prop_assert!(s.backend.port != 0, "{flag} {value:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn flag_equals_value_reads_as_flag_then_value(
+        flag in 0..VALUE_FLAGS.len(),
+        value in prop_oneof![typed(), address(), "-[a-z=-]{0,8}", "[a-z]{1,5}=[a-z=]{0,5}"],
+    ) {
+        prop_assume!(!value.is_empty());
+        let flag = VALUE_FLAGS[flag];
+        let base = ["--listen", "9300", "--to", "127.0.0.1:9200"].map(String::from);
+        let mut joined = base.to_vec();
+        joined.push(format!("{flag}={value}"));
+        let mut spaced = base.to_vec();
+        spaced.extend([flag.to_string(), value.clone()]);
+        prop_assert_eq!(prepare(&joined), Ok(CommandLine::Args(spaced)));
+    }
+
+    #[test]
+    fn a_command_line_without_equals_or_help_is_left_as_it_is(
+        args in prop::collection::vec(prop_oneof![typed(), address(), "--?[a-z-]{0,20}"], 0..8),
+    ) {
+        prop_assume!(args.iter().all(|a| !a.contains('=') && !["-h", "--help", "help"].contains(&a.as_str())));
+        prop_assert_eq!(prepare(&args), Ok(CommandLine::Args(args.clone())));
     }
 }
 

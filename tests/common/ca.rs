@@ -85,6 +85,14 @@ impl Ca {
         Ca { issuer }
     }
 
+    /// An intermediate CA named `cn`, issued by this one.
+    pub fn intermediate(&self, cn: &str) -> Ca {
+        let issuer =
+            CertifiedIssuer::signed_by(ca_params(cn), KeyPair::generate().unwrap(), &self.issuer)
+                .unwrap();
+        Ca { issuer }
+    }
+
     /// The CA certificate in PEM (a `--client-ca` bundle).
     pub fn cert_pem(&self) -> String {
         self.issuer.pem()

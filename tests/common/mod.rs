@@ -238,8 +238,15 @@ impl Drop for Wssify {
 /// Runs the binary to completion with `args` (it must exit by itself within
 /// [`WAIT`]) and returns its exit code and stderr.
 pub fn run_to_exit(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wssify"))
-        .args(args)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wssify"));
+    command.args(args);
+    run_command_to_exit(command)
+}
+
+/// Runs `command` to completion (it must exit by itself within [`WAIT`])
+/// and returns its exit code and its stderr followed by its stdout.
+pub fn run_command_to_exit(mut command: Command) -> (i32, String) {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -252,7 +259,7 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("wssify {args:?} did not exit within {WAIT:?}");
+            panic!("{command:?} did not exit within {WAIT:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -260,6 +267,58 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
     let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stdout));
     (output.status.code().unwrap_or(-1), text)
+}
+
+/// A command that runs the wssify binary without the privilege to bind
+/// ports below 1024: directly when the tests run without it; as root,
+/// through util-linux's `setpriv` as `nobody` (uid and gid 65534, no
+/// groups; a non-root uid keeps no capabilities across exec). `Err` says
+/// why this machine cannot show a refused low port, for the test to print.
+pub fn unprivileged_wssify() -> Result<Command, String> {
+    let bin = env!("CARGO_BIN_EXE_wssify");
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok());
+    if let Some(start) = start
+        && start <= 80
+    {
+        return Err(format!(
+            "net.ipv4.ip_unprivileged_port_start is {start}, so anyone may bind port 80"
+        ));
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
+    };
+    let root = field("Uid:").as_deref() == Some("0");
+    let can_bind = field("CapEff:")
+        .and_then(|caps| u64::from_str_radix(&caps, 16).ok())
+        .is_some_and(|caps| caps & (1 << 10) != 0);
+    if !root && !can_bind {
+        return Ok(Command::new(bin));
+    }
+    let drop_privileges = |command: &mut Command| {
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+    };
+    let mut probe = Command::new("setpriv");
+    drop_privileges(&mut probe);
+    match probe.arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            let mut command = Command::new("setpriv");
+            drop_privileges(&mut command);
+            Ok(command)
+        }
+        Ok(out) => Err(format!(
+            "the tests run with the privilege to bind low ports and `setpriv` could not run wssify as nobody: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!(
+            "the tests run with the privilege to bind low ports and `setpriv` (util-linux) is not available to drop it ({e})"
+        )),
+    }
 }
 
 /// A TCP echo backend: echoes until the client's EOF, then shuts its write
