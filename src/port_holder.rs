@@ -60,8 +60,10 @@ pub fn listening_on(port: u16) -> Option<Holder> {
                 .unwrap_or(false)
         });
         if holds {
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|n| n.trim().to_string())
+            // Any process can name itself anything: escaped, so a name
+            // cannot forge a line on the user's terminal.
+            let name = std::fs::read(format!("/proc/{pid}/comm"))
+                .map(|n| crate::logsafe::bare(n.trim_ascii()).to_string())
                 .unwrap_or_default();
             let name = if name.is_empty() {
                 "an unnamed process".to_string()
