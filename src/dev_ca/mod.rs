@@ -130,7 +130,7 @@ impl Report {
 pub fn development(dev: &DevCert, provider: &CryptoProvider) -> Result<Development, StartupError> {
     match dev {
         DevCert::InMemory => in_memory(provider, Vec::new()),
-        DevCert::Ca(Some(dir)) => match store::open(dir) {
+        DevCert::Ca(Some(dir)) => match store::open(&absolute(dir)) {
             Ok((ca, opened)) => signed(ca, opened, true, provider),
             Err(OpenError::Unwritable(why)) => Err(StartupError::new(format!(
                 "--dev-ca-dir {}: {why}; give a directory wssify can write, or --self-signed for a certificate made in memory",
@@ -305,11 +305,20 @@ pub fn default_dir() -> Result<PathBuf, String> {
 /// default, else a one-line error.
 pub fn action_dir(given: Option<&Path>) -> Result<PathBuf, String> {
     match given {
-        Some(dir) => Ok(dir.to_path_buf()),
+        Some(dir) if dir.as_os_str().is_empty() => {
+            Err("--dev-ca-dir '': give the directory the development CA is in".to_string())
+        }
+        Some(dir) => Ok(absolute(dir)),
         None => default_dir().map_err(|why| {
             format!("no place for the development CA: {why}; give --dev-ca-dir DIR")
         }),
     }
+}
+
+/// `dir` made absolute, so that the commands printed work from anywhere
+/// (another terminal, a browser's file dialog).
+fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 fn in_memory(

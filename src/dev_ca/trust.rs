@@ -116,7 +116,7 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     );
     let _ = writeln!(
         o,
-        "  for db in $HOME/.mozilla/firefox/*.default* $HOME/.config/mozilla/firefox/*.default* $HOME/snap/firefox/common/.mozilla/firefox/*.default*; do [ -d \"$db\" ] && {}; done",
+        "  for db in $HOME/.mozilla/firefox/*.default* $HOME/.config/mozilla/firefox/*.default* $HOME/snap/firefox/common/.mozilla/firefox/*.default*; do [ -d \"$db\" ] || continue; {}; done",
         nss_add("sql:\"$db\"", &ca, info)
     );
     let _ = writeln!(
