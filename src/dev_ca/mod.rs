@@ -55,8 +55,10 @@ pub const LEAF_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
 pub struct Development {
     /// What is served.
     pub loaded: LoadedCert,
-    /// The CA that signed it; `None` for the in-memory self-signed one.
-    pub ca: Option<DevCa>,
+    /// The directory and facts of the CA that signed it; `None` for the
+    /// in-memory self-signed one. The CA's key is not kept: it is dropped
+    /// as soon as this start's certificate is signed.
+    pub ca: Option<(PathBuf, store::CaInfo)>,
     /// `--dev-ca-dir` was given (the commands printed must name it).
     pub dir_given: bool,
     /// Lines to log before the rest of the start-up lines (the CA was made,
@@ -71,7 +73,7 @@ impl Development {
         Report {
             names: self.loaded.summary.names.join(", "),
             fingerprint: self.loaded.summary.fingerprint.clone(),
-            ca: self.ca.as_ref().map(|ca| (ca.dir.clone(), ca.info.clone())),
+            ca: self.ca.clone(),
             dir_given: self.dir_given,
             notes: self.notes.clone(),
         }
@@ -298,7 +300,7 @@ pub fn default_dir() -> Result<PathBuf, String> {
     if let Some(home) = absolute("HOME") {
         return Ok(home.join(".local/share/wssify/dev-ca"));
     }
-    Err("neither HOME nor XDG_DATA_HOME is set to a directory to keep it in".to_string())
+    Err("neither HOME nor XDG_DATA_HOME is set (to an absolute path) to keep it in".to_string())
 }
 
 /// The CA directory a `--dev-ca` action works on: `--dev-ca-dir`, else the
@@ -387,7 +389,7 @@ fn signed(
     })?;
     Ok(Development {
         loaded,
-        ca: Some(ca),
+        ca: Some((ca.dir.clone(), ca.info.clone())),
         dir_given,
         notes,
     })

@@ -356,7 +356,8 @@ enum State {
 fn inspect(dir: &Path, now: i64) -> State {
     let key_path = dir.join(KEY_FILE);
     let cert_path = dir.join(CERT_FILE);
-    let key_meta = match fs::symlink_metadata(&key_path) {
+    // Followed if a link: the mode that matters is the key's own.
+    let key_meta = match fs::metadata(&key_path) {
         Ok(meta) => Some(meta),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
