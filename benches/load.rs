@@ -296,6 +296,9 @@ async fn start_wssify_with(
         .args(["-c", "0", exe, "--listen", "127.0.0.1:0", "--to"])
         .arg(backend.to_string())
         .args(["--threads", "1"])
+        // The in-memory certificate, as in every earlier run: one
+        // certificate per handshake, and nothing written to the home.
+        .arg("--self-signed")
         .args(extra)
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn,wssify=info,wssify::connection=warn")

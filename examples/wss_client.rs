@@ -2,17 +2,20 @@
 //! WebSocket handshake, sends one message, prints the echo and closes.
 //!
 //! ```text
-//! wss_client URL FINGERPRINT      pin the certificate by its SHA-256 fingerprint
 //! wss_client --ca FILE URL        trust the CA certificate(s) in a PEM file
+//! wss_client URL FINGERPRINT      pin the certificate by its SHA-256 fingerprint
 //! ```
 //!
-//! The fingerprint is what wssify logs for its development certificate
+//! For wssify's development certificate, trust its development CA (the file
+//! `wssify --dev-ca show` names), which lasts across restarts. A
+//! fingerprint pins one certificate: what wssify logs with `--self-signed`
 //! (`development certificate SHA-256 fingerprint: AB:CD:...`), or what
 //! `openssl x509 -noout -fingerprint -sha256 -in cert.pem` prints.
 //!
 //! ```text
-//! cargo run --example wss_client -- wss://localhost:9300/ AB:CD:...
+//! cargo run --example wss_client -- --ca ~/.local/share/wssify/dev-ca/ca.pem wss://localhost:9300/
 //! cargo run --example wss_client -- --ca certs/ca.pem wss://localhost:9300/
+//! cargo run --example wss_client -- wss://localhost:9300/ AB:CD:...
 //! ```
 
 use std::fmt;
@@ -36,8 +39,8 @@ const MESSAGE: &str = "hello from wss_client";
 /// The whole exchange must finish within this.
 const TIME_LIMIT: Duration = Duration::from_secs(10);
 
-const USAGE: &str = "usage: wss_client URL FINGERPRINT\n       wss_client --ca FILE URL\n\
-e.g.   wss_client wss://localhost:9300/ AB:CD:...   (the fingerprint wssify logs)";
+const USAGE: &str = "usage: wss_client --ca FILE URL\n       wss_client URL FINGERPRINT\n\
+e.g.   wss_client --ca ~/.local/share/wssify/dev-ca/ca.pem wss://localhost:9300/   (wssify's development CA)";
 
 /// How the client decides to trust the server.
 enum Trust {

@@ -1,5 +1,6 @@
 //! Turning certificate and key files into something rustls can serve: PEM
-//! from the user, or an in-memory self-signed certificate for development.
+//! from the user, or an in-memory self-signed certificate for development
+//! (the one signed by the development CA is made in [`crate::dev_ca`]).
 //!
 //! PEM is read with `rustls-pki-types`' `PemObject` (re-exported by rustls),
 //! the maintained successor of the archived `rustls-pemfile`. Every way a
@@ -42,8 +43,8 @@ pub struct CertSummary {
     /// The DNS names SNI is matched against, lower case: the DNS names of
     /// subjectAltName, or the common name when there are none.
     pub dns_names: Vec<String>,
-    /// Generated at start for development.
-    pub self_signed: bool,
+    /// Generated at start for development, and how.
+    pub development: Option<Development>,
     /// Certificates in the chain, leaf included.
     pub chain_len: usize,
     /// What is wrong with the chain that a start still serves (the leaf
@@ -68,8 +69,14 @@ impl CertSummary {
 
 impl fmt::Display for CertSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.self_signed {
+        if self.development == Some(Development::SelfSigned) {
             write!(f, "self-signed for {}", self.names.join(", "))
+        } else if self.development == Some(Development::SignedByDevCa) {
+            write!(
+                f,
+                "development certificate for {}, signed by the development CA",
+                self.names.join(", ")
+            )
         } else {
             write!(f, "{} (expires {}", self.subject, self.expires)?;
             if self.chain_len > 1 {
@@ -78,6 +85,15 @@ impl fmt::Display for CertSummary {
             f.write_str(")")
         }
     }
+}
+
+/// How a development certificate was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Development {
+    /// Self-signed, in memory, new at each start.
+    SelfSigned,
+    /// Signed at start by the development CA kept on disk.
+    SignedByDevCa,
 }
 
 /// The names the development certificate is valid for.
@@ -99,7 +115,7 @@ pub fn self_signed(provider: &CryptoProvider) -> Result<LoadedCert, StartupError
         ))
     })?;
     let mut summary = summarize(&certified_key.cert);
-    summary.self_signed = true;
+    summary.development = Some(Development::SelfSigned);
     Ok(LoadedCert {
         certified_key: Arc::new(certified_key),
         summary,
@@ -306,7 +322,7 @@ pub fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
         not_after: i64::MAX,
         fingerprint: String::new(),
         dns_names: Vec::new(),
-        self_signed: false,
+        development: None,
         chain_len: chain.len(),
         chain_warning: only_the_leaf(chain),
     };

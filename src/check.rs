@@ -13,10 +13,11 @@ use tokio::net::TcpStream;
 
 use crate::certs::{self, LoadedCert};
 use crate::client_auth::{self, Crls};
+use crate::dev_ca::{self, Peek};
 use crate::listener::{self, Bound};
 use crate::loader;
 use crate::reload::{Expiry, expiry_note};
-use crate::settings::{Settings, format_duration};
+use crate::settings::{DevCert, Settings, format_duration};
 
 /// What a check found, ready to print.
 #[derive(Default)]
@@ -75,10 +76,8 @@ pub async fn check(settings: &Settings) -> Findings {
     // overlap fail as they would at a start.
     let _bound = check_listen(&mut found, settings);
 
-    if certs.self_signed() {
-        found.info(
-            "certificate: none given, so a self-signed development certificate would be served; give --cert/--key or --cert-dir in production".to_string(),
-        );
+    if certs.development() {
+        check_development(&mut found, &certs.dev);
     }
     for pair in &certs.pairs {
         let origin = format!("--cert {}", pair.cert.display());
@@ -186,6 +185,47 @@ fn check_listen(found: &mut Findings, settings: &Settings) -> Vec<Bound> {
         }
     }
     bound
+}
+
+/// What a start would serve without --cert, looking at the development CA
+/// without making or changing anything.
+fn check_development(found: &mut Findings, dev: &DevCert) {
+    const PRODUCTION: &str = "give --cert/--key or --cert-dir in production";
+    let (dir, given) = match dev {
+        DevCert::InMemory => {
+            return found.info(format!(
+                "certificate: none given, --self-signed: a self-signed development certificate made in memory would be served; {PRODUCTION}"
+            ));
+        }
+        DevCert::Ca(Some(dir)) => (dir.clone(), true),
+        DevCert::Ca(None) => match dev_ca::default_dir() {
+            Ok(dir) => (dir, false),
+            Err(why) => {
+                return found.warn(format!(
+                    "certificate: none given, and no development CA ({why}), so a self-signed development certificate made in memory would be served; {PRODUCTION}"
+                ));
+            }
+        },
+    };
+    let at = format!("the development CA in {}", dir.display());
+    match dev_ca::store::peek(&dir) {
+        Peek::Good(ca) => found.info(format!(
+            "certificate: none given, so a development certificate would be served, signed by {at} ({}, expires {}, sha256 {}); {PRODUCTION}",
+            ca.info.subject, ca.info.expires, ca.info.fingerprint
+        )),
+        Peek::Missing => found.info(format!(
+            "certificate: none given, so a development certificate would be served, signed by {at}, which the first start makes{}; {PRODUCTION}",
+            if given {
+                ""
+            } else {
+                " (or, where it cannot be written, a self-signed one made in memory)"
+            }
+        )),
+        Peek::Replaceable(why) => found.warn(format!(
+            "certificate: none given; {at} cannot be used ({why}): a start would make a new one, which clients must trust again"
+        )),
+        Peek::Refused(why) => found.error(why),
+    }
 }
 
 /// Adds what is known about one certificate (or why it could not load).

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
+use crate::dev_ca;
 use crate::error::StartupError;
 use crate::settings::{
-    Backend, CertPair, CertSettings, ListenAddr, MAX_BUSY_POLL, MAX_CONNS, MAX_MAX_MEMORY,
+    Backend, CertPair, CertSettings, DevCert, ListenAddr, MAX_BUSY_POLL, MAX_CONNS, MAX_MAX_MEMORY,
     MAX_THREADS, MIN_MAX_MEMORY, Settings, TlsMin, ValueError, default_threads, format_duration,
     format_size, listen_overlap, parse_backend, parse_duration, parse_listen, parse_size,
 };
@@ -19,7 +20,7 @@ use crate::settings::{
 #[derive(FromArgs, Debug)]
 #[argh(
     help_triggers("-h", "--help", "help"),
-    example = "Put wss://localhost:9300 in front of a ws:// server on port 9200,\nwith a self-signed development certificate:\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200",
+    example = "Put wss://localhost:9300 in front of a ws:// server on port 9200, with a\ndevelopment certificate signed by a local CA made once (trust it once):\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200\n  $ {command_name} --dev-ca show      (where that CA is, and how to trust it in each client)",
     example = "Serve a real certificate on 443 to a backend found by name:\n  $ {command_name} --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem --idle-timeout 1d",
     example = "Check certificates, keys, ports and the backend before a deploy, serving nothing:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
     note = "Durations read like 90s, 5m, 1h30m, 1d, 250ms or plain seconds, at most 365d.\nSizes read like 64MiB or 1GiB. Counts go up to 10000000, --threads to 1024.\nRUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open\nconnection touched; SIGHUP re-reads them too. SIGTERM or SIGINT drains open\nconnections for --drain-timeout; a second signal exits at once."
@@ -36,8 +37,9 @@ pub struct Args {
     pub to: Option<String>,
 
     /// PEM certificate chain, leaf first; repeatable, each with its --key,
-    /// chosen by the client's SNI, the first is the default (default: an
-    /// in-memory self-signed certificate for localhost, for development only)
+    /// chosen by the client's SNI, the first is the default (default: a
+    /// certificate for localhost signed at each start by the local
+    /// development CA; see --dev-ca)
     #[argh(option, arg_name = "FILE")]
     pub cert: Vec<PathBuf>,
 
@@ -51,6 +53,25 @@ pub struct Args {
     /// with a warning; additions and removals are followed; repeatable
     #[argh(option, arg_name = "DIR")]
     pub cert_dir: Vec<PathBuf>,
+
+    /// without --cert: keep the development CA in DIR (default:
+    /// $XDG_DATA_HOME/wssify/dev-ca or ~/.local/share/wssify/dev-ca; where
+    /// that cannot be written, an in-memory certificate is served instead)
+    #[argh(option, arg_name = "DIR")]
+    pub dev_ca_dir: Option<PathBuf>,
+
+    /// without --cert: serve a self-signed certificate made in memory at
+    /// each start instead (nothing is written; clients must trust it again
+    /// after every restart)
+    #[argh(switch)]
+    pub self_signed: bool,
+
+    /// act on the development CA and exit: show (where it is, how to trust
+    /// it in browsers, curl, Node, Python and the system store; made if
+    /// missing), remove, install or uninstall (the system store; needs
+    /// root)
+    #[argh(option, arg_name = "ACTION")]
+    pub dev_ca: Option<String>,
 
     /// refuse clients whose SNI matches no certificate (unrecognized_name
     /// alert) instead of serving the first certificate
@@ -161,12 +182,14 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 21] = [
+const VALUE_FLAGS: [(&str, &str); 23] = [
     ("--listen", "ADDR"),
     ("--to", "HOST:PORT"),
     ("--cert", "FILE"),
     ("--key", "FILE"),
     ("--cert-dir", "DIR"),
+    ("--dev-ca-dir", "DIR"),
+    ("--dev-ca", "ACTION"),
     ("--client-ca", "FILE"),
     ("--crl", "FILE"),
     ("--reload-interval", "DURATION"),
@@ -187,7 +210,8 @@ const VALUE_FLAGS: [(&str, &str); 21] = [
 /// The short names of flags that take a value.
 const SHORT_VALUE_FLAGS: [&str; 2] = ["-l", "-t"];
 /// The flags that take no value.
-const SWITCHES: [&str; 6] = [
+const SWITCHES: [&str; 7] = [
+    "--self-signed",
     "--strict-sni",
     "--client-ca-optional",
     "--check",
@@ -270,6 +294,36 @@ pub fn prepare(args: &[String]) -> Result<CommandLine, StartupError> {
 }
 
 impl Args {
+    /// `--dev-ca ACTION`, checked: `None` when not given. It acts and
+    /// exits, so it takes no flag but `--dev-ca-dir`.
+    pub fn dev_ca_action(&self) -> Result<Option<dev_ca::Action>, StartupError> {
+        let Some(text) = &self.dev_ca else {
+            return Ok(None);
+        };
+        let action = dev_ca::Action::parse(text).ok_or_else(|| {
+            flag_error(
+                "--dev-ca",
+                text,
+                "expected show, remove, install or uninstall",
+            )
+        })?;
+        let serving = [
+            (!self.listen.is_empty(), "--listen"),
+            (self.to.is_some(), "--to"),
+            (!self.cert.is_empty(), "--cert"),
+            (!self.key.is_empty(), "--key"),
+            (!self.cert_dir.is_empty(), "--cert-dir"),
+            (self.self_signed, "--self-signed"),
+            (self.check, "--check"),
+        ];
+        if let Some((_, flag)) = serving.iter().find(|(given, _)| *given) {
+            return Err(StartupError::new(format!(
+                "--dev-ca {text} acts on the development CA and exits, so {flag} has no use with it: run them separately"
+            )));
+        }
+        Ok(Some(action))
+    }
+
     /// Checks every flag and builds the settings, or says which flag is wrong.
     pub fn into_settings(self) -> Result<Settings, StartupError> {
         if self.listen.is_empty() {
@@ -419,8 +473,41 @@ impl Args {
             })
             .collect();
         certs.dirs = self.cert_dir.clone();
+        if !certs.development() {
+            let dev_flag = if self.self_signed {
+                Some("--self-signed")
+            } else if self.dev_ca_dir.is_some() {
+                Some("--dev-ca-dir")
+            } else {
+                None
+            };
+            if let Some(flag) = dev_flag {
+                let given = if certs.pairs.is_empty() {
+                    "--cert-dir"
+                } else {
+                    "--cert"
+                };
+                return Err(StartupError::new(format!(
+                    "{flag} is for the development certificate, served only without --cert and --cert-dir: drop {flag} or {given}"
+                )));
+            }
+        }
+        certs.dev = match (&self.dev_ca_dir, self.self_signed) {
+            (Some(_), true) => {
+                return Err(StartupError::new(
+                    "--self-signed and --dev-ca-dir contradict each other: --self-signed uses no CA; keep one",
+                ));
+            }
+            (_, true) => DevCert::InMemory,
+            (Some(dir), false) if dir.as_os_str().is_empty() => {
+                return Err(StartupError::new(
+                    "--dev-ca-dir '': give the directory to keep the development CA in",
+                ));
+            }
+            (dir, false) => DevCert::Ca(dir.clone()),
+        };
         certs.strict_sni = self.strict_sni;
-        if self.strict_sni && certs.self_signed() {
+        if self.strict_sni && certs.development() {
             return Err(StartupError::new(
                 "--strict-sni needs certificates to match names against: give --cert/--key or --cert-dir",
             ));
@@ -648,9 +735,45 @@ mod tests {
         let s = parse(&["--listen", "9300", "--to", "127.0.0.1:9200"]).unwrap();
         assert_eq!(s.listen, vec![ListenAddr::AllInterfaces(9300)]);
         assert_eq!(s.backend.to_string(), "127.0.0.1:9200");
-        assert!(s.certs.self_signed());
+        assert!(s.certs.development());
         assert_eq!(s.idle_timeout, Some(crate::settings::DEFAULT_IDLE_TIMEOUT));
         assert_eq!(s.busy_poll, None);
+    }
+
+    #[test]
+    fn development_certificate_flags() {
+        let s = parse(&["-l", "1", "-t", "h:1"]).unwrap();
+        assert_eq!(s.certs.dev, DevCert::Ca(None));
+        let s = parse(&["-l", "1", "-t", "h:1", "--dev-ca-dir", "/d"]).unwrap();
+        assert_eq!(s.certs.dev, DevCert::Ca(Some(PathBuf::from("/d"))));
+        let s = parse(&["-l", "1", "-t", "h:1", "--self-signed"]).unwrap();
+        assert_eq!(s.certs.dev, DevCert::InMemory);
+    }
+
+    #[test]
+    fn dev_ca_actions() {
+        let action = |args: &[&str]| {
+            Args::from_args(&["wssify"], args)
+                .unwrap()
+                .dev_ca_action()
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(action(&[]), Ok(None));
+        assert_eq!(
+            action(&["--dev-ca", "show"]),
+            Ok(Some(dev_ca::Action::Show))
+        );
+        assert_eq!(
+            action(&["--dev-ca", "remove", "--dev-ca-dir", "/d"]),
+            Ok(Some(dev_ca::Action::Remove))
+        );
+        let err = action(&["--dev-ca", "trust"]).unwrap_err();
+        assert!(
+            err.contains("--dev-ca 'trust': expected show, remove, install or uninstall"),
+            "{err}"
+        );
+        let err = action(&["--dev-ca", "show", "-l", "9300"]).unwrap_err();
+        assert!(err.contains("so --listen has no use with it"), "{err}");
     }
 
     #[test]
@@ -747,6 +870,37 @@ mod tests {
             (
                 &["-l", "1", "-t", "h:1", "--strict-sni"],
                 "--strict-sni needs",
+            ),
+            (
+                &["-l", "1", "-t", "h:1", "--self-signed", "--dev-ca-dir", "d"],
+                "--self-signed and --dev-ca-dir contradict",
+            ),
+            (
+                &[
+                    "-l",
+                    "1",
+                    "-t",
+                    "h:1",
+                    "--cert",
+                    "c",
+                    "--key",
+                    "k",
+                    "--self-signed",
+                ],
+                "--self-signed is for the development certificate, served only without --cert and --cert-dir: drop --self-signed or --cert",
+            ),
+            (
+                &[
+                    "-l",
+                    "1",
+                    "-t",
+                    "h:1",
+                    "--cert-dir",
+                    "d",
+                    "--dev-ca-dir",
+                    "x",
+                ],
+                "drop --dev-ca-dir or --cert-dir",
             ),
             (
                 &["-l", "1", "-t", "h:1", "--busy-poll", "fast"],

@@ -24,7 +24,7 @@ use tokio::runtime::Runtime;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::budget::Budget;
-use crate::settings::{CertSettings, TlsMin};
+use crate::settings::{CertSettings, DevCert, TlsMin};
 use crate::sniff::{self, FirstBytes};
 use crate::tls::{self, TlsOptions};
 use crate::tls_stream::TlsStream;
@@ -62,6 +62,7 @@ fn fixture() -> &'static Fixture {
         // no --cert: the in-memory development certificate, TLS 1.2 and 1.3.
         let certs = CertSettings {
             reload_interval: None,
+            dev: DevCert::InMemory,
             ..CertSettings::default()
         };
         let options = TlsOptions {

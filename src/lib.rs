@@ -14,6 +14,7 @@ pub mod check;
 pub mod cli;
 pub mod client_auth;
 pub mod connection;
+pub mod dev_ca;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -76,16 +77,8 @@ impl Server {
             alpn: settings.alpn.clone(),
         };
         let (loader, config) = loader::Loader::start(&settings.certs, options)?;
-        if let Some(dev) = loader.development() {
-            warn!(
-                "no --cert/--key given: serving a self-signed certificate made in memory for {}. For development only: clients must trust it explicitly (or pin it), browsers will warn",
-                dev.names.join(", ")
-            );
-            warn!(
-                "development certificate SHA-256 fingerprint: {}",
-                dev.fingerprint
-            );
-        }
+        // Logged once the ports are bound, so the example commands name one.
+        let development = loader.development().map(dev_ca::Development::report);
         reload::log_chains(&loader.served());
         reload::log_expiry(&loader.served());
         let reloader = Arc::new(reload::Reloader::new(loader, config));
@@ -123,6 +116,12 @@ impl Server {
             .iter()
             .map(listener::bind)
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(development) = development {
+            let port = bound.first().map(|b| b.local_addr.port());
+            for (level, line) in development.lines(port) {
+                log::log!(level, "{line}");
+            }
+        }
 
         let alpn = if settings.alpn.is_empty() {
             "none".to_string()

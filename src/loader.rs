@@ -20,6 +20,7 @@ use rustls::server::danger::ClientCertVerifier;
 
 use crate::certs::{self, CertSummary, LoadedCert};
 use crate::client_auth::{self, CaBundle, Crls};
+use crate::dev_ca::{self, Development};
 use crate::error::StartupError;
 use crate::settings::{CertPair, CertSettings};
 use crate::sni::SniTable;
@@ -29,7 +30,7 @@ use crate::tls::{self, Resumption, TlsOptions};
 pub struct Loader {
     options: TlsOptions,
     strict_sni: bool,
-    dev: Option<LoadedCert>,
+    dev: Option<Development>,
     pairs: Vec<PairSlot>,
     dirs: Vec<DirSlot>,
     client: Option<ClientSlot>,
@@ -143,8 +144,8 @@ impl Loader {
         options: TlsOptions,
     ) -> Result<(Loader, Arc<ServerConfig>), StartupError> {
         let provider = options.provider.clone();
-        let dev = if settings.self_signed() {
-            Some(certs::self_signed(&provider)?)
+        let dev = if settings.development() {
+            Some(dev_ca::development(&settings.dev, &provider)?)
         } else {
             None
         };
@@ -224,14 +225,14 @@ impl Loader {
         Ok((loader, config))
     }
 
-    /// The in-memory development certificate, when no certificate was given.
-    pub fn development(&self) -> Option<&CertSummary> {
-        self.dev.as_ref().map(|d| &d.summary)
+    /// The development certificate, when no certificate was given.
+    pub fn development(&self) -> Option<&Development> {
+        self.dev.as_ref()
     }
 
     /// Every certificate served, with where it came from, first = default.
     pub fn served(&self) -> Vec<(&str, &CertSummary)> {
-        let dev = self.dev.iter().map(|d| ("development", &d.summary));
+        let dev = self.dev.iter().map(|d| ("development", &d.loaded.summary));
         let pairs = self
             .pairs
             .iter()
@@ -348,7 +349,7 @@ impl Loader {
     fn build(&self) -> Result<Arc<ServerConfig>, StartupError> {
         let mut entries = Vec::new();
         if let Some(dev) = &self.dev {
-            entries.push(dev);
+            entries.push(&dev.loaded);
         }
         entries.extend(self.pairs.iter().map(|p| &p.served.loaded));
         entries.extend(

@@ -17,6 +17,25 @@ fn main() -> ExitCode {
         println!("{}", cli::version_line());
         return ExitCode::SUCCESS;
     }
+    match args.dev_ca_action() {
+        Ok(None) => {}
+        Ok(Some(action)) => {
+            return match wssify::dev_ca::run_action(action, args.dev_ca_dir.as_deref()) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wssify: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Err(e) => {
+            eprintln!("wssify: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // rustls warns once per client that sends a malformed server name or
     // the like: any client can cause that at will, so by default only its
     // errors are shown (wssify logs every failed handshake itself, rate

@@ -19,7 +19,7 @@ use rustls::ServerConfig;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::certs::CertSummary;
+use crate::certs::{CertSummary, Development};
 use crate::error::StartupError;
 use crate::loader::{DIR_EXTENSIONS, Loader};
 use crate::settings::format_duration;
@@ -167,20 +167,24 @@ pub enum Expiry {
 
 /// What to say about a certificate's expiry at `now` (Unix seconds).
 pub fn expiry_note(summary: &CertSummary, origin: &str, now: i64) -> Option<Expiry> {
-    if summary.self_signed {
-        return None;
-    }
+    let renew = match summary.development {
+        // New at every start and never reloaded: nothing to say.
+        Some(Development::SelfSigned) => return None,
+        // Signed for a while at start: a restart signs a new one.
+        Some(Development::SignedByDevCa) => "restart wssify to sign a new one",
+        None => "renew it",
+    };
     let left = summary.not_after.saturating_sub(now);
     if left < 0 {
         return Some(Expiry::Expired(format!(
-            "certificate {} ({origin}) expired on {} and is still served: renew it",
+            "certificate {} ({origin}) expired on {} and is still served: {renew}",
             summary.subject, summary.expires
         )));
     }
     let days = left / 86_400;
     (days < EXPIRY_WARNING_DAYS).then(|| {
         Expiry::Soon(format!(
-            "certificate {} ({origin}) expires in {days} days, on {}: renew it",
+            "certificate {} ({origin}) expires in {days} days, on {}: {renew}",
             summary.subject, summary.expires
         ))
     })
@@ -332,7 +336,7 @@ mod tests {
             not_after,
             fingerprint: String::new(),
             dns_names: Vec::new(),
-            self_signed: false,
+            development: None,
             chain_len: 1,
             chain_warning: None,
         }
@@ -372,5 +376,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let mut dev = summary(now + 5 * day + 10);
+        dev.development = Some(Development::SignedByDevCa);
+        match expiry_note(&dev, "development", now) {
+            Some(Expiry::Soon(line)) => assert!(
+                line.ends_with(
+                    "expires in 5 days, on 2030-01-01: restart wssify to sign a new one"
+                ),
+                "{line}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        dev.development = Some(Development::SelfSigned);
+        assert_eq!(expiry_note(&dev, "development", now), None);
     }
 }

@@ -156,8 +156,8 @@ pub fn default_max_handshakes() -> usize {
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Every file that makes up the TLS identity and client checks; all of them
-/// are re-read on reload. With no pair and no directory, a self-signed
-/// development certificate is made in memory.
+/// are re-read on reload. With no pair and no directory, a development
+/// certificate is served (see [`DevCert`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertSettings {
     /// `--cert`/`--key` pairs in order; the first is the default certificate.
@@ -174,6 +174,24 @@ pub struct CertSettings {
     pub crls: Vec<PathBuf>,
     /// `None`: no watching and no timer; SIGHUP still reloads.
     pub reload_interval: Option<Duration>,
+    /// Where the development certificate comes from when no certificate
+    /// is given.
+    pub dev: DevCert,
+}
+
+/// Where the development certificate comes from (no `--cert`, no
+/// `--cert-dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevCert {
+    /// Signed at each start by the development CA kept in a directory, so
+    /// that trusting the CA once lasts across restarts. `None` is the
+    /// default place under the user's data directory, which falls back to
+    /// [`DevCert::InMemory`] where nothing can be written there; a
+    /// directory given with `--dev-ca-dir` must work or the start fails.
+    Ca(Option<PathBuf>),
+    /// `--self-signed`: a self-signed certificate made in memory at each
+    /// start; nothing is read or written.
+    InMemory,
 }
 
 impl Default for CertSettings {
@@ -186,13 +204,14 @@ impl Default for CertSettings {
             client_ca_optional: false,
             crls: Vec::new(),
             reload_interval: Some(DEFAULT_RELOAD_INTERVAL),
+            dev: DevCert::Ca(None),
         }
     }
 }
 
 impl CertSettings {
-    /// No certificate was given: serve the in-memory development one.
-    pub fn self_signed(&self) -> bool {
+    /// No certificate was given: serve a development one (see [`DevCert`]).
+    pub fn development(&self) -> bool {
         self.pairs.is_empty() && self.dirs.is_empty()
     }
 }

@@ -1,4 +1,4 @@
-//! Certificates end to end: the development certificate, CA-issued
+//! Certificates end to end: the development certificates, CA-issued
 //! certificates, chains with an intermediate, and every key format the
 //! `--key` help promises, each served by the real binary to a real client.
 
@@ -13,6 +13,7 @@ use rcgen::{
     KeyUsagePurpose, SigningKey, date_time_ymd,
 };
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -199,17 +200,17 @@ async fn serve_and_echo(
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn default_certificate_is_untrusted_but_pinnable_and_for_development_only() {
+async fn default_certificate_is_signed_by_the_development_ca_and_for_development_only() {
     bounded(WAIT, async {
         let backend = echo_backend().await;
         let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
 
         let warning = w.wait_for_log("For development only").await;
         assert!(warning.contains("WARN"), "{warning}");
-        assert!(warning.contains("self-signed"), "{warning}");
+        assert!(warning.contains("signed by the development CA"), "{warning}");
         let line = w.wait_for_log("listening on ").await;
         assert!(
-            line.contains("certificate: self-signed for localhost, 127.0.0.1, ::1"),
+            line.contains("certificate: development certificate for localhost, 127.0.0.1, ::1, signed by the development CA"),
             "{line}"
         );
 
@@ -225,9 +226,52 @@ async fn default_certificate_is_untrusted_but_pinnable_and_for_development_only(
             .await,
         );
 
-        // Pinning the logged fingerprint, it is accepted and bytes flow.
+        // Trusting the development CA, it is accepted and bytes flow.
+        let ca = CertificateDer::from_pem_file(w.dev_ca_dir().join("ca.pem")).unwrap();
+        let mut tls = tls_connect(w.addr, trusting_client(std::slice::from_ref(&ca)), "localhost")
+            .await
+            .expect("handshake trusting the development CA");
+        echo_through(&mut tls).await;
+
+        // The served certificate's fingerprint is still logged (at debug),
+        // and pinning it works too.
         let fp = w.fingerprint().await;
         assert_eq!(fp.len(), 32 * 3 - 1, "SHA-256 as AB:CD:..: {fp}");
+        let mut tls = tls_connect(w.addr, pinned_client(&fp), "localhost")
+            .await
+            .expect("pinned handshake");
+        let served = tls.get_ref().1.peer_certificates().unwrap();
+        assert_eq!(served.len(), 2, "the certificate, then the development CA");
+        assert_eq!(fingerprint(&served[0]), fp);
+        assert_eq!(served[1], ca);
+        echo_through(&mut tls).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn self_signed_certificate_is_untrusted_but_pinnable_and_for_development_only() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string(), "--self-signed"]).await;
+
+        let warning = w.wait_for_log("For development only").await;
+        assert!(warning.contains("WARN"), "{warning}");
+        assert!(warning.contains("self-signed"), "{warning}");
+        let line = w.wait_for_log("listening on ").await;
+        assert!(
+            line.contains("certificate: self-signed for localhost, 127.0.0.1, ::1"),
+            "{line}"
+        );
+        assert_rejected_certificate(tls_connect(w.addr, trusting_client(&[]), "localhost").await);
+
+        // Pinning the logged fingerprint, it is accepted and bytes flow.
+        let fp = w.fingerprint().await;
+        let warning = w.wait_for_log("fingerprint: ").await;
+        assert!(
+            warning.contains("WARN"),
+            "at start, for all to see: {warning}"
+        );
         let mut tls = tls_connect(w.addr, pinned_client(&fp), "localhost")
             .await
             .expect("pinned handshake");

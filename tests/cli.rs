@@ -122,7 +122,7 @@ fn run(args: &[String]) -> (i32, String) {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn help_lists_every_flag_its_defaults_and_three_examples() {
+fn help_lists_every_flag_its_defaults_and_the_examples() {
     let (code, out) = run_to_exit(&["--help"]);
     assert_eq!(code, 0, "{out}");
     // Whitespace-insensitive, so help text wrapping does not matter.
@@ -153,6 +153,9 @@ fn help_lists_every_flag_its_defaults_and_three_examples() {
         "--threads",
         "--busy-poll",
         "--version",
+        "--dev-ca",
+        "--dev-ca-dir",
+        "--self-signed",
     ] {
         assert!(
             flat.contains(&format!("{flag} ")) || flat.contains(&format!("{flag}]")),
@@ -202,7 +205,7 @@ fn help_lists_every_flag_its_defaults_and_three_examples() {
         .lines()
         .filter(|l| l.trim_start().starts_with("$ wssify "))
         .count();
-    assert_eq!(examples, 3, "three example commands:\n{out}");
+    assert_eq!(examples, 4, "four example commands:\n{out}");
     assert!(
         flat.contains("$ wssify --listen 9300 --to 127.0.0.1:9200"),
         "{out}"
@@ -212,6 +215,7 @@ fn help_lists_every_flag_its_defaults_and_three_examples() {
         "{out}"
     );
     assert!(flat.contains("$ wssify --check "), "{out}");
+    assert!(flat.contains("$ wssify --dev-ca show "), "{out}");
     assert!(flat.contains("SIGHUP re-reads them"), "{out}");
 }
 
@@ -701,7 +705,9 @@ enum Outcome {
 /// Starts the binary and waits (bounded by [`WAIT`]) until it logs
 /// "listening on" (then stops it) or exits.
 fn run_until_listening_or_exit(args: &[&str]) -> Outcome {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wssify"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wssify"));
+    let _data_home = isolated(&mut command, &[]);
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -35,6 +35,30 @@ pub struct Wssify {
     changed: watch::Receiver<usize>,
     /// The first address it listens on.
     pub addr: SocketAddr,
+    /// Its HOME and XDG_DATA_HOME: the development CA is made there, never
+    /// in the real home; removed when the process is dropped.
+    pub data_home: tempfile::TempDir,
+}
+
+/// Environment changes for a started binary: `Some` sets a variable,
+/// `None` removes it. Applied after the defaults (HOME and XDG_DATA_HOME
+/// in a fresh temporary directory).
+pub type Env<'a> = &'a [(&'a str, Option<&'a str>)];
+
+/// A fresh directory for a binary's HOME and XDG_DATA_HOME, and the
+/// command set up to use it, then `env`.
+pub fn isolated(command: &mut Command, env: Env<'_>) -> tempfile::TempDir {
+    let data_home = tempfile::tempdir().expect("a temporary HOME");
+    command
+        .env("HOME", data_home.path())
+        .env("XDG_DATA_HOME", data_home.path());
+    for (name, value) in env {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    data_home
 }
 
 impl Wssify {
@@ -80,9 +104,21 @@ impl Wssify {
     /// Starts `program args` (which must exec wssify, e.g. through `sh -c`
     /// to set a limit first) and waits for "listening on".
     pub async fn start_raw_command(program: &str, args: &[&str]) -> Wssify {
-        let mut child = Command::new(program)
+        Self::start_raw_command_env(program, args, &[]).await
+    }
+
+    /// [`Wssify::start_raw`] with environment changes.
+    pub async fn start_raw_env(args: &[&str], env: Env<'_>) -> Wssify {
+        Self::start_raw_command_env(env!("CARGO_BIN_EXE_wssify"), args, env).await
+    }
+
+    /// [`Wssify::start_raw_command`] with environment changes.
+    pub async fn start_raw_command_env(program: &str, args: &[&str], env: Env<'_>) -> Wssify {
+        let mut command = Command::new(program);
+        command.env("RUST_LOG", "debug,rustls=info,tokio_rustls=info");
+        let data_home = isolated(&mut command, env);
+        let mut child = command
             .args(args)
-            .env("RUST_LOG", "debug,rustls=info,tokio_rustls=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -110,6 +146,7 @@ impl Wssify {
             lines,
             changed,
             addr: "127.0.0.1:0".parse().unwrap(),
+            data_home,
         };
         let line = w.wait_for_log("listening on ").await;
         let addr = line
@@ -167,6 +204,11 @@ impl Wssify {
                 return found;
             }
         }
+    }
+
+    /// Where the development CA is by default for this process.
+    pub fn dev_ca_dir(&self) -> std::path::PathBuf {
+        self.data_home.path().join("wssify/dev-ca")
     }
 
     /// The process id.
@@ -236,16 +278,36 @@ impl Drop for Wssify {
 }
 
 /// Runs the binary to completion with `args` (it must exit by itself within
-/// [`WAIT`]) and returns its exit code and stderr.
+/// [`WAIT`]) and returns its exit code and stderr, then stdout.
 pub fn run_to_exit(args: &[&str]) -> (i32, String) {
+    run_to_exit_env(args, &[])
+}
+
+/// [`run_to_exit`] with environment changes.
+pub fn run_to_exit_env(args: &[&str], env: Env<'_>) -> (i32, String) {
+    let (code, stderr, stdout) = run_to_exit_split(args, env);
+    (code, stderr + &stdout)
+}
+
+/// [`run_to_exit_env`], with stderr and stdout apart: (code, stderr, stdout).
+pub fn run_to_exit_split(args: &[&str], env: Env<'_>) -> (i32, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wssify"));
     command.args(args);
-    run_command_to_exit(command)
+    run_command_split(command, env)
+}
+
+/// Runs `command` (the binary, maybe wrapped, e.g. by
+/// [`unprivileged_wssify`]) to completion, with a HOME of its own, and
+/// returns its exit code and its stderr followed by its stdout.
+pub fn run_command_to_exit(command: Command) -> (i32, String) {
+    let (code, stderr, stdout) = run_command_split(command, &[]);
+    (code, stderr + &stdout)
 }
 
 /// Runs `command` to completion (it must exit by itself within [`WAIT`])
-/// and returns its exit code and its stderr followed by its stdout.
-pub fn run_command_to_exit(mut command: Command) -> (i32, String) {
+/// with a HOME of its own: (code, stderr, stdout).
+fn run_command_split(mut command: Command, env: Env<'_>) -> (i32, String, String) {
+    let _data_home = isolated(&mut command, env);
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -264,9 +326,11 @@ pub fn run_command_to_exit(mut command: Command) -> (i32, String) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let output = child.wait_with_output().expect("output");
-    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stdout));
-    (output.status.code().unwrap_or(-1), text)
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 /// A command that runs the wssify binary without the privilege to bind
