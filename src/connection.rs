@@ -5,7 +5,6 @@
 //! reason in the log line, never an error for the process.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::budget::Budget;
+use crate::conn_id::Who;
 use crate::listener::Held;
 use crate::logsafe;
 use crate::proxy::{self, End, Timeouts};
@@ -83,7 +83,7 @@ struct Session {
 /// clients that have not sent a hello.
 pub async fn serve(
     tcp: TcpStream,
-    peer: SocketAddr,
+    who: Who,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
     held: Held,
@@ -97,10 +97,10 @@ pub async fn serve(
     // keeps its place in an async fn's layout: 1.4 KiB per idle
     // connection, measured). With -Zprint-type-sizes: the task went from
     // 2968 bytes.
-    if let Some(session) = Box::pin(opening(tcp, peer, &shared, slots)).await {
+    if let Some(session) = Box::pin(opening(tcp, who, &shared, slots)).await {
         // The session is boxed too: moved by value into `relay`, async fn
         // layout would otherwise hold it twice (1.3 KiB each).
-        relay(session, peer, &shared, phase).await;
+        relay(session, who, &shared, phase).await;
     }
 }
 
@@ -109,16 +109,16 @@ pub async fn serve(
 /// was logged.
 async fn opening(
     tcp: TcpStream,
-    peer: SocketAddr,
+    who: Who,
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
 ) -> Option<Box<Session>> {
     let started = Instant::now();
     let client = match &shared.handshakes {
-        Some(pool) => handshake_on(pool, tcp, peer, shared, slots, started).await,
-        None => handshake_here(tcp, peer, shared, slots, started).await,
+        Some(pool) => handshake_on(pool, tcp, who, shared, slots, started).await,
+        None => handshake_here(tcp, who, shared, slots, started).await,
     }?;
-    open(client, peer, shared, started).await
+    open(client, who, shared, started).await
 }
 
 /// Runs [`handshake_here`] on the handshake threads, then brings the
@@ -127,7 +127,7 @@ async fn opening(
 async fn handshake_on(
     pool: &Handle,
     tcp: TcpStream,
-    peer: SocketAddr,
+    who: Who,
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
     started: Instant,
@@ -135,7 +135,7 @@ async fn handshake_on(
     let moved = match tcp.into_std() {
         Ok(moved) => moved,
         Err(e) => {
-            debug!("peer={peer} end=\"cannot hand the socket to the handshake threads: {e}\"");
+            debug!("{who} end=\"cannot hand the socket to the handshake threads: {e}\"");
             return None;
         }
     };
@@ -144,21 +144,21 @@ async fn handshake_on(
         let tcp = match TcpStream::from_std(moved) {
             Ok(tcp) => tcp,
             Err(e) => {
-                debug!("peer={peer} end=\"cannot watch the socket on the handshake threads: {e}\"");
+                debug!("{who} end=\"cannot watch the socket on the handshake threads: {e}\"");
                 return None;
             }
         };
-        Box::pin(handshake_here(tcp, peer, &shared, slots, started)).await
+        Box::pin(handshake_here(tcp, who, &shared, slots, started)).await
     });
     let mut client = match task.await {
         Ok(client) => client?,
         Err(e) => {
-            debug!("peer={peer} end=\"the handshake task ended without a result: {e}\"");
+            debug!("{who} end=\"the handshake task ended without a result: {e}\"");
             return None;
         }
     };
     if let Err(e) = client.rebind() {
-        debug!("peer={peer} end=\"cannot take the socket back from the handshake threads: {e}\"");
+        debug!("{who} end=\"cannot take the socket back from the handshake threads: {e}\"");
         return None;
     }
     Some(client)
@@ -169,7 +169,7 @@ async fn handshake_on(
 /// handshake permit is given back as soon as it ends.
 async fn handshake_here(
     mut tcp: TcpStream,
-    peer: SocketAddr,
+    who: Who,
     shared: &Shared,
     slots: Arc<Semaphore>,
     started: Instant,
@@ -180,7 +180,7 @@ async fn handshake_here(
     // clients that send nothing, trickle or stall before that cost only
     // their bytes (and --handshake-timeout ends them), so a flood of them
     // cannot keep real clients from their handshakes.
-    tune(&tcp);
+    tune(&tcp, who);
     let deadline = started + shared.handshake_timeout;
 
     // `Some`: neither TLS nor HTTP; rustls is given the bytes read so far
@@ -189,17 +189,14 @@ async fn handshake_here(
         Ok(Some(FirstBytes::Tls)) => None,
         Ok(Some(FirstBytes::NotTls(head))) => Some(head),
         Ok(Some(FirstBytes::Nothing)) => {
-            info_limited!(
-                Kind::Probe,
-                "peer={peer} end=\"closed before sending anything\""
-            );
+            info_limited!(Kind::Probe, "{who} end=\"closed before sending anything\"");
             return None;
         }
         Ok(Some(FirstBytes::PlainHttp)) => {
             let answered = sniff::answer_plain_http(&mut tcp).await;
             info_limited!(
                 Kind::PlainHttp,
-                "peer={peer} duration={} end=\"plain HTTP on the TLS port: {}\"",
+                "{who} duration={} end=\"plain HTTP on the TLS port: {}\"",
                 elapsed(started),
                 match answered {
                     Ok(()) => "answered 400, use wss:// or https://".to_string(),
@@ -211,7 +208,7 @@ async fn handshake_here(
         Ok(None) => {
             info_limited!(
                 Kind::HandshakeFailed,
-                "peer={peer} duration={} end=\"handshake failed: no bytes within {}\"",
+                "{who} duration={} end=\"handshake failed: no bytes within {}\"",
                 elapsed(started),
                 format_duration(shared.handshake_timeout)
             );
@@ -220,7 +217,7 @@ async fn handshake_here(
         Err(e) => {
             info_limited!(
                 Kind::HandshakeFailed,
-                "peer={peer} duration={} end=\"client error: {e}\"",
+                "{who} duration={} end=\"client error: {e}\"",
                 elapsed(started)
             );
             return None;
@@ -242,6 +239,7 @@ async fn handshake_here(
     let stream = TlsStream::start(tcp, shared.tls.load_full(), prefix, shared.budget.clone());
     let accept = async {
         let mut stream = stream?;
+        stream.set_id(who.id);
         if let Err(error) = stream.first_record().await {
             return Err(stream.refused(error));
         }
@@ -258,7 +256,7 @@ async fn handshake_here(
         Ok(Err(Refused { error, mut tcp })) => {
             info_limited!(
                 kind,
-                "peer={peer} duration={} end=\"{}\"",
+                "{who} duration={} end=\"{}\"",
                 elapsed(started),
                 // It may quote the client's SNI (--strict-sni).
                 logsafe::quoted(failed(tls::describe_handshake_error(&error)).as_bytes())
@@ -273,7 +271,7 @@ async fn handshake_here(
         Err(_) => {
             info_limited!(
                 kind,
-                "peer={peer} duration={} end=\"{}\"",
+                "{who} duration={} end=\"{}\"",
                 elapsed(started),
                 failed(format!(
                     "not finished within {}",
@@ -290,7 +288,7 @@ async fn handshake_here(
 /// Every way this can fail is logged here; `None` means it did.
 async fn open(
     mut client: TlsStream,
-    peer: SocketAddr,
+    who: Who,
     shared: &Shared,
     started: Instant,
 ) -> Option<Box<Session>> {
@@ -307,7 +305,7 @@ async fn open(
                 ),
             };
             warn!(
-                "peer={peer} {} duration={} end=\"backend {} unreachable: {why}\"",
+                "{who} {} duration={} end=\"backend {} unreachable: {why}\"",
                 facts.describe(),
                 elapsed(started),
                 shared.backend
@@ -316,7 +314,7 @@ async fn open(
             return None;
         }
     };
-    tune(&backend);
+    tune(&backend, who);
     Some(Box::new(Session {
         client,
         backend,
@@ -328,7 +326,7 @@ async fn open(
 /// Moves bytes until the session ends, then logs how it went.
 async fn relay(
     mut session: Box<Session>,
-    peer: SocketAddr,
+    who: Who,
     shared: &Shared,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -358,7 +356,7 @@ async fn relay(
     };
     for socket in reset {
         if let Err(e) = SockRef::from(*socket).set_linger(Some(Duration::ZERO)) {
-            debug!("cannot set SO_LINGER to reset a connection: {e}");
+            debug!("{who}: cannot set SO_LINGER to reset a connection: {e}");
         }
     }
     // A client that ended first by closing TCP without close_notify (many
@@ -371,7 +369,7 @@ async fn relay(
         _ => "",
     };
     info!(
-        "peer={peer} {} to_backend={}B to_client={}B duration={} end=\"{}{note}\"",
+        "{who} {} to_backend={}B to_client={}B duration={} end=\"{}{note}\"",
         session.facts.describe(),
         outcome.to_backend,
         // What went out on the socket, not what was queued for it.
@@ -441,16 +439,16 @@ async fn connect(backend: &Backend) -> io::Result<TcpStream> {
 /// TCP_NODELAY (small WebSocket frames must not wait) and keepalive (dead
 /// peers of idle connections are found) on a socket; failures only cost
 /// those optimisations, so they are logged at debug.
-fn tune(stream: &TcpStream) {
+fn tune(stream: &TcpStream, who: Who) {
     if let Err(e) = stream.set_nodelay(true) {
-        debug!("cannot set TCP_NODELAY: {e}");
+        debug!("{who}: cannot set TCP_NODELAY: {e}");
     }
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
         .with_retries(6);
     if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-        debug!("cannot set TCP keepalive: {e}");
+        debug!("{who}: cannot set TCP keepalive: {e}");
     }
 }
 

@@ -13,6 +13,7 @@ pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod client_auth;
+pub mod conn_id;
 pub mod connection;
 pub mod error;
 #[doc(hidden)]

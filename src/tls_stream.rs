@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::budget::{Budget, MIN_GRANT, Waiting};
+use crate::conn_id::{self, ConnId};
 
 /// How much ciphertext is read from the socket at a time: two full TLS
 /// records (16 KiB of plaintext plus header and tag each), so bulk
@@ -85,6 +86,8 @@ pub struct TlsStream {
     /// the bad record once more and queue a second fatal alert, a debug
     /// assertion in rustls, found by the fuzzer).
     failed: bool,
+    /// The connection's id, named while rustls works (its log lines carry it).
+    id: ConnId,
 }
 
 /// What the log line reports about a finished handshake.
@@ -266,7 +269,14 @@ impl TlsStream {
             awaiting_bytes: false,
             deferred: None,
             sni: None,
+            id: ConnId::NONE,
         })
+    }
+
+    /// Names the connection this stream serves, so that what rustls logs
+    /// for it carries its id.
+    pub fn set_id(&mut self, id: ConnId) {
+        self.id = id;
     }
 
     /// The TCP socket under the stream, for socket options (a reset on
@@ -378,6 +388,17 @@ impl TlsStream {
     /// the reader when there is no `out` or it is full), TLS data is queued
     /// for sending, and `write` runs if application data may be written.
     fn advance(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: Option<&mut ReadBuf<'_>>,
+        write: Option<&mut WriteFn<'_>>,
+    ) -> io::Result<Step> {
+        // Whatever rustls logs meanwhile is about this connection.
+        conn_id::scope(self.id, || self.advance_named(cx, out, write))
+    }
+
+    /// [`Self::advance`], with the connection named for rustls' log lines.
+    fn advance_named(
         &mut self,
         cx: &mut Context<'_>,
         mut out: Option<&mut ReadBuf<'_>>,

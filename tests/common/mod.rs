@@ -80,10 +80,22 @@ impl Wssify {
     /// Starts `program args` (which must exec wssify, e.g. through `sh -c`
     /// to set a limit first) and waits for "listening on".
     pub async fn start_raw_command(program: &str, args: &[&str]) -> Wssify {
+        Self::launch(
+            program,
+            args,
+            "debug,rustls=info,tokio_rustls=info",
+            Stdio::null(),
+        )
+        .await
+    }
+
+    /// Starts `program args` with this `RUST_LOG` and standard input (a
+    /// terminal, say), and waits for "listening on".
+    pub async fn launch(program: &str, args: &[&str], rust_log: &str, stdin: Stdio) -> Wssify {
         let mut child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "debug,rustls=info,tokio_rustls=info")
-            .stdin(Stdio::null())
+            .env("RUST_LOG", rust_log)
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
