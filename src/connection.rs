@@ -24,7 +24,7 @@ use crate::listener::Held;
 use crate::logsafe;
 use crate::proxy::{self, End, Timeouts};
 use crate::ratelog::{Kind, info_limited};
-use crate::settings::{Backend, format_duration};
+use crate::settings::{Backend, TlsMin, format_duration};
 use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
@@ -40,6 +40,8 @@ pub struct Shared {
     pub tls: Arc<ArcSwap<ServerConfig>>,
     /// Where decrypted bytes go.
     pub backend: Backend,
+    /// The oldest TLS version served, for telling clients what they lack.
+    pub tls_min: TlsMin,
     /// Limit on sniffing plus the handshake.
     pub handshake_timeout: Duration,
     /// Where sniffs and handshakes run: their own low-priority threads
@@ -259,7 +261,9 @@ async fn handshake_here(
                 "{who} duration={} end=\"{}\"",
                 elapsed(started),
                 // It may quote the client's SNI (--strict-sni).
-                logsafe::quoted(failed(tls::describe_handshake_error(&error)).as_bytes())
+                logsafe::quoted(
+                    failed(tls::describe_handshake_error(&error, shared.tls_min)).as_bytes()
+                )
             );
             if not_tls.is_some() {
                 // Let rustls' alert reach the client before the close
@@ -364,19 +368,41 @@ async fn relay(
     // boundary, but nothing proves the client meant to stop there. (Once
     // the backend has ended first, a client closing that way is the norm.)
     let to_client = client.plaintext_sent();
-    let note = match outcome.end {
-        End::ClientClosed if client.closed_without_notify() => " (no close_notify)",
-        _ => "",
+    let end = if left_in_silence(&outcome.end, outcome.to_backend, to_client) {
+        SILENT_CLOSE.to_string()
+    } else if matches!(outcome.end, End::ClientClosed) && client.closed_without_notify() {
+        format!("{} (no close_notify)", outcome.end)
+    } else {
+        outcome.end.to_string()
     };
     info!(
-        "{who} {} to_backend={}B to_client={}B duration={} end=\"{}{note}\"",
+        "{who} {} to_backend={}B to_client={}B duration={} end=\"{end}\"",
         session.facts.describe(),
         outcome.to_backend,
         // What went out on the socket, not what was queued for it.
         to_client,
         elapsed(session.started),
-        outcome.end
     );
+}
+
+/// The end of a client that completed the handshake and then left without
+/// a byte either way. Some clients check our certificate only once the
+/// handshake is done, and then close without an alert.
+const SILENT_CLOSE: &str = "client closed after the handshake without sending anything: a TLS health check, or a client that checks our certificate only after the handshake and does not trust it (curl for a name the certificate lacks, Node.js over TLS 1.2)";
+
+/// Whether the client ended a session (closed or reset it) before a byte
+/// moved either way: no WebSocket client does, since it speaks first.
+fn left_in_silence(end: &End, to_backend: u64, to_client: u64) -> bool {
+    use io::ErrorKind as Kind;
+    let client_left = match end {
+        End::ClientClosed => true,
+        End::ClientError(e) => matches!(
+            e.kind(),
+            Kind::ConnectionReset | Kind::ConnectionAborted | Kind::BrokenPipe
+        ),
+        _ => false,
+    };
+    client_left && to_backend == 0 && to_client == 0
 }
 
 impl Facts {

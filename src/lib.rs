@@ -165,6 +165,7 @@ impl Server {
         let shared = Arc::new(Shared {
             tls: reloader.live(),
             backend: settings.backend.clone(),
+            tls_min: settings.tls_min,
             handshake_timeout: settings.handshake_timeout,
             handshakes,
             connect_timeout: settings.connect_timeout,
