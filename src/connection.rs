@@ -462,6 +462,66 @@ async fn connect(backend: &Backend) -> io::Result<TcpStream> {
     }))
 }
 
+/// Tries one connection to the backend at start, in the background, and
+/// warns if it fails: a backend that is down (or a wrong `--to`) is then
+/// seen at once instead of at the first client. wssify serves on, since
+/// the backend may come up later. The backend sees a connection that
+/// closes without a byte, like a TCP health check.
+///
+/// For an IP address the connect is begun here, before any client is
+/// accepted, so this is the first connection the backend accepts.
+pub fn check_backend_at_start(backend: &Backend, limit: Duration) {
+    let begun = backend
+        .host
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| begin_connect(std::net::SocketAddr::new(ip, backend.port)));
+    let backend = backend.clone();
+    tokio::spawn(async move {
+        let attempt = async {
+            match begun {
+                Some(begun) => {
+                    let stream = begun?;
+                    stream.writable().await?;
+                    match stream.take_error()? {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    }
+                }
+                None => connect(&backend).await.map(drop),
+            }
+        };
+        let why = match timeout(limit, attempt).await {
+            Ok(Ok(())) => {
+                debug!("backend {backend} accepts connections");
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}", format_duration(limit)),
+        };
+        warn!(
+            "cannot connect to backend {backend} (--to) at start: {why}; wssify keeps running and connects to it for each client, so it may come up later"
+        );
+    });
+}
+
+/// Starts a non-blocking connect (the SYN leaves now) for a tokio stream
+/// that becomes writable once it is done.
+fn begin_connect(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    TcpStream::from_std(socket.into())
+}
+
 /// TCP_NODELAY (small WebSocket frames must not wait) and keepalive (dead
 /// peers of idle connections are found) on a socket; failures only cost
 /// those optimisations, so they are logged at debug.

@@ -139,6 +139,12 @@ impl Server {
                 b.local_addr, b.scope, settings.backend, certificate, settings.tls_min, alpn
             );
         }
+        if settings.alpn.iter().any(|p| p == b"h2") {
+            warn!(
+                "--alpn h2: wssify passes the bytes through as they are, so the backend {} must speak HTTP/2 itself (cleartext, with prior knowledge); a browser that negotiates h2 sends HTTP/2 frames, and WebSocket over HTTP/2 needs RFC 8441 in the backend. Leave h2 out unless the backend does (browsers then use http/1.1)",
+                settings.backend
+            );
+        }
         info!(
             "limits: at most {max_conns} connections ({}), {} handshakes at once, {} per IP; buffer memory {} ({memory_origin}); idle timeout {}, stall {}, handshake {}, connect {}, drain {}",
             match settings.max_conns {
@@ -201,6 +207,8 @@ impl Server {
             max_handshakes: self.max_handshakes,
             per_ip: self.max_conns_per_ip.map(listener::PerIp::new),
         };
+        // Before the first accept, so the backend sees this check first.
+        connection::check_backend_at_start(&self.shared.backend, self.shared.connect_timeout);
         // Reports the count of rate-limited lines when a flood stops.
         let summaries = tokio::spawn(ratelog::report_held_back());
         let mut loops = Vec::new();

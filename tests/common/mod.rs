@@ -274,6 +274,16 @@ pub fn run_to_exit(args: &[&str]) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
+/// Accepts the connection wssify opens at start to check that the backend
+/// is up (it closes without a byte), then the next one: a client's. For a
+/// backend listening before wssify starts; wssify begins that check
+/// before it accepts any client, so it always comes first.
+pub async fn accept_past_check(listener: &TcpListener) -> TcpStream {
+    let (check, _) = listener.accept().await.unwrap();
+    drop(check);
+    listener.accept().await.unwrap().0
+}
+
 /// A TCP echo backend: echoes until the client's EOF, then shuts its write
 /// side down (so half-closes are visible end to end).
 pub async fn echo_backend() -> SocketAddr {
