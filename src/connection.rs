@@ -87,11 +87,12 @@ pub async fn serve(
     tcp: TcpStream,
     who: Who,
     shared: Arc<Shared>,
-    phase: watch::Receiver<Phase>,
+    mut phase: watch::Receiver<Phase>,
     held: Held,
     slots: Arc<Semaphore>,
 ) {
     let _held = (held, shared.budget.connection());
+    let started = Instant::now();
     // Opening is boxed, and is one future: its steps (sniff, handshake,
     // connect) and what they hand each other (the TLS stream, 1.3 KiB) are
     // freed once it is done instead of sizing the task for the
@@ -99,7 +100,15 @@ pub async fn serve(
     // keeps its place in an async fn's layout: 1.4 KiB per idle
     // connection, measured). With -Zprint-type-sizes: the task went from
     // 2968 bytes.
-    if let Some(session) = Box::pin(opening(tcp, who, &shared, slots)).await {
+    // A second shutdown request cuts a connection still opening too.
+    let opened = tokio::select! {
+        opened = Box::pin(opening(tcp, who, &shared, slots, started)) => opened,
+        () = reached(&mut phase, Phase::Cut) => {
+            info!("{who} duration={} end=\"{}\"", elapsed(started), End::Cut);
+            return;
+        }
+    };
+    if let Some(session) = opened {
         // The session is boxed too: moved by value into `relay`, async fn
         // layout would otherwise hold it twice (1.3 KiB each).
         relay(session, who, &shared, phase).await;
@@ -114,8 +123,8 @@ async fn opening(
     who: Who,
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
+    started: Instant,
 ) -> Option<Box<Session>> {
-    let started = Instant::now();
     let client = match &shared.handshakes {
         Some(pool) => handshake_on(pool, tcp, who, shared, slots, started).await,
         None => handshake_here(tcp, who, shared, slots, started).await,
@@ -337,25 +346,31 @@ async fn relay(
     let Session {
         client, backend, ..
     } = &mut *session;
-    // Pinned here and lent to `pipe`, so the future is stored only once.
-    let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
     let timeouts = Timeouts {
         idle: shared.idle_timeout,
         stall: shared.stall_timeout,
     };
-    let outcome = proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await;
+    let mut outcome = {
+        // Pinned here and lent to `pipe`, so the future is stored only once.
+        let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
+        proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await
+    };
+    if matches!(outcome.end, End::Drained) && *phase.borrow() == Phase::Cut {
+        outcome.end = End::Cut;
+    }
     if matches!(outcome.end, End::IdleTimeout(_) | End::Drained) {
         // Say goodbye properly: close_notify to the client, FIN to the backend.
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
         let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
     }
     // The client's stream broke (a truncated or forged record, a reset),
-    // or a peer stopped taking bytes: bytes were lost on the way, so the
-    // other side must not take the end for a complete exchange. It gets a
-    // reset, not a FIN, when the socket is dropped.
+    // a peer stopped taking bytes, or a second shutdown request cut the
+    // connection: bytes were lost on the way, so the other side must not
+    // take the end for a complete exchange. It gets a reset, not a FIN,
+    // when the socket is dropped.
     let reset: &[&TcpStream] = match outcome.end {
         End::ClientError(_) => &[&*backend],
-        End::ClientStalled(_) | End::BackendStalled(_) => &[&*backend, client.tcp()],
+        End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => &[&*backend, client.tcp()],
         _ => &[],
     };
     for socket in reset {

@@ -230,9 +230,17 @@ impl Server {
             }
             // Every loop has given back the permit it held for its next client.
             let open = self.max_conns - limit.available_permits();
+            // Someone at a terminal may not know a second Ctrl-C ends the
+            // wait; a process manager sends its second signal on its own.
+            let hint = if open > 0 && from_terminal() {
+                "; press Ctrl-C again to exit at once"
+            } else {
+                ""
+            };
             info!(
-                "stopped accepting; waiting up to {} for {open} open connections to finish",
-                format_duration(self.drain_timeout)
+                "stopped accepting; waiting up to {} for {} to finish{hint}",
+                format_duration(self.drain_timeout),
+                open_connections(open)
             );
             match Arc::try_unwrap(coordinator) {
                 Ok(coordinator) => coordinator.drain(self.drain_timeout, &mut shutdown).await,
@@ -244,6 +252,21 @@ impl Server {
         summaries.abort();
         exit
     }
+}
+
+/// "1 open connection", "2 open connections".
+fn open_connections(n: usize) -> String {
+    match n {
+        1 => "1 open connection".to_string(),
+        n => format!("{n} open connections"),
+    }
+}
+
+/// Whether wssify runs in a terminal (its input or its log is one), where
+/// Ctrl-C is what stops it.
+fn from_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() || std::io::stderr().is_terminal()
 }
 
 /// Runs wssify until SIGTERM/SIGINT and the drain that follows.
