@@ -87,12 +87,11 @@ pub async fn serve(
     tcp: TcpStream,
     who: Who,
     shared: Arc<Shared>,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     held: Held,
     slots: Arc<Semaphore>,
 ) {
     let _held = (held, shared.budget.connection());
-    let started = Instant::now();
     // Opening is boxed, and is one future: its steps (sniff, handshake,
     // connect) and what they hand each other (the TLS stream, 1.3 KiB) are
     // freed once it is done instead of sizing the task for the
@@ -100,36 +99,40 @@ pub async fn serve(
     // keeps its place in an async fn's layout: 1.4 KiB per idle
     // connection, measured). With -Zprint-type-sizes: the task went from
     // 2968 bytes.
-    // A second shutdown request cuts a connection still opening too.
-    let opened = tokio::select! {
-        opened = Box::pin(opening(tcp, who, &shared, slots, started)) => opened,
-        () = reached(&mut phase, Phase::Cut) => {
-            info!("{who} duration={} end=\"{}\"", elapsed(started), End::Cut);
-            return;
-        }
-    };
+    let opened = Box::pin(opening(tcp, who, &shared, slots, phase.clone())).await;
     if let Some(session) = opened {
         // The session is boxed too: moved by value into `relay`, async fn
         // layout would otherwise hold it twice (1.3 KiB each).
-        relay(session, who, &shared, phase).await;
+        relay(session, &who, &shared, phase).await;
     }
 }
 
 /// Everything before bytes flow: the handshake (on the handshake threads
-/// when there are any), then the backend connect. `None`: it failed, and
-/// was logged.
+/// when there are any), then the backend connect. `None`: it failed, or a
+/// second shutdown request cut it, and that was logged. `phase` is a view
+/// of its own, so that the task keeps none while the connection is open.
 async fn opening(
     tcp: TcpStream,
     who: Who,
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
-    started: Instant,
+    mut phase: watch::Receiver<Phase>,
 ) -> Option<Box<Session>> {
-    let client = match &shared.handshakes {
-        Some(pool) => handshake_on(pool, tcp, who, shared, slots, started).await,
-        None => handshake_here(tcp, who, shared, slots, started).await,
-    }?;
-    open(client, who, shared, started).await
+    let started = Instant::now();
+    let steps = async {
+        let client = match &shared.handshakes {
+            Some(pool) => handshake_on(pool, tcp, who, shared, slots, started).await,
+            None => handshake_here(tcp, who, shared, slots, started).await,
+        }?;
+        open(client, who, shared, started).await
+    };
+    tokio::select! {
+        session = steps => session,
+        () = reached(&mut phase, Phase::Cut) => {
+            info!("{who} duration={} end=\"{}\"", elapsed(started), End::Cut);
+            None
+        }
+    }
 }
 
 /// Runs [`handshake_here`] on the handshake threads, then brings the
@@ -339,7 +342,7 @@ async fn open(
 /// Moves bytes until the session ends, then logs how it went.
 async fn relay(
     mut session: Box<Session>,
-    who: Who,
+    who: &Who,
     shared: &Shared,
     mut phase: watch::Receiver<Phase>,
 ) {
