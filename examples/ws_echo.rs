@@ -59,8 +59,15 @@ async fn main() -> ExitCode {
 
 /// Echoes one client's text and binary messages until it closes.
 async fn echo(stream: TcpStream, peer: SocketAddr) {
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
     let mut ws = match tokio_tungstenite::accept_async(stream).await {
         Ok(ws) => ws,
+        // Closed before sending a request: a health check, such as the
+        // connection wssify opens at start to see that its backend is up.
+        Err(Error::Protocol(ProtocolError::HandshakeIncomplete)) => {
+            println!("ws echo: {peer} closed before sending a request (a health check)");
+            return;
+        }
         Err(e) => {
             eprintln!("ws_echo: {peer}: WebSocket handshake failed: {e}");
             return;

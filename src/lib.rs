@@ -13,6 +13,7 @@ pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod client_auth;
+pub mod conn_id;
 pub mod connection;
 pub mod dev_ca;
 pub mod error;
@@ -139,6 +140,12 @@ impl Server {
                 b.local_addr, b.scope, settings.backend, certificate, settings.tls_min, alpn
             );
         }
+        if settings.alpn.iter().any(|p| p == b"h2") {
+            warn!(
+                "--alpn h2: wssify passes the bytes through as they are, so the backend {} must speak HTTP/2 itself (cleartext, with prior knowledge); a browser that negotiates h2 sends HTTP/2 frames, and WebSocket over HTTP/2 needs RFC 8441 in the backend. Leave h2 out unless the backend does (browsers then use http/1.1)",
+                settings.backend
+            );
+        }
         info!(
             "limits: at most {max_conns} connections ({}), {} handshakes at once, {} per IP; buffer memory {} ({memory_origin}); idle timeout {}, stall {}, handshake {}, connect {}, drain {}",
             match settings.max_conns {
@@ -165,6 +172,7 @@ impl Server {
         let shared = Arc::new(Shared {
             tls: reloader.live(),
             backend: settings.backend.clone(),
+            tls_min: settings.tls_min,
             handshake_timeout: settings.handshake_timeout,
             handshakes,
             connect_timeout: settings.connect_timeout,
@@ -200,6 +208,8 @@ impl Server {
             max_handshakes: self.max_handshakes,
             per_ip: self.max_conns_per_ip.map(listener::PerIp::new),
         };
+        // Before the first accept, so the backend sees this check first.
+        connection::check_backend_at_start(&self.shared.backend, self.shared.connect_timeout);
         // Reports the count of rate-limited lines when a flood stops.
         let summaries = tokio::spawn(ratelog::report_held_back());
         let mut loops = Vec::new();
@@ -221,9 +231,17 @@ impl Server {
             }
             // Every loop has given back the permit it held for its next client.
             let open = self.max_conns - limit.available_permits();
+            // Someone at a terminal may not know a second Ctrl-C ends the
+            // wait; a process manager sends its second signal on its own.
+            let hint = if open > 0 && from_terminal() {
+                "; press Ctrl-C again to exit at once"
+            } else {
+                ""
+            };
             info!(
-                "stopped accepting; waiting up to {} for {open} open connections to finish",
-                format_duration(self.drain_timeout)
+                "stopped accepting; waiting up to {} for {} to finish{hint}",
+                format_duration(self.drain_timeout),
+                open_connections(open)
             );
             match Arc::try_unwrap(coordinator) {
                 Ok(coordinator) => coordinator.drain(self.drain_timeout, &mut shutdown).await,
@@ -235,6 +253,21 @@ impl Server {
         summaries.abort();
         exit
     }
+}
+
+/// "1 open connection", "2 open connections".
+fn open_connections(n: usize) -> String {
+    match n {
+        1 => "1 open connection".to_string(),
+        n => format!("{n} open connections"),
+    }
+}
+
+/// Whether wssify runs in a terminal (its input or its log is one), where
+/// Ctrl-C is what stops it.
+fn from_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() || std::io::stderr().is_terminal()
 }
 
 /// Runs wssify until SIGTERM/SIGINT and the drain that follows.

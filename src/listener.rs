@@ -18,6 +18,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::conn_id::{ConnId, Who};
 use crate::connection::{self, Shared};
 use crate::error::StartupError;
 use crate::port_holder;
@@ -245,6 +246,11 @@ pub async fn accept_loop(
             Ok((tcp, peer)) => {
                 // Show IPv4 clients of a dual-stack socket as plain IPv4.
                 let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                let who = Who {
+                    id: ConnId::next(),
+                    peer,
+                };
+                debug!("{who} listener={local_addr} accepted");
                 if let Some((since, failures)) = failing.take() {
                     info!(
                         "{local_addr}: accepting again after {failures} failed accepts over {}",
@@ -257,7 +263,7 @@ pub async fn accept_loop(
                     Some(per_ip) => match per_ip.admit(peer.ip()) {
                         Ok(slot) => Some(slot),
                         Err(open) => {
-                            refuse(tcp, peer, open, per_ip.limit);
+                            refuse(tcp, who, open, per_ip.limit);
                             continue;
                         }
                     },
@@ -269,7 +275,7 @@ pub async fn accept_loop(
                 };
                 let task = connection::serve(
                     tcp,
-                    peer,
+                    who,
                     shared.clone(),
                     coordinator.watch(),
                     held,
@@ -349,15 +355,15 @@ async fn take(
 /// Closes a connection over `--max-conns-per-ip` at once, before any TLS,
 /// with a reset: the client learns at once, and no TIME_WAIT is left here
 /// for each refusal of a flood.
-fn refuse(tcp: TcpStream, peer: SocketAddr, open: usize, limit: usize) {
+fn refuse(tcp: TcpStream, who: Who, open: usize, limit: usize) {
     if let Err(e) = SockRef::from(&tcp).set_linger(Some(Duration::ZERO)) {
-        debug!("peer={peer}: cannot set SO_LINGER for the refusal: {e}");
+        debug!("{who}: cannot set SO_LINGER for the refusal: {e}");
     }
     drop(tcp);
     info_limited!(
         Kind::PerIpRefused,
-        "peer={peer} end=\"refused: {open} connections already open from {} (--max-conns-per-ip {limit})\"",
-        peer.ip()
+        "{who} end=\"refused: {open} connections already open from {} (--max-conns-per-ip {limit})\"",
+        who.peer.ip()
     );
 }
 

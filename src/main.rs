@@ -40,10 +40,15 @@ fn main() -> ExitCode {
     // the like: any client can cause that at will, so by default only its
     // errors are shown (wssify logs every failed handshake itself, rate
     // limited); RUST_LOG=info,rustls=warn brings them back.
-    env_logger::Builder::from_env(
+    let logger = env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,rustls=error"),
     )
-    .init();
+    .build();
+    let level = logger.filter();
+    // rustls' lines get the id of the connection they are about.
+    if log::set_boxed_logger(Box::new(wssify::conn_id::Tagged::new(logger))).is_ok() {
+        log::set_max_level(level);
+    }
 
     let check = args.check;
     let settings = match args.into_settings() {

@@ -54,6 +54,9 @@ pub enum End {
     BackendError(io::Error),
     /// Shutdown's drain timeout ran out while the connection was open.
     Drained,
+    /// A second shutdown request cut the drain short while the connection
+    /// was open.
+    Cut,
 }
 
 impl fmt::Display for End {
@@ -79,6 +82,7 @@ impl fmt::Display for End {
             End::ClientError(e) => write!(f, "client error: {e}"),
             End::BackendError(e) => write!(f, "backend error: {e}"),
             End::Drained => f.write_str("drained at shutdown"),
+            End::Cut => f.write_str("cut at shutdown"),
         }
     }
 }

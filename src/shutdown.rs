@@ -20,7 +20,14 @@ pub enum Phase {
     Draining,
     /// The drain timeout ran out: open connections close now.
     Closing,
+    /// A second shutdown request: open connections log their end and are
+    /// cut at once, and the process exits.
+    Cut,
 }
+
+/// How long a second shutdown request waits for the connections it cuts
+/// to log their end lines (each only formats a line and drops its sockets).
+const CUT_LINES_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How the drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +98,7 @@ impl Coordinator {
         drop(guard_tx);
         tokio::select! {
             _ = guard_rx.recv() => return Exit::Drained,
-            Some(()) = requests.recv() => return Exit::Forced,
+            Some(()) = requests.recv() => return cut(&phase, &mut guard_rx).await,
             _ = tokio::time::sleep(drain) => {}
         }
         log::info!("drain timeout reached: closing the connections still open");
@@ -99,19 +106,29 @@ impl Coordinator {
         // Closing is quick (a close_notify each); bound it all the same.
         tokio::select! {
             _ = guard_rx.recv() => Exit::Drained,
-            Some(()) = requests.recv() => Exit::Forced,
+            Some(()) = requests.recv() => cut(&phase, &mut guard_rx).await,
             _ = tokio::time::sleep(Duration::from_secs(5)) => Exit::Drained,
         }
     }
 }
 
-/// Resolves once the phase reaches `wanted` (or the coordinator is gone).
+/// Cuts the open connections: each logs its end line (`cut at shutdown`)
+/// and drops its sockets; waits a moment for those lines, not for peers.
+async fn cut(phase: &watch::Sender<Phase>, guards: &mut mpsc::Receiver<()>) -> Exit {
+    phase.send_replace(Phase::Cut);
+    let _ = tokio::time::timeout(CUT_LINES_TIMEOUT, guards.recv()).await;
+    Exit::Forced
+}
+
+/// Resolves once the phase reaches `wanted` (or the coordinator is gone);
+/// `Closing` is reached by `Cut` too.
 pub async fn reached(phase: &mut watch::Receiver<Phase>, wanted: Phase) {
     let _ = phase
         .wait_for(|p| match wanted {
             Phase::Running => true,
             Phase::Draining => *p != Phase::Running,
-            Phase::Closing => *p == Phase::Closing,
+            Phase::Closing => matches!(*p, Phase::Closing | Phase::Cut),
+            Phase::Cut => *p == Phase::Cut,
         })
         .await;
 }

@@ -94,37 +94,89 @@ pub fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
     }
 }
 
-/// Says in plain words why a handshake failed, for the connection's log line.
-pub fn describe_handshake_error(error: &std::io::Error) -> String {
+/// Says in plain words why a handshake failed, for the connection's log
+/// line. `tls_min` is the oldest version served (what a client too old for
+/// it is told). The wordings are a small fixed set, listed in the README's
+/// Logs section: what each common client sends is there too.
+pub fn describe_handshake_error(error: &std::io::Error, tls_min: TlsMin) -> String {
     use rustls::AlertDescription as Alert;
+    use rustls::PeerIncompatible as Incompatible;
+    let inner = error.get_ref();
+    if let Some(left) = inner.and_then(|e| e.downcast_ref::<crate::tls_stream::ClientLeft>()) {
+        return if left.after_certificate {
+            format!(
+                "client closed the connection after our certificate, without an alert: most likely it does not trust it (Node.js and Python asyncio clients close this way); {TRUST_HINT}"
+            )
+        } else {
+            "client closed the connection during the handshake, before our certificate was sent"
+                .to_string()
+        };
+    }
     if error.kind() == std::io::ErrorKind::UnexpectedEof {
         return "client closed the connection during the handshake".to_string();
     }
-    if let Some(refused) = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<crate::tls_stream::UnknownName>())
-    {
+    if let Some(refused) = inner.and_then(|e| e.downcast_ref::<crate::tls_stream::UnknownName>()) {
         return refused.to_string();
     }
-    let Some(tls_error) = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
+    if let Some(old) = inner.and_then(|e| e.downcast_ref::<crate::tls_stream::TooOld>()) {
+        return old.to_string();
+    }
+    let Some(tls_error) = inner.and_then(|e| e.downcast_ref::<rustls::Error>()) else {
         return error.to_string();
     };
+    let untrusted = |alert: Alert, why: &str| {
+        format!(
+            "the client does not trust our certificate (it sent {}: {why}); {TRUST_HINT}",
+            alert_name(alert)
+        )
+    };
+    let too_old = crate::tls_stream::TooOld.to_string();
+    let only_tls12 = "the client cannot speak our TLS: it offers TLS 1.2 at most, and --tls-min 1.3 refuses it; --tls-min 1.2 accepts it";
     match tls_error {
-        rustls::Error::AlertReceived(
-            alert @ (Alert::BadCertificate
-            | Alert::UnknownCA
-            | Alert::CertificateUnknown
-            | Alert::CertificateExpired),
-        ) => format!(
-            "the client does not trust our certificate (it sent {alert:?}); give it the CA, or a real certificate with --cert/--key"
-        ),
-        rustls::Error::AlertReceived(alert) => format!("the client gave up (it sent {alert:?})"),
-        rustls::Error::PeerIncompatible(why) => {
-            format!("the client cannot speak our TLS ({why:?}); see --tls-min")
-        }
+        rustls::Error::AlertReceived(alert) => match alert {
+            Alert::UnknownCA => untrusted(
+                *alert,
+                "it does not know the CA that issued it, e.g. a self-signed certificate",
+            ),
+            Alert::BadCertificate => untrusted(
+                *alert,
+                "most often its names do not include the one the client asked for, or the client does not know its CA",
+            ),
+            Alert::CertificateUnknown => untrusted(
+                *alert,
+                "as Chrome and Java say of an unknown CA or a name the certificate lacks",
+            ),
+            Alert::CertificateExpired => untrusted(
+                *alert,
+                "it is expired or not yet valid by the client's clock",
+            ),
+            Alert::CertificateRevoked => untrusted(*alert, "it was revoked"),
+            Alert::UnsupportedCertificate => {
+                untrusted(*alert, "the client cannot use its key type or usage")
+            }
+            alert => format!("the client gave up (it sent {})", alert_name(*alert)),
+        },
+        rustls::Error::PeerIncompatible(why) => match why {
+            Incompatible::Tls12NotOffered => too_old,
+            // The client listed its versions (supported_versions): none is
+            // one we serve.
+            Incompatible::Tls12NotOfferedOrEnabled => match tls_min {
+                TlsMin::V1_2 => too_old,
+                TlsMin::V1_3 => only_tls12.to_string(),
+            },
+            // A TLS 1.2 client that does not list versions, with TLS 1.2 off.
+            Incompatible::SupportedVersionsExtensionRequired => only_tls12.to_string(),
+            Incompatible::NoCipherSuitesInCommon => {
+                "the client cannot speak our TLS: no cipher suite in common (wssify offers only AES-GCM and ChaCha20-Poly1305)".to_string()
+            }
+            Incompatible::NoKxGroupsInCommon => {
+                "the client cannot speak our TLS: no key exchange group in common".to_string()
+            }
+            Incompatible::NoSignatureSchemesInCommon => {
+                "the client cannot speak our TLS: it accepts no signature our certificate's key can make".to_string()
+            }
+            other => format!("the client cannot speak our TLS ({other:?})"),
+        },
         rustls::Error::InvalidMessage(why) => format!("malformed TLS from the client ({why:?})"),
         rustls::Error::NoCertificatesPresented => {
             "client certificate refused: no certificate (--client-ca requires one)".to_string()
@@ -143,4 +195,45 @@ pub fn describe_handshake_error(error: &std::io::Error) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// What to do about a client that does not trust our certificate.
+const TRUST_HINT: &str =
+    "give the client the CA, or serve a certificate it trusts for the name it uses (--cert/--key)";
+
+/// An alert's name as TLS specifications and other tools (openssl,
+/// Wireshark) print it.
+fn alert_name(alert: rustls::AlertDescription) -> String {
+    use rustls::AlertDescription as A;
+    let name = match alert {
+        A::CloseNotify => "close_notify",
+        A::UnexpectedMessage => "unexpected_message",
+        A::BadRecordMac => "bad_record_mac",
+        A::RecordOverflow => "record_overflow",
+        A::HandshakeFailure => "handshake_failure",
+        A::BadCertificate => "bad_certificate",
+        A::UnsupportedCertificate => "unsupported_certificate",
+        A::CertificateRevoked => "certificate_revoked",
+        A::CertificateExpired => "certificate_expired",
+        A::CertificateUnknown => "certificate_unknown",
+        A::IllegalParameter => "illegal_parameter",
+        A::UnknownCA => "unknown_ca",
+        A::AccessDenied => "access_denied",
+        A::DecodeError => "decode_error",
+        A::DecryptError => "decrypt_error",
+        A::ProtocolVersion => "protocol_version",
+        A::InsufficientSecurity => "insufficient_security",
+        A::InternalError => "internal_error",
+        A::InappropriateFallback => "inappropriate_fallback",
+        A::UserCanceled => "user_canceled",
+        A::MissingExtension => "missing_extension",
+        A::UnsupportedExtension => "unsupported_extension",
+        A::UnrecognisedName => "unrecognized_name",
+        A::BadCertificateStatusResponse => "bad_certificate_status_response",
+        A::UnknownPSKIdentity => "unknown_psk_identity",
+        A::CertificateRequired => "certificate_required",
+        A::NoApplicationProtocol => "no_application_protocol",
+        other => return format!("alert {}", u8::from(other)),
+    };
+    name.to_string()
 }

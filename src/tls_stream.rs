@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::budget::{Budget, MIN_GRANT, Waiting};
+use crate::conn_id::{self, ConnId};
 
 /// How much ciphertext is read from the socket at a time: two full TLS
 /// records (16 KiB of plaintext plus header and tag each), so bulk
@@ -85,6 +86,13 @@ pub struct TlsStream {
     /// the bad record once more and queue a second fatal alert, a debug
     /// assertion in rustls, found by the fuzzer).
     failed: bool,
+    /// The connection's id, named while rustls works (its log lines carry it).
+    id: ConnId,
+    /// Handshake flights sent in full: whether our certificate went out.
+    flights: u8,
+    /// The version in the client's hello (0 until seen): one older than
+    /// TLS 1.2 is what a failed handshake is blamed on.
+    hello_version: u16,
 }
 
 /// What the log line reports about a finished handshake.
@@ -126,6 +134,37 @@ impl std::fmt::Display for UnknownName {
 }
 
 impl std::error::Error for UnknownName {}
+
+/// A client whose hello offers only versions older than TLS 1.2; it was
+/// sent the `protocol_version` alert.
+#[derive(Debug)]
+pub struct TooOld;
+
+impl std::fmt::Display for TooOld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client supports only TLS 1.0/1.1, too old; wssify needs TLS 1.2 or newer")
+    }
+}
+
+impl std::error::Error for TooOld {}
+
+/// The client closed (or reset) the connection during the handshake.
+/// Clients that do not trust our certificate mostly say so with an alert,
+/// but some just close once they have read it (Node.js, Python's asyncio),
+/// so whether it had gone out is what tells the two apart.
+#[derive(Debug)]
+pub struct ClientLeft {
+    /// Our certificate had gone out in full.
+    pub after_certificate: bool,
+}
+
+impl std::fmt::Display for ClientLeft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("client closed the connection during the handshake")
+    }
+}
+
+impl std::error::Error for ClientLeft {}
 
 /// A fatal `unrecognized_name` alert as a plaintext record (RFC 6066 §3):
 /// rustls answers an unresolved certificate with `access_denied`, but this
@@ -208,7 +247,7 @@ impl TlsStream {
         })
         .await;
         self.count_buffers();
-        waited
+        waited.map_err(|e| self.left(e))
     }
 
     /// Performs the server handshake. Bound it with a timeout.
@@ -266,7 +305,16 @@ impl TlsStream {
             awaiting_bytes: false,
             deferred: None,
             sni: None,
+            id: ConnId::NONE,
+            flights: 0,
+            hello_version: 0,
         })
+    }
+
+    /// Names the connection this stream serves, so that what rustls logs
+    /// for it carries its id.
+    pub fn set_id(&mut self, id: ConnId) {
+        self.id = id;
     }
 
     /// The TCP socket under the stream, for socket options (a reset on
@@ -331,13 +379,15 @@ impl TlsStream {
         }
     }
 
+    /// [`Self::poll_handshake_steps`], with a close or reset by the client
+    /// said as such ([`ClientLeft`]).
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let closed = || {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "client closed the connection during the handshake",
-            )
-        };
+        let done = ready!(self.poll_handshake_steps(cx));
+        Poll::Ready(done.map_err(|e| self.left(e)))
+    }
+
+    fn poll_handshake_steps(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let closed = || io::Error::from(io::ErrorKind::UnexpectedEof);
         loop {
             if !self.conn.is_handshaking() {
                 // Done. Whatever the client sent after its Finished (data,
@@ -366,11 +416,52 @@ impl TlsStream {
                 }
             }
             // Our flight goes out before we wait for the client's next one.
+            let flight = self.sent < self.outgoing.len();
             ready!(self.poll_send(cx))?;
+            if flight {
+                self.flights = self.flights.saturating_add(1);
+            }
             if ready!(self.poll_fill(cx, MAX_INCOMING))? == 0 {
                 return Poll::Ready(Err(closed()));
             }
             self.awaiting_bytes = false;
+        }
+    }
+
+    /// Whether our certificate has gone out in full: the first flight of a
+    /// full handshake carries it, or the second after a HelloRetryRequest.
+    /// A resumed handshake sends none.
+    fn certificate_sent(&self) -> bool {
+        use rustls::HandshakeKind;
+        match self.conn.handshake_kind() {
+            Some(HandshakeKind::Full) => self.flights >= 1,
+            Some(HandshakeKind::FullWithHelloRetryRequest) => self.flights >= 2,
+            _ => false,
+        }
+    }
+
+    /// A failure that is the client closing or resetting the connection
+    /// becomes [`ClientLeft`]; others are returned as they are.
+    fn left(&self, error: io::Error) -> io::Error {
+        use io::ErrorKind as Kind;
+        let is_tls = error.get_ref().is_some_and(|inner| {
+            inner.is::<rustls::Error>() || inner.is::<UnknownName>() || inner.is::<TooOld>()
+        });
+        match error.kind() {
+            Kind::UnexpectedEof
+            | Kind::ConnectionReset
+            | Kind::ConnectionAborted
+            | Kind::BrokenPipe
+                if !is_tls =>
+            {
+                io::Error::new(
+                    error.kind(),
+                    ClientLeft {
+                        after_certificate: self.certificate_sent(),
+                    },
+                )
+            }
+            _ => error,
         }
     }
 
@@ -379,6 +470,17 @@ impl TlsStream {
     /// the reader when there is no `out` or it is full), TLS data is queued
     /// for sending, and `write` runs if application data may be written.
     fn advance(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: Option<&mut ReadBuf<'_>>,
+        write: Option<&mut WriteFn<'_>>,
+    ) -> io::Result<Step> {
+        // Whatever rustls logs meanwhile is about this connection.
+        conn_id::scope(self.id, || self.advance_named(cx, out, write))
+    }
+
+    /// [`Self::advance`], with the connection named for rustls' log lines.
+    fn advance_named(
         &mut self,
         cx: &mut Context<'_>,
         mut out: Option<&mut ReadBuf<'_>>,
@@ -395,6 +497,9 @@ impl TlsStream {
         let handshaking = self.conn.is_handshaking();
         if handshaking {
             crate::sni::forget_seen();
+            if self.hello_version == 0 && self.incoming.start == 0 {
+                self.hello_version = hello_version(self.incoming.pending()).unwrap_or(0);
+            }
         }
         let UnbufferedStatus { discard, state } =
             self.conn.process_tls_records(self.incoming.pending_mut());
@@ -485,6 +590,19 @@ impl TlsStream {
     /// chose nothing (`--strict-sni`), which gets `unrecognized_name`.
     fn fail(&mut self, cx: &mut Context<'_>, error: rustls::Error, refused: bool) -> io::Error {
         self.failed = true;
+        // A client older than TLS 1.2 fails on whatever rustls checks
+        // first (often the signature_algorithms extension TLS 1.2 added):
+        // its version is the reason, and protocol_version the alert that
+        // says so (RFC 5246, appendix E.1), in a record of its version.
+        if (0x0300..0x0303).contains(&self.hello_version)
+            && matches!(error, rustls::Error::PeerIncompatible(_))
+        {
+            let [major, minor] = self.hello_version.to_be_bytes();
+            self.outgoing
+                .extend_from_slice(&[0x15, major, minor, 0x00, 0x02, 0x02, 0x46]);
+            let _ = self.poll_send(cx);
+            return io::Error::new(io::ErrorKind::InvalidData, TooOld);
+        }
         if refused {
             self.outgoing.extend_from_slice(&UNRECOGNIZED_NAME_ALERT);
             let _ = self.poll_send(cx);
@@ -986,6 +1104,28 @@ struct Account {
 impl Drop for Account {
     fn drop(&mut self) {
         self.budget.release(self.held);
+    }
+}
+
+/// The version a ClientHello offers (its `legacy_version`: TLS 1.3 clients
+/// put 1.2 there), when `pending` begins with one's first bytes.
+fn hello_version(pending: &[u8]) -> Option<u16> {
+    const CLIENT_HELLO: u8 = 1;
+    match pending.get(..11)? {
+        [
+            HANDSHAKE_RECORD,
+            _,
+            _,
+            _,
+            _,
+            CLIENT_HELLO,
+            _,
+            _,
+            _,
+            major,
+            minor,
+        ] => Some(u16::from_be_bytes([*major, *minor])),
+        _ => None,
     }
 }
 

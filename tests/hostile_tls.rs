@@ -78,14 +78,15 @@ enum Seen {
     Error(std::io::ErrorKind),
 }
 
-/// A backend that reports every read of its first connection, then how
-/// that connection ended; it closes its side after the client's end.
+/// A backend that reports every read of the first client's connection (past
+/// wssify's start-up check), then how that connection ended; it closes its
+/// side after the client's end.
 async fn watching_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+        let mut s = accept_past_check(&listener).await;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match s.read(&mut buf).await {

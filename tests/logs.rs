@@ -123,3 +123,83 @@ async fn a_client_certificate_cannot_forge_a_log_line() {
     })
     .await;
 }
+
+/// The `peer=` address of a log line, if it has one.
+fn peer_of(line: &str) -> Option<&str> {
+    line.split("peer=").nth(1)?.split_whitespace().next()
+}
+
+/// The `conn=` id of a log line, if it has one.
+fn conn_of(line: &str) -> Option<&str> {
+    let rest = line.split("conn=").nth(1)?;
+    rest.split_whitespace().next()
+}
+
+#[tokio::test]
+async fn every_line_about_a_connection_carries_its_id_at_debug_level() {
+    bounded(WAIT * 2, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::launch(
+            env!("CARGO_BIN_EXE_wssify"),
+            &["--listen", "127.0.0.1:0", "--to", &backend.to_string()],
+            "debug",
+            std::process::Stdio::null(),
+        )
+        .await;
+        // A client served to its end, a port probe, and a client that
+        // does not trust our certificate.
+        let mut tls = dev_connect(&mut w).await;
+        tls.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tls.read_exact(&mut back).await.unwrap();
+        tls.shutdown().await.unwrap();
+        read_to_end(&mut tls).await.unwrap();
+        drop(TcpStream::connect(w.addr).await.unwrap());
+        let refused = tls_connect(w.addr, trusting_client(&[]), "localhost").await;
+        assert!(
+            refused.is_err(),
+            "the development certificate is not trusted"
+        );
+        w.wait_for_lines(" end=\"", 3).await;
+
+        let log = w.log();
+        // Ours name the peer; rustls' own are logged under its name.
+        let about: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("peer=") || l.contains(" rustls::"))
+            .collect();
+        assert!(
+            about.iter().any(|l| l.contains(" rustls::")),
+            "no rustls line at debug level:\n{log}"
+        );
+        for line in &about {
+            assert!(conn_of(line).is_some(), "no conn= id in: {line}");
+        }
+        let mut ids: Vec<&str> = about.iter().filter_map(|l| conn_of(l)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "three connections, three ids:\n{log}");
+        for id in ids {
+            let lines: Vec<&str> = about
+                .iter()
+                .copied()
+                .filter(|l| conn_of(l) == Some(id))
+                .collect();
+            let opened = lines[0];
+            assert!(
+                opened.contains(" accepted") && opened.contains(&format!("listener={}", w.addr)),
+                "the first line of conn={id} says it was accepted, and where: {opened}"
+            );
+            let ends: Vec<&&str> = lines.iter().filter(|l| l.contains(" end=\"")).collect();
+            assert_eq!(ends.len(), 1, "one end line for conn={id}:\n{log}");
+            assert_eq!(
+                lines.last(),
+                ends.first().copied(),
+                "the end line is the last of conn={id}"
+            );
+            // The accept line and the end line name the same peer.
+            assert_eq!(peer_of(opened), peer_of(ends[0]), "{log}");
+        }
+    })
+    .await;
+}

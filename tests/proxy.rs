@@ -82,7 +82,7 @@ async fn client_half_close_still_gets_the_whole_answer() {
         let backend = listener.local_addr().unwrap();
         let reply = answer.clone();
         tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
+            let mut s = accept_past_check(&listener).await;
             let request = read_to_end(&mut s).await.unwrap();
             assert_eq!(request, b"the whole request");
             s.write_all(&reply).await.unwrap();
@@ -109,7 +109,7 @@ async fn backend_half_close_still_gets_the_whole_request() {
         let backend = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
+            let mut s = accept_past_check(&listener).await;
             s.write_all(b"hello, then bye").await.unwrap();
             s.shutdown().await.unwrap();
             let request = read_to_end(&mut s).await.unwrap();

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -20,7 +22,12 @@ async fn sigterm_lets_a_streaming_connection_finish_refuses_new_ones_and_exits_0
         tls.read_exact(&mut buf).await.unwrap();
 
         w.signal("TERM");
-        w.wait_for_log("stopped accepting").await;
+        let line = w.wait_for_log("stopped accepting").await;
+        // Not run from a terminal: no word of Ctrl-C.
+        assert!(
+            line.ends_with("stopped accepting; waiting up to 15s for 1 open connection to finish"),
+            "{line}"
+        );
         let refused = TcpStream::connect(w.addr).await;
         assert!(
             refused.is_err(),
@@ -98,6 +105,144 @@ async fn with_nothing_open_shutdown_is_immediate() {
         let mut w = Wssify::start(&["--to", &backend.to_string()]).await;
         w.signal("TERM");
         assert_eq!(w.wait_exit(WAIT).await, Some(0), "log:\n{}", w.log());
+    })
+    .await;
+}
+
+/// The end line of the connection from this client port.
+async fn end_line(w: &mut Wssify, port: u16) -> String {
+    let peer = format!("peer=127.0.0.1:{port} ");
+    w.wait_for_log_matching(|l| l.contains(&peer) && l.contains(" end=\""))
+        .await
+        .unwrap_or_else(|| panic!("no end line for {peer}; log:\n{}", w.log()))
+}
+
+/// Waits until wssify has accepted the connection from this client port.
+async fn accepted(w: &mut Wssify, port: u16) {
+    let peer = format!("peer=127.0.0.1:{port} ");
+    w.wait_for_log_matching(|l| l.contains(&peer) && l.contains(" accepted"))
+        .await
+        .unwrap_or_else(|| panic!("{peer} not accepted; log:\n{}", w.log()));
+}
+
+#[tokio::test]
+async fn a_second_signal_logs_an_end_line_for_every_connection_it_cuts() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        let mut w = Wssify::start(&["--to", &backend.to_string(), "--drain-timeout", "1h"]).await;
+        // One client exchanging bytes, one still in its handshake.
+        let mut tls = dev_connect(&mut w).await;
+        let served = tls.get_ref().0.local_addr().unwrap().port();
+        tls.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        tls.read_exact(&mut back).await.unwrap();
+        let mut opening = TcpStream::connect(w.addr).await.unwrap();
+        let handshaking = opening.local_addr().unwrap().port();
+        opening
+            .write_all(&[0x16, 0x03, 0x01, 0x01, 0x00])
+            .await
+            .unwrap();
+        accepted(&mut w, handshaking).await;
+
+        w.signal("TERM");
+        let line = w.wait_for_log("stopped accepting").await;
+        assert!(line.contains("for 2 open connections to finish"), "{line}");
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(WAIT).await, Some(1), "log:\n{}", w.log());
+
+        let line = end_line(&mut w, served).await;
+        for field in [
+            "sni=localhost",
+            "tls=TLSv1.3",
+            "to_backend=4B",
+            "to_client=4B",
+            "duration=",
+            "end=\"cut at shutdown\"",
+        ] {
+            assert!(line.contains(field), "{field} in: {line}");
+        }
+        assert!(line.contains("conn="), "{line}");
+        let line = end_line(&mut w, handshaking).await;
+        assert!(
+            line.contains("duration=") && line.ends_with("end=\"cut at shutdown\""),
+            "{line}"
+        );
+        // The lines come after the warning, before the process ends.
+        let log = w.log();
+        let warned = log.find("exiting now").expect("the second signal is said");
+        assert!(log.rfind("cut at shutdown").unwrap() > warned, "{log}");
+        // The cut client learns it was cut: its connection is reset.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(WAIT, tls.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(read, Ok(Err(_))),
+            "a reset, not a clean end: {read:?}"
+        );
+    })
+    .await;
+}
+
+/// A pseudo-terminal: (controller, the terminal end a program is given).
+fn pty() -> (OwnedFd, OwnedFd) {
+    let (mut controller, mut terminal) = (-1, -1);
+    // SAFETY: needed because std has no way to open a pseudo-terminal.
+    // openpty writes two new descriptors into the two ints it is given
+    // and accepts null for the name, termios and window size.
+    let rc = unsafe {
+        libc::openpty(
+            &mut controller,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and nothing else owns them.
+    unsafe {
+        (
+            OwnedFd::from_raw_fd(controller),
+            OwnedFd::from_raw_fd(terminal),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_drain_from_a_terminal_says_once_that_a_second_ctrl_c_exits_at_once() {
+    bounded(WAIT, async {
+        let backend = echo_backend().await;
+        // Its input is a terminal, as when started by hand.
+        let (_controller, terminal) = pty();
+        let mut w = Wssify::launch(
+            env!("CARGO_BIN_EXE_wssify"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                &backend.to_string(),
+                "--drain-timeout",
+                "1h",
+            ],
+            "debug,rustls=info",
+            Stdio::from(terminal),
+        )
+        .await;
+        let tls = dev_connect(&mut w).await;
+        let port = tls.get_ref().0.local_addr().unwrap().port();
+
+        w.signal("INT");
+        let line = w.wait_for_log("stopped accepting").await;
+        assert!(
+            line.ends_with(
+                "stopped accepting; waiting up to 1h for 1 open connection to finish; press Ctrl-C again to exit at once"
+            ),
+            "{line}"
+        );
+        w.signal("INT");
+        assert_eq!(w.wait_exit(WAIT).await, Some(1), "log:\n{}", w.log());
+        assert_eq!(w.lines_with("Ctrl-C").len(), 1, "said once:\n{}", w.log());
+        let line = end_line(&mut w, port).await;
+        assert!(line.ends_with("end=\"cut at shutdown\""), "{line}");
     })
     .await;
 }

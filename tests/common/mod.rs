@@ -114,12 +114,37 @@ impl Wssify {
 
     /// [`Wssify::start_raw_command`] with environment changes.
     pub async fn start_raw_command_env(program: &str, args: &[&str], env: Env<'_>) -> Wssify {
+        Self::launch_env(
+            program,
+            args,
+            "debug,rustls=info,tokio_rustls=info",
+            Stdio::null(),
+            env,
+        )
+        .await
+    }
+
+    /// Starts `program args` with this `RUST_LOG` and standard input (a
+    /// terminal, say), and waits for "listening on".
+    pub async fn launch(program: &str, args: &[&str], rust_log: &str, stdin: Stdio) -> Wssify {
+        Self::launch_env(program, args, rust_log, stdin, &[]).await
+    }
+
+    /// [`Wssify::launch`] with environment changes; the process gets a HOME
+    /// (and data directory) of its own.
+    pub async fn launch_env(
+        program: &str,
+        args: &[&str],
+        rust_log: &str,
+        stdin: Stdio,
+        env: Env<'_>,
+    ) -> Wssify {
         let mut command = Command::new(program);
-        command.env("RUST_LOG", "debug,rustls=info,tokio_rustls=info");
+        command.env("RUST_LOG", rust_log);
         let data_home = isolated(&mut command, env);
         let mut child = command
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -383,6 +408,16 @@ pub fn unprivileged_wssify() -> Result<Command, String> {
             "the tests run with the privilege to bind low ports and `setpriv` (util-linux) is not available to drop it ({e})"
         )),
     }
+}
+
+/// Accepts the connection wssify opens at start to check that the backend
+/// is up (it closes without a byte), then the next one: a client's. For a
+/// backend listening before wssify starts; wssify begins that check
+/// before it accepts any client, so it always comes first.
+pub async fn accept_past_check(listener: &TcpListener) -> TcpStream {
+    let (check, _) = listener.accept().await.unwrap();
+    drop(check);
+    listener.accept().await.unwrap().0
 }
 
 /// A TCP echo backend: echoes until the client's EOF, then shuts its write
