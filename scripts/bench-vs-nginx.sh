@@ -189,7 +189,9 @@ HOG=$!; PIDS+=($HOG)
 echo; echo "== full handshakes beside a busy process on the same core: wssify (pid $WSSIFY_MAIN)"
 run_load wssify-neighbour 1 "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 0 --only full-handshake
 echo; echo "== the same: wssify --low-priority-handshakes (pid $LOWPRIO)"
-run_load wssify-lowprio-neighbour 1 127.0.0.1:19309 "$LOWPRIO" x25519 0 --only full-handshake
+# Starved handshakes time out and clients see resets: the load may give up.
+run_load wssify-lowprio-neighbour 1 127.0.0.1:19309 "$LOWPRIO" x25519 0 --only full-handshake ||
+  echo "full-handshake per_s=0 (the load gave up: its handshakes timed out)" | tee -a "$WORK/wssify-lowprio-neighbour.1.out"
 kill "$HOG" "$LOWPRIO"
 if [ -n "$BEFORE" ]; then
   echo; echo "== handshake flood: before (pid $WSSIFY_BEFORE)"

@@ -666,8 +666,9 @@ pub(crate) fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// A PEM block with 64-character lines.
-pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+/// A PEM block with 64-character lines (the CA certificate as clients
+/// are given it).
+pub fn pem(label: &str, der: &[u8]) -> String {
     let body = base64(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in body.as_bytes().chunks(64) {
@@ -678,8 +679,9 @@ pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Standard base64 with padding (RFC 4648).
-pub(crate) fn base64(bytes: &[u8]) -> String {
+/// Standard base64 with padding (RFC 4648): PEM bodies and the SPKI hash
+/// Chrome's `--ignore-certificate-errors-spki-list` takes.
+pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

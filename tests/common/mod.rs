@@ -512,38 +512,14 @@ pub fn fingerprint(der: &[u8]) -> String {
     wssify::certs::fingerprint(der)
 }
 
-/// Standard base64 with padding.
+/// Standard base64 with padding, as wssify writes it.
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    wssify::dev_ca::store::base64(bytes)
 }
 
-/// A PEM block with 64-character lines.
+/// A PEM block with 64-character lines, as wssify writes it.
 pub fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    wssify::dev_ca::store::pem(label, der)
 }
 
 #[derive(Debug)]
