@@ -34,6 +34,7 @@ pub mod sni;
 pub mod sniff;
 pub mod tls;
 pub mod tls_stream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
