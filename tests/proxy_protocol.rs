@@ -424,3 +424,38 @@ async fn haproxy_reads_the_clients_address_and_sni() {
     })
     .await;
 }
+
+#[test]
+fn a_wrong_version_is_a_usage_error_naming_the_flag() {
+    let (code, out) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "127.0.0.1:9",
+        "--proxy-protocol",
+        "v3",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--proxy-protocol") && out.contains("v1 or v2"),
+        "{out}"
+    );
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+#[test]
+fn check_says_the_backend_must_expect_the_header() {
+    let (code, out) = run_to_exit(&[
+        "--check",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "127.0.0.1:9",
+        "--proxy-protocol",
+        "v2",
+    ]);
+    assert!(
+        out.contains("--proxy-protocol v2: each connection to the backend starts with a PROXY protocol v2 header"),
+        "exit {code}: {out}"
+    );
+}
