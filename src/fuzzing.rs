@@ -472,8 +472,14 @@ pub fn proxy_header(data: &[u8]) {
             IpAddr::V4(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
         }
     };
-    let peer = SocketAddr::new(ip(1, flags & 2 != 0), u16::from_be_bytes([byte(33), byte(34)]));
-    let local = SocketAddr::new(ip(17, flags & 4 != 0), u16::from_be_bytes([byte(35), byte(36)]));
+    let peer = SocketAddr::new(
+        ip(1, flags & 2 != 0),
+        u16::from_be_bytes([byte(33), byte(34)]),
+    );
+    let local = SocketAddr::new(
+        ip(17, flags & 4 != 0),
+        u16::from_be_bytes([byte(35), byte(36)]),
+    );
     let addrs = (flags & 8 == 0).then_some((peer, local));
     let fields: Vec<String> = data
         .get(37..)
@@ -492,7 +498,11 @@ pub fn proxy_header(data: &[u8]) {
         client_cert: flags & 16 != 0,
         cn: field(6),
     };
-    let version = if flags & 1 != 0 { Version::V2 } else { Version::V1 };
+    let version = if flags & 1 != 0 {
+        Version::V2
+    } else {
+        Version::V1
+    };
     let header = encode(version, addrs, &tls);
 
     // What the header must say: both addresses canonical, and of one
