@@ -280,6 +280,48 @@ async fn v2_carries_addresses_sni_alpn_version_and_cipher() {
     .await;
 }
 
+/// A bare port listens on `[::]` for IPv4 too; its IPv4 clients show up
+/// as `::ffff:a.b.c.d` there, and are sent as what they are: IPv4.
+#[tokio::test]
+async fn a_dual_stack_listeners_ipv4_clients_are_sent_as_ipv4() {
+    bounded(WAIT * 2, async {
+        for version in ["v1", "v2"] {
+            let (backend, mut headers) = header_backend().await;
+            let mut w = Wssify::start_raw(&[
+                "--listen",
+                "0",
+                "--to",
+                &backend.to_string(),
+                "--proxy-protocol",
+                version,
+            ])
+            .await;
+            assert!(w.addr.is_ipv6(), "a bare port listens on [::]: {}", w.addr);
+            w.addr = SocketAddr::from(([127, 0, 0, 1], w.addr.port()));
+            let config = dev_client(&mut w, b"http/1.1", false).await;
+            let (header, me, _, _) = through(&w, config, &mut headers).await;
+            assert!(me.is_ipv4());
+            match HeaderResult::parse(&header) {
+                HeaderResult::V1(Ok(parsed)) => assert_eq!(
+                    parsed.addresses,
+                    ppp::v1::Addresses::new_tcp4(
+                        [127, 0, 0, 1],
+                        [127, 0, 0, 1],
+                        me.port(),
+                        w.addr.port()
+                    )
+                ),
+                HeaderResult::V2(Ok(parsed)) => {
+                    assert!(matches!(parsed.addresses, V2Addresses::IPv4(_)));
+                    assert_eq!(v2_addresses(&parsed), (me, w.addr));
+                }
+                _ => panic!("ppp cannot read {header:?}"),
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn v2_carries_the_client_certificates_cn_under_mtls() {
     bounded(WAIT * 2, async {
