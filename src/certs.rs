@@ -381,6 +381,14 @@ pub fn subject_of(der: &[u8]) -> String {
     }
 }
 
+/// The subject common name of a certificate, if it has one (the PROXY
+/// protocol's `PP2_SUBTYPE_SSL_CN`).
+pub fn common_name_of(der: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
 fn common_name_or_subject(subject: &x509_parser::x509::X509Name<'_>) -> String {
     subject
         .iter_common_name()

@@ -113,6 +113,11 @@ pub async fn check(settings: &Settings) -> Findings {
             ));
         }
     }
+    if let Some(version) = settings.proxy_protocol {
+        found.info(format!(
+            "--proxy-protocol {version}: each connection to the backend starts with a PROXY protocol {version} header; the backend must expect it"
+        ));
+    }
     if certs.strict_sni {
         found.info(
             "--strict-sni: clients asking for no name or an unknown one are refused".to_string(),

@@ -14,6 +14,7 @@ use crate::settings::{
     MAX_THREADS, MIN_MAX_MEMORY, Settings, TlsMin, ValueError, default_threads, format_duration,
     format_size, listen_overlap, parse_backend, parse_duration, parse_listen, parse_size,
 };
+use crate::wire::proxy_header::Version as ProxyVersion;
 
 /// Accept TLS (wss://, https://, any TCP) on its own port and pipe the raw
 /// bytes to a plain backend (ws://). No HTTP is parsed.
@@ -156,6 +157,12 @@ pub struct Args {
     #[argh(option, arg_name = "PROTO")]
     pub alpn: Vec<String>,
 
+    /// send the backend a PROXY protocol header before any client byte, v1
+    /// (a text line) or v2 (binary, with the SNI, ALPN and TLS facts), so
+    /// that it sees the client's address (default: off)
+    #[argh(option, arg_name = "VERSION")]
+    pub proxy_protocol: Option<String>,
+
     /// worker threads (default: the cores available)
     #[argh(option, arg_name = "N")]
     pub threads: Option<String>,
@@ -182,7 +189,7 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 23] = [
+const VALUE_FLAGS: [(&str, &str); 24] = [
     ("--listen", "ADDR"),
     ("--to", "HOST:PORT"),
     ("--cert", "FILE"),
@@ -204,6 +211,7 @@ const VALUE_FLAGS: [(&str, &str); 23] = [
     ("--max-memory", "SIZE"),
     ("--tls-min", "VERSION"),
     ("--alpn", "PROTO"),
+    ("--proxy-protocol", "VERSION"),
     ("--threads", "N"),
     ("--busy-poll", "DURATION"),
 ];
@@ -426,6 +434,19 @@ impl Args {
                 "1.2" => TlsMin::V1_2,
                 "1.3" => TlsMin::V1_3,
                 _ => return Err(flag_error("--tls-min", text, "expected 1.2 or 1.3")),
+            };
+        }
+        if let Some(text) = &self.proxy_protocol {
+            settings.proxy_protocol = match text.trim() {
+                "v1" | "1" => Some(ProxyVersion::V1),
+                "v2" | "2" => Some(ProxyVersion::V2),
+                _ => {
+                    return Err(flag_error(
+                        "--proxy-protocol",
+                        text,
+                        "expected v1 or v2 (the backend must expect the same)",
+                    ));
+                }
             };
         }
         for proto in &self.alpn {

@@ -29,6 +29,7 @@ use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
 use crate::tls_stream::{Negotiated, Refused, TlsStream};
+use crate::wire::proxy_header::{self, Version as ProxyVersion};
 
 /// How long a closing connection may spend saying goodbye (close_notify).
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -49,6 +50,8 @@ pub struct Shared {
     pub handshakes: Option<Handle>,
     /// Limit on resolving and connecting to the backend.
     pub connect_timeout: Duration,
+    /// The PROXY protocol header written to the backend first, if any.
+    pub proxy_protocol: Option<ProxyVersion>,
     /// `None`: never close for idleness.
     pub idle_timeout: Option<Duration>,
     /// `None`: never close a connection whose peer stopped taking bytes.
@@ -335,7 +338,7 @@ async fn open(
 ) -> Option<Box<Session>> {
     let facts = facts_of(client.negotiated());
 
-    let backend = match timeout(shared.connect_timeout, connect(&shared.backend)).await {
+    let mut backend = match timeout(shared.connect_timeout, connect(&shared.backend)).await {
         Ok(Ok(stream)) => stream,
         failed => {
             let why = match failed {
@@ -356,6 +359,18 @@ async fn open(
         }
     };
     tune(&backend, who);
+    if let Some(version) = shared.proxy_protocol
+        && let Err(e) = send_proxy_header(&mut backend, version, &client, &facts, shared).await
+    {
+        warn!(
+            "{who} {} duration={} end=\"backend {}: cannot send the PROXY protocol header: {e}\"",
+            facts.describe(),
+            elapsed(started),
+            shared.backend
+        );
+        let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+        return None;
+    }
     Some(Box::new(Session {
         client,
         backend,
@@ -496,6 +511,46 @@ fn facts_of(negotiated: Negotiated) -> Facts {
         alpn: negotiated.alpn,
         group: negotiated.group,
         client_cert: negotiated.client_cert,
+    }
+}
+
+/// Writes the PROXY protocol header, the backend's first bytes: the
+/// client's address and the one it connected to, and for v2 what the
+/// handshake settled. Built here and dropped once written: nothing of it
+/// stays with the connection.
+async fn send_proxy_header(
+    backend: &mut TcpStream,
+    version: ProxyVersion,
+    client: &TlsStream,
+    facts: &Facts,
+    shared: &Shared,
+) -> io::Result<()> {
+    let tcp = client.tcp();
+    let addrs = tcp.peer_addr().ok().zip(tcp.local_addr().ok());
+    let cn = match version {
+        ProxyVersion::V2 => client.peer_leaf().and_then(crate::certs::common_name_of),
+        ProxyVersion::V1 => None,
+    };
+    let tls = proxy_header::TlsFacts {
+        sni: facts.sni.as_deref(),
+        alpn: facts.alpn.as_deref(),
+        version: Some(facts.version).filter(|v| v.starts_with("TLS")),
+        cipher: facts.cipher.and_then(tls::openssl_cipher_name),
+        sig_alg: None,
+        key_alg: None,
+        client_cert: facts.client_cert.is_some(),
+        cn: cn.as_deref(),
+    };
+    let header = proxy_header::encode(version, addrs, &tls);
+    match timeout(shared.connect_timeout, backend.write_all(&header)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "not taken within {}",
+                format_duration(shared.connect_timeout)
+            ),
+        )),
     }
 }
 

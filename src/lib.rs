@@ -34,6 +34,7 @@ pub mod sni;
 pub mod sniff;
 pub mod tls;
 pub mod tls_stream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -134,9 +135,13 @@ impl Server {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let proxy_protocol = match settings.proxy_protocol {
+            Some(version) => format!("; PROXY protocol {version} to the backend"),
+            None => String::new(),
+        };
         for b in &bound {
             info!(
-                "listening on {}{} -> backend {}; certificate: {}; {}; ALPN: {}",
+                "listening on {}{} -> backend {}; certificate: {}; {}; ALPN: {}{proxy_protocol}",
                 b.local_addr, b.scope, settings.backend, certificate, settings.tls_min, alpn
             );
         }
@@ -176,6 +181,7 @@ impl Server {
             handshake_timeout: settings.handshake_timeout,
             handshakes,
             connect_timeout: settings.connect_timeout,
+            proxy_protocol: settings.proxy_protocol,
             idle_timeout: settings.idle_timeout,
             stall_timeout: settings.stall_timeout,
             budget: Arc::new(budget::Budget::new(max_memory)),

@@ -61,6 +61,8 @@ pub struct Settings {
     pub tls_min: TlsMin,
     /// ALPN protocols offered, in order of preference; empty offers none.
     pub alpn: Vec<Vec<u8>>,
+    /// The PROXY protocol header sent to the backend first; `None`: none.
+    pub proxy_protocol: Option<crate::wire::proxy_header::Version>,
     /// Worker threads for the runtime.
     pub threads: usize,
     /// How long an idle worker checks for I/O before it sleeps; `None`
@@ -89,6 +91,7 @@ impl Settings {
             max_conns_per_ip: None,
             tls_min: TlsMin::V1_2,
             alpn: Vec::new(),
+            proxy_protocol: None,
             threads: default_threads(),
             busy_poll: None,
             low_priority_handshakes: false,

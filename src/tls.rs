@@ -94,6 +94,26 @@ pub fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
     }
 }
 
+/// A cipher suite by the name OpenSSL gives it (`SSL_CIPHER_get_name`),
+/// which is what HAProxy sends in the PROXY protocol's
+/// `PP2_SUBTYPE_SSL_CIPHER` and what its readers compare against; `None`
+/// for a suite rustls has and OpenSSL names differently or not at all.
+pub fn openssl_cipher_name(suite: rustls::CipherSuite) -> Option<&'static str> {
+    use rustls::CipherSuite as S;
+    Some(match suite {
+        S::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        S::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        S::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => return None,
+    })
+}
+
 /// Says in plain words why a handshake failed, for the connection's log
 /// line. `tls_min` is the oldest version served (what a client too old for
 /// it is told). The wordings are a small fixed set, listed in the README's

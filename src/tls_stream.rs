@@ -362,6 +362,14 @@ impl TlsStream {
         self.incoming.pending().len() + (self.plaintext.len() - self.taken)
     }
 
+    /// The client's certificate (mTLS), verified by the handshake, as DER.
+    pub fn peer_leaf(&self) -> Option<&[u8]> {
+        self.conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| leaf.as_ref())
+    }
+
     /// What was negotiated, for the log line. The SNI moves out rather
     /// than being copied: each connection keeps it once.
     pub fn negotiated(&mut self) -> Negotiated {

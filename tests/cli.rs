@@ -150,6 +150,7 @@ fn help_lists_every_flag_its_defaults_and_the_examples() {
         "--max-conns-per-ip",
         "--tls-min",
         "--alpn",
+        "--proxy-protocol",
         "--threads",
         "--busy-poll",
         "--version",

@@ -77,7 +77,7 @@ const SIZE_UNITS: [(&str, u128); 16] = [
 ];
 
 /// Every flag that takes a value, besides the file paths.
-const VALUE_FLAGS: [&str; 17] = [
+const VALUE_FLAGS: [&str; 18] = [
     "--listen",
     "--to",
     "--reload-interval",
@@ -95,6 +95,7 @@ const VALUE_FLAGS: [&str; 17] = [
     "--threads",
     "--busy-poll",
     "--cert-dir",
+    "--proxy-protocol",
 ];
 
 fn config() -> ProptestConfig {

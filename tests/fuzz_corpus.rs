@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 type Harness = fn(&[u8]);
 
 /// The harness of each fuzz target, by the target's name.
-const TARGETS: [(&str, Harness); 3] = [
+const TARGETS: [(&str, Harness); 4] = [
     ("first_bytes", wssify::fuzzing::first_bytes),
     ("tls_stream", wssify::fuzzing::tls_stream),
     ("tls_records", wssify::fuzzing::tls_records),
+    ("proxy_header", wssify::fuzzing::proxy_header),
 ];
 
 /// Findings reported and not fixed yet, by a piece of their panic message,

@@ -594,3 +594,56 @@ pub async fn read_to_end<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io:
         .expect("read_to_end timed out")?;
     Ok(out)
 }
+
+/// Makes sure a Debian package's program is installed, for tests that need
+/// a real outside component (HAProxy reading the PROXY protocol, say):
+/// installs `package` with `apt-get install -y` when `program` is missing
+/// and the tests run as root; otherwise the test fails with one line naming
+/// the command to run. Never a silent skip. Returns the program's path.
+pub fn debian_package(package: &str, program: &str) -> std::path::PathBuf {
+    let found = || {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .map(|dir| std::path::Path::new(dir).join(program))
+            .find(|path| path.is_file())
+    };
+    if let Some(path) = found() {
+        return path;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    assert!(
+        root,
+        "this test needs {program}: install it with `sudo apt-get install -y {package}`"
+    );
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        // The package lists may be missing (a fresh container).
+        let _ = Command::new("apt-get")
+            .arg("update")
+            .stdout(Stdio::null())
+            .status();
+        install();
+    }
+    found().unwrap_or_else(|| {
+        panic!("this test needs {program}: `apt-get install -y {package}` did not install it")
+    })
+}
+
+/// A port free on 127.0.0.1 now, for a program that takes its port as
+/// an argument (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
