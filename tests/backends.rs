@@ -95,6 +95,22 @@ async fn round_robin_spreads_clients_evenly() {
 }
 
 #[tokio::test]
+async fn random_uses_every_backend() {
+    bounded(WAIT, async {
+        let (addrs, _tasks) = backends(3).await;
+        let mut w = Wssify::start_owned(&to_flags(&addrs, &["--balance", "random"])).await;
+        let mut counts: HashMap<u8, usize> = HashMap::new();
+        // Each backend is missed by 30 random picks with odds of 1 in 57,000.
+        for _ in 0..30 {
+            let (tag, _tls) = client(&mut w).await;
+            *counts.entry(tag).or_default() += 1;
+        }
+        assert_eq!(counts.len(), 3, "{counts:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn least_conn_sends_new_clients_to_the_idle_backend() {
     bounded(WAIT, async {
         let (addrs, _tasks) = backends(3).await;
@@ -357,6 +373,8 @@ async fn a_name_with_two_addresses_is_two_backends_and_a_new_answer_is_followed(
                 &to,
                 "--resolve-interval",
                 "1s",
+                "--connect-timeout",
+                "2s",
             ],
         )
         .await;
@@ -387,6 +405,15 @@ async fn a_name_with_two_addresses_is_two_backends_and_a_new_answer_is_followed(
         let mut back = [0u8; 10];
         tls.read_exact(&mut back).await.unwrap();
         assert_eq!(&back, b"still here");
+
+        // The name stops resolving: its last addresses are kept, with a warning.
+        std::fs::write(&hosts, "127.0.0.9 other.test\n").unwrap();
+        let line = w
+            .wait_for_log(&format!("keeping its last addresses 127.0.0.3:{port}"))
+            .await;
+        assert!(line.contains(" WARN ") && line.contains(&to), "{line}");
+        let (tag, _tls) = client(&mut w).await;
+        assert_eq!(tag, b'C');
     })
     .await;
 }
