@@ -17,7 +17,7 @@ use crate::dev_ca::{self, Peek};
 use crate::listener::{self, Bound};
 use crate::loader;
 use crate::reload::{Expiry, expiry_note};
-use crate::settings::{DevCert, Settings, format_duration};
+use crate::settings::{Backend, DevCert, Settings, format_duration};
 
 /// What a check found, ready to print.
 #[derive(Default)]
@@ -162,7 +162,7 @@ pub async fn check(settings: &Settings) -> Findings {
         }
     }
 
-    check_backend(&mut found, settings).await;
+    check_backends(&mut found, settings).await;
     found
 }
 
@@ -297,10 +297,16 @@ fn judge(
     }
 }
 
-/// The backend must resolve and accept a TCP connection within the
+/// Every backend must resolve and accept a TCP connection within the
 /// connect timeout, as it would for a client.
-async fn check_backend(found: &mut Findings, settings: &Settings) {
-    let backend = &settings.backend;
+async fn check_backends(found: &mut Findings, settings: &Settings) {
+    for backend in &settings.backends {
+        check_backend(found, settings, backend).await;
+    }
+}
+
+/// One `--to`: it must resolve and one of its addresses accept.
+async fn check_backend(found: &mut Findings, settings: &Settings, backend: &Backend) {
     let limit = settings.connect_timeout;
     let lookup = tokio::net::lookup_host((backend.host.as_str(), backend.port));
     let addrs: Vec<_> = match tokio::time::timeout(limit, lookup).await {

@@ -10,9 +10,10 @@ use argh::FromArgs;
 use crate::dev_ca;
 use crate::error::StartupError;
 use crate::settings::{
-    Backend, CertPair, CertSettings, DevCert, ListenAddr, MAX_BUSY_POLL, MAX_CONNS, MAX_MAX_MEMORY,
-    MAX_THREADS, MIN_MAX_MEMORY, Settings, TlsMin, ValueError, default_threads, format_duration,
-    format_size, listen_overlap, parse_backend, parse_duration, parse_listen, parse_size,
+    Backend, Balance, CertPair, CertSettings, DevCert, ListenAddr, MAX_BUSY_POLL, MAX_CONNS,
+    MAX_MAX_MEMORY, MAX_THREADS, MIN_MAX_MEMORY, Settings, TlsMin, ValueError, default_threads,
+    format_duration, format_size, listen_overlap, parse_backend, parse_duration, parse_listen,
+    parse_size,
 };
 use crate::wire::proxy_header::Version as ProxyVersion;
 
@@ -32,10 +33,27 @@ pub struct Args {
     #[argh(option, short = 'l', arg_name = "ADDR")]
     pub listen: Vec<String>,
 
-    /// the plain backend, HOST:PORT (a name is resolved at each connect; a
-    /// bare PORT means 127.0.0.1:PORT); required
+    /// the plain backend, HOST:PORT (a bare PORT means 127.0.0.1:PORT);
+    /// repeatable: several backends share the clients (--balance), and a
+    /// name counts each address it resolves to; required
     #[argh(option, short = 't', arg_name = "HOST:PORT")]
-    pub to: Option<String>,
+    pub to: Vec<String>,
+
+    /// how clients are spread over the backends: round-robin, least-conn
+    /// (fewest open connections), random, or ip-hash (one client address
+    /// sticks to one backend) (default: round-robin)
+    #[argh(option, arg_name = "POLICY")]
+    pub balance: Option<String>,
+
+    /// most backends a client's connection tries before it is closed
+    /// (default: every backend once)
+    #[argh(option, arg_name = "N")]
+    pub connect_retries: Option<String>,
+
+    /// how often backend names are resolved again, in the background
+    /// (default: 30s)
+    #[argh(option, arg_name = "DURATION")]
+    pub resolve_interval: Option<String>,
 
     /// PEM certificate chain, leaf first; repeatable, each with its --key,
     /// chosen by the client's SNI, the first is the default (default: a
@@ -118,7 +136,8 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub handshake_timeout: Option<String>,
 
-    /// limit on connecting to the backend (default: 5s)
+    /// limit on each attempt to connect to a backend; one that does not
+    /// answer in time is skipped for the next (default: 5s)
     #[argh(option, arg_name = "DURATION")]
     pub connect_timeout: Option<String>,
 
@@ -189,9 +208,12 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 24] = [
+const VALUE_FLAGS: [(&str, &str); 27] = [
     ("--listen", "ADDR"),
     ("--to", "HOST:PORT"),
+    ("--balance", "POLICY"),
+    ("--connect-retries", "N"),
+    ("--resolve-interval", "DURATION"),
     ("--cert", "FILE"),
     ("--key", "FILE"),
     ("--cert-dir", "DIR"),
@@ -317,7 +339,7 @@ impl Args {
         })?;
         let serving = [
             (!self.listen.is_empty(), "--listen"),
-            (self.to.is_some(), "--to"),
+            (!self.to.is_empty(), "--to"),
             (!self.cert.is_empty(), "--cert"),
             (!self.key.is_empty(), "--key"),
             (!self.cert_dir.is_empty(), "--cert-dir"),
@@ -348,17 +370,44 @@ impl Args {
             return Err(StartupError::new(why));
         }
 
-        let Some(to) = self.to.as_deref() else {
+        if self.to.is_empty() {
             return Err(StartupError::new(
                 "--to is required: give the plain backend to forward to, e.g. --to 127.0.0.1:9200",
             ));
-        };
-        let backend: Backend = parse_backend(to).map_err(|why| flag_error("--to", to, &why))?;
-        if backend.port == 0 {
-            return Err(flag_error("--to", to, "port 0 cannot be connected to"));
         }
-
-        let mut settings = Settings::new(listen, backend);
+        let mut backends: Vec<Backend> = Vec::new();
+        for to in &self.to {
+            let backend = parse_backend(to).map_err(|why| flag_error("--to", to, &why))?;
+            if backend.port == 0 {
+                return Err(flag_error("--to", to, "port 0 cannot be connected to"));
+            }
+            if backends.contains(&backend) {
+                return Err(flag_error(
+                    "--to",
+                    to,
+                    "given twice; give each backend once",
+                ));
+            }
+            backends.push(backend);
+        }
+        let first = backends.remove(0);
+        let mut settings = Settings::new(listen, first);
+        settings.backends.extend(backends);
+        if let Some(text) = &self.balance {
+            settings.balance =
+                Balance::parse(text).map_err(|why| flag_error("--balance", text, &why))?;
+        }
+        if let Some(text) = &self.connect_retries {
+            settings.connect_retries = Some(count_flag(
+                "--connect-retries",
+                text,
+                1000,
+                "each attempt goes to another backend",
+            )?);
+        }
+        if let Some(text) = &self.resolve_interval {
+            settings.resolve_interval = positive_duration_flag("--resolve-interval", text)?;
+        }
 
         settings.certs = self.cert_settings()?;
 
@@ -755,10 +804,46 @@ mod tests {
     fn the_one_liner_works() {
         let s = parse(&["--listen", "9300", "--to", "127.0.0.1:9200"]).unwrap();
         assert_eq!(s.listen, vec![ListenAddr::AllInterfaces(9300)]);
-        assert_eq!(s.backend.to_string(), "127.0.0.1:9200");
+        assert_eq!(s.backends[0].to_string(), "127.0.0.1:9200");
         assert!(s.certs.development());
         assert_eq!(s.idle_timeout, Some(crate::settings::DEFAULT_IDLE_TIMEOUT));
         assert_eq!(s.busy_poll, None);
+    }
+
+    #[test]
+    fn several_backends_and_their_flags() {
+        let s = parse(&[
+            "-l",
+            "1",
+            "--to",
+            "a:1",
+            "-t",
+            "b:2",
+            "--balance",
+            "Least-Conn",
+            "--connect-retries",
+            "2",
+            "--resolve-interval",
+            "5s",
+        ])
+        .unwrap();
+        let names: Vec<String> = s.backends.iter().map(|b| b.to_string()).collect();
+        assert_eq!(names, ["a:1", "b:2"]);
+        assert_eq!(s.balance, Balance::LeastConn);
+        assert_eq!(s.connect_retries, Some(2));
+        assert_eq!(s.resolve_interval, std::time::Duration::from_secs(5));
+        let s = parse(&["-l", "1", "-t", "a:1"]).unwrap();
+        assert_eq!(s.balance, Balance::RoundRobin);
+        assert_eq!(s.connect_retries, None);
+
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert!(err(&["-l", "1", "-t", "a:1", "-t", "a:1"]).contains("given twice"));
+        let e = err(&["-l", "1", "-t", "a:1", "--balance", "sticky"]);
+        assert!(e.contains("--balance") && e.contains("ip-hash"), "{e}");
+        let e = err(&["-l", "1", "-t", "a:1", "--connect-retries", "0"]);
+        assert!(e.contains("--connect-retries"), "{e}");
+        let e = err(&["-l", "1", "-t", "a:1", "--resolve-interval", "0"]);
+        assert!(e.contains("--resolve-interval"), "{e}");
     }
 
     #[test]

@@ -18,13 +18,14 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::backend::{self, Lease, Pool};
 use crate::budget::Budget;
 use crate::conn_id::Who;
 use crate::listener::Held;
 use crate::logsafe;
 use crate::proxy::{self, End, Timeouts};
 use crate::ratelog::{Kind, info_limited};
-use crate::settings::{Backend, TlsMin, format_duration};
+use crate::settings::{TlsMin, format_duration};
 use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
@@ -39,8 +40,8 @@ pub struct Shared {
     /// The TLS configuration (certificates, versions, ALPN, tickets), as
     /// the last reload left it; each handshake takes the current one.
     pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// Where decrypted bytes go.
-    pub backend: Backend,
+    /// Where decrypted bytes go: the live backends (`backend::Pool`).
+    pub backends: Arc<Pool>,
     /// The oldest TLS version served, for telling clients what they lack.
     pub tls_min: TlsMin,
     /// Limit on sniffing plus the handshake.
@@ -48,7 +49,7 @@ pub struct Shared {
     /// Where sniffs and handshakes run: their own low-priority threads
     /// (see `runtime::build_handshakes`), or `None` for the caller's.
     pub handshakes: Option<Handle>,
-    /// Limit on resolving and connecting to the backend.
+    /// Limit on each attempt to connect to a backend.
     pub connect_timeout: Duration,
     /// The PROXY protocol header written to the backend first, if any.
     pub proxy_protocol: Option<ProxyVersion>,
@@ -86,6 +87,8 @@ struct Facts {
 struct Session {
     client: TlsStream,
     backend: TcpStream,
+    /// Counts this connection as open on its backend (least-conn).
+    _lease: Lease,
     facts: Facts,
     started: Instant,
 }
@@ -338,21 +341,14 @@ async fn open(
 ) -> Option<Box<Session>> {
     let facts = facts_of(client.negotiated());
 
-    let mut backend = match timeout(shared.connect_timeout, connect(&shared.backend)).await {
-        Ok(Ok(stream)) => stream,
-        failed => {
-            let why = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => format!(
-                    "no answer within {}",
-                    format_duration(shared.connect_timeout)
-                ),
-            };
+    let (mut backend, lease) = match backend::connect(&shared.backends, who.peer.ip()).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            // Every backend and why: this client gets a prompt close.
             warn!(
-                "{who} {} duration={} end=\"backend {} unreachable: {why}\"",
+                "{who} {} duration={} end=\"{e}\"",
                 facts.describe(),
-                elapsed(started),
-                shared.backend
+                elapsed(started)
             );
             let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
             return None;
@@ -366,7 +362,9 @@ async fn open(
             "{who} {} duration={} end=\"backend {}: cannot send the PROXY protocol header: {e}\"",
             facts.describe(),
             elapsed(started),
-            shared.backend
+            backend
+                .peer_addr()
+                .map_or_else(|_| "-".to_string(), |a| a.to_string())
         );
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
         return None;
@@ -374,6 +372,7 @@ async fn open(
     Some(Box::new(Session {
         client,
         backend,
+        _lease: lease,
         facts,
         started,
     }))
@@ -554,62 +553,41 @@ async fn send_proxy_header(
     }
 }
 
-/// Resolves the backend now (it may have moved) and tries each address in turn.
-async fn connect(backend: &Backend) -> io::Result<TcpStream> {
-    let addrs = tokio::net::lookup_host((backend.host.as_str(), backend.port)).await?;
-    let mut last_error = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address")
-    }))
-}
-
-/// Tries one connection to the backend at start, in the background, and
-/// warns if it fails: a backend that is down (or a wrong `--to`) is then
-/// seen at once instead of at the first client. wssify serves on, since
-/// the backend may come up later. The backend sees a connection that
-/// closes without a byte, like a TCP health check.
+/// Tries one connection to each backend address at start, in the
+/// background, and warns of each that fails: a backend that is down (or a
+/// wrong `--to`) is then seen at once instead of at the first client.
+/// wssify serves on, since a backend may come up later; the check marks
+/// nothing down. Each backend sees a connection that closes without a
+/// byte, like a TCP health check.
 ///
-/// For an IP address the connect is begun here, before any client is
-/// accepted, so this is the first connection the backend accepts.
-pub fn check_backend_at_start(backend: &Backend, limit: Duration) {
-    let begun = backend
-        .host
-        .parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| begin_connect(std::net::SocketAddr::new(ip, backend.port)));
-    let backend = backend.clone();
-    tokio::spawn(async move {
-        let attempt = async {
-            match begun {
-                Some(begun) => {
-                    let stream = begun?;
-                    stream.writable().await?;
-                    match stream.take_error()? {
-                        Some(e) => Err(e),
-                        None => Ok(()),
-                    }
+/// Every connect is begun here, before any client is accepted, so this is
+/// the first connection each backend accepts.
+pub fn check_backend_at_start(pool: &Pool, limit: Duration) {
+    for peer in &pool.selection().peers {
+        let addr = peer.addr;
+        let begun = begin_connect(addr);
+        tokio::spawn(async move {
+            let attempt = async {
+                let stream = begun?;
+                stream.writable().await?;
+                match stream.take_error()? {
+                    Some(e) => Err(e),
+                    None => Ok(()),
                 }
-                None => connect(&backend).await.map(drop),
-            }
-        };
-        let why = match timeout(limit, attempt).await {
-            Ok(Ok(())) => {
-                debug!("backend {backend} accepts connections");
-                return;
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {}", format_duration(limit)),
-        };
-        warn!(
-            "cannot connect to backend {backend} (--to) at start: {why}; wssify keeps running and connects to it for each client, so it may come up later"
-        );
-    });
+            };
+            let why = match timeout(limit, attempt).await {
+                Ok(Ok(())) => {
+                    debug!("backend {addr} accepts connections");
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {}", format_duration(limit)),
+            };
+            warn!(
+                "cannot connect to backend {addr} (--to) at start: {why}; wssify keeps running and connects to it for each client, so it may come up later"
+            );
+        });
+    }
 }
 
 /// Starts a non-blocking connect (the SYN leaves now) for a tokio stream
@@ -653,15 +631,16 @@ fn elapsed(started: Instant) -> String {
 mod tests {
     use super::*;
 
-    /// The session is boxed for the connection's whole life: 1472 bytes in
-    /// a release build (1488 in a debug one), 1088 of them rustls'
-    /// connection state and 8 the connection's id. A field that grows it grows every idle connection
+    /// The session is boxed for the connection's whole life: 1480 bytes in
+    /// a release build (1496 in a debug one), 1088 of them rustls'
+    /// connection state, 8 the connection's id and 8 its backend's lease
+    /// (least-conn's count). A field that grows it grows every idle connection
     /// (the task's own size is checked at each spawn, see
     /// [`MAX_TASK_BYTES`]).
     #[test]
     fn a_session_stays_small() {
         let size = std::mem::size_of::<Session>();
-        let most = if cfg!(debug_assertions) { 1488 } else { 1472 };
+        let most = if cfg!(debug_assertions) { 1496 } else { 1480 };
         assert!(size <= most, "a session grew to {size} bytes");
     }
 }

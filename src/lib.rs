@@ -8,6 +8,7 @@
 //! [`tls`], [`listener`]) → [`connection`] → [`proxy`]; [`reload`] swaps
 //! what [`loader`] built while connections run.
 
+pub mod backend;
 pub mod budget;
 pub mod certs;
 pub mod check;
@@ -135,6 +136,16 @@ impl Server {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let pool = Arc::new(backend::Pool::new(settings));
+        let backends = if settings.backends.len() > 1 {
+            format!(
+                "{pool} ({}, each attempt {})",
+                settings.balance,
+                format_duration(settings.connect_timeout)
+            )
+        } else {
+            pool.to_string()
+        };
         let proxy_protocol = match settings.proxy_protocol {
             Some(version) => format!("; PROXY protocol {version} to the backend"),
             None => String::new(),
@@ -142,13 +153,13 @@ impl Server {
         for b in &bound {
             info!(
                 "listening on {}{} -> backend {}; certificate: {}; {}; ALPN: {}{proxy_protocol}",
-                b.local_addr, b.scope, settings.backend, certificate, settings.tls_min, alpn
+                b.local_addr, b.scope, backends, certificate, settings.tls_min, alpn
             );
         }
         if settings.alpn.iter().any(|p| p == b"h2") {
             warn!(
                 "--alpn h2: wssify passes the bytes through as they are, so the backend {} must speak HTTP/2 itself (cleartext, with prior knowledge); a browser that negotiates h2 sends HTTP/2 frames, and WebSocket over HTTP/2 needs RFC 8441 in the backend. Leave h2 out unless the backend does (browsers then use http/1.1)",
-                settings.backend
+                pool
             );
         }
         info!(
@@ -176,7 +187,7 @@ impl Server {
 
         let shared = Arc::new(Shared {
             tls: reloader.live(),
-            backend: settings.backend.clone(),
+            backends: pool,
             tls_min: settings.tls_min,
             handshake_timeout: settings.handshake_timeout,
             handshakes,
@@ -214,8 +225,12 @@ impl Server {
             max_handshakes: self.max_handshakes,
             per_ip: self.max_conns_per_ip.map(listener::PerIp::new),
         };
-        // Before the first accept, so the backend sees this check first.
-        connection::check_backend_at_start(&self.shared.backend, self.shared.connect_timeout);
+        // Names are looked up before the first client; later lookups run
+        // in the background and no connection waits on one.
+        backend::resolve::refresh(&self.shared.backends).await;
+        let resolver = tokio::spawn(backend::resolve::run(self.shared.backends.clone()));
+        // Before the first accept, so each backend sees this check first.
+        connection::check_backend_at_start(&self.shared.backends, self.shared.connect_timeout);
         // Reports the count of rate-limited lines when a flood stops.
         let summaries = tokio::spawn(ratelog::report_held_back());
         let mut loops = Vec::new();
@@ -257,6 +272,7 @@ impl Server {
         };
         let exit = drain.await;
         summaries.abort();
+        resolver.abort();
         exit
     }
 }

@@ -15,6 +15,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a backend has to accept the TCP connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often backend names are resolved again, off the connection path.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long open connections may run on after SIGTERM/SIGINT.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a peer may leave bytes waiting for it without taking any: longer
@@ -29,15 +31,23 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Settings {
     /// The addresses to accept TLS on.
     pub listen: Vec<ListenAddr>,
-    /// The plain TCP server the decrypted bytes go to.
-    pub backend: Backend,
+    /// The plain TCP servers the decrypted bytes go to (`--to`, in order;
+    /// never empty).
+    pub backends: Vec<Backend>,
+    /// How a client's connection picks among the backends.
+    pub balance: Balance,
+    /// Most connect attempts per client, each to another backend; `None`:
+    /// every backend once.
+    pub connect_retries: Option<usize>,
+    /// How often backend names are resolved again in the background.
+    pub resolve_interval: Duration,
     /// Where the certificates come from, and client certificate checks.
     pub certs: CertSettings,
     /// `None` means connections are never closed for being idle.
     pub idle_timeout: Option<Duration>,
     /// Limit on the first bytes plus the TLS handshake.
     pub handshake_timeout: Duration,
-    /// Limit on resolving and connecting to the backend.
+    /// Limit on each attempt to connect to a backend.
     pub connect_timeout: Duration,
     /// Limit on letting open connections finish at shutdown.
     pub drain_timeout: Duration,
@@ -78,7 +88,10 @@ impl Settings {
     pub fn new(listen: Vec<ListenAddr>, backend: Backend) -> Self {
         Self {
             listen,
-            backend,
+            backends: vec![backend],
+            balance: Balance::RoundRobin,
+            connect_retries: None,
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             certs: CertSettings::default(),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -409,8 +422,45 @@ fn drop_scheme(text: &str) -> Option<String> {
     Some(why)
 }
 
-/// The backend: a host (name or IP) and a port; names are resolved at each
-/// connect because backends move in containers.
+/// How a client's connection picks its backend (`--balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Each in turn.
+    RoundRobin,
+    /// The one with the fewest open connections.
+    LeastConn,
+    /// Any, at random.
+    Random,
+    /// The same one for the same client address (rendezvous hashing).
+    IpHash,
+}
+
+impl Balance {
+    /// Reads `round-robin`, `least-conn`, `random` or `ip-hash`.
+    pub fn parse(text: &str) -> Result<Balance, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "round-robin" => Ok(Balance::RoundRobin),
+            "least-conn" => Ok(Balance::LeastConn),
+            "random" => Ok(Balance::Random),
+            "ip-hash" => Ok(Balance::IpHash),
+            _ => Err("expected round-robin, least-conn, random or ip-hash".to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::Random => "random",
+            Balance::IpHash => "ip-hash",
+        })
+    }
+}
+
+/// A backend: a host (name or IP) and a port; names are resolved in the
+/// background (`--resolve-interval`) because backends move in containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// A DNS name or an IP address (without brackets).

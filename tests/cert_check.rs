@@ -222,6 +222,32 @@ fn an_unreachable_backend_fails_the_check() {
 }
 
 #[test]
+fn every_backend_is_checked() {
+    let (up, up_to) = backend();
+    let (down, down_to) = backend();
+    drop(down);
+    let (code, out) = check(&[
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--to".into(),
+        up_to.clone(),
+        "--to".into(),
+        down_to.clone(),
+    ]);
+    drop(up);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("backend {up_to}: {up_to} accepts TCP connections")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("error: backend {down_to} (--to) is unreachable")),
+        "{out}"
+    );
+    assert!(out.contains("wssify --check: FAILED (1 problem)"), "{out}");
+}
+
+#[test]
 fn a_certificate_expiring_soon_is_a_warning_not_a_failure() {
     let ca = Ca::new("check CA");
     let dir = tempfile::tempdir().unwrap();

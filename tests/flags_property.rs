@@ -354,7 +354,7 @@ proptest! {
             prop_assert!((1..=MAX_THREADS).contains(&s.threads), "{value:?}");
         }
         prop_assert!(s.alpn.iter().all(|p| (1..=255).contains(&p.len())), "{flag} {value:?}");
-        prop_assert!(s.backend.port != 0, "{flag} {value:?}");
+        prop_assert!(s.backends[0].port != 0, "{flag} {value:?}");
     }
 }
 
