@@ -154,7 +154,10 @@ fn main() -> Result<()> {
             rt.block_on(async {
                 let listener = TcpListener::bind(addr).await?;
                 println!("echo listening on {}", listener.local_addr()?);
-                echo_loop(listener).await;
+                // `--proxy-protocol`: each connection starts with a PROXY
+                // header (wssify --proxy-protocol), read and dropped.
+                let proxied = args.iter().any(|a| a == "--proxy-protocol");
+                echo_loop(listener, proxied).await;
                 Ok(())
             })
         }
@@ -1659,7 +1662,7 @@ fn spawn_backend() -> Result<SocketAddr> {
             match TcpListener::bind("127.0.0.1:0").await {
                 Ok(listener) => {
                     let _ = tx.send(listener.local_addr());
-                    echo_loop(listener).await;
+                    echo_loop(listener, false).await;
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));
@@ -1676,10 +1679,13 @@ fn spawn_backend() -> Result<SocketAddr> {
 /// of up to 256 KiB (a buffer grown only by a connection that fills it)
 /// take far fewer system calls. A first byte of [`PUSH`] asks for a push
 /// instead (see [`push`]).
-async fn echo_loop(listener: TcpListener) {
+async fn echo_loop(listener: TcpListener, proxied: bool) {
     while let Ok((mut stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
+            if proxied && skip_proxy_header(&mut stream).await.is_err() {
+                return;
+            }
             let mut buf = vec![0u8; 4096];
             let mut first = true;
             loop {
@@ -1709,6 +1715,25 @@ async fn echo_loop(listener: TcpListener) {
             let _ = stream.shutdown().await;
         });
     }
+}
+
+/// Reads a PROXY protocol header (v1 line or v2 block) off the stream.
+async fn skip_proxy_header(stream: &mut TcpStream) -> std::io::Result<()> {
+    let mut first = [0u8; 16];
+    stream.read_exact(&mut first[..5]).await?;
+    if &first[..5] == b"PROXY" {
+        // v1: up to "\r\n".
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            stream.read_exact(&mut byte).await?;
+        }
+        return Ok(());
+    }
+    // v2: 12-byte signature, version, family, then the length.
+    stream.read_exact(&mut first[5..]).await?;
+    let len = u16::from_be_bytes([first[14], first[15]]);
+    let mut rest = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut rest).await.map(|_| ())
 }
 
 /// The first byte that asks the echo backend to push instead; no echo
