@@ -72,9 +72,11 @@ pub async fn check(settings: &Settings) -> Findings {
     let certs = &settings.certs;
     let mut names: HashMap<String, String> = HashMap::new();
 
-    // Held to the end, as a start holds every listener: two values that
-    // overlap fail as they would at a start.
-    let _bound = check_listen(&mut found, settings);
+    // All held while each is bound, as a start holds every listener, so
+    // two values that overlap fail as they would at a start; then closed
+    // at once: a check must not leave the ports accepting (and resetting)
+    // clients while it goes on to the files and the backends.
+    drop(check_listen(&mut found, settings));
 
     if certs.development() {
         check_development(&mut found, &certs.dev);
