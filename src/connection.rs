@@ -160,7 +160,15 @@ async fn opening(
     tokio::select! {
         session = steps => session,
         () = reached(&mut phase, Phase::Cut) => {
-            info!("{who} duration={} end=\"{}\"", elapsed(started), End::Cut);
+            // Rate-limited like any other line about a handshake: a client
+            // can hold thousands of them open (the count left over is
+            // logged before the process exits).
+            info_limited!(
+                Kind::HandshakeFailed,
+                "{who} duration={} end=\"{}\"",
+                elapsed(started),
+                End::Cut
+            );
             None
         }
     }

@@ -272,6 +272,7 @@ impl Server {
         };
         let exit = drain.await;
         summaries.abort();
+        ratelog::flush();
         resolver.abort();
         exit
     }

@@ -100,6 +100,14 @@ pub async fn report_held_back() {
     GLOBAL.report_held_back().await;
 }
 
+/// Logs at once the counts still held back: the process is about to end,
+/// and a summary due in a moment would never come.
+pub fn flush() {
+    for kind in Kind::ALL {
+        GLOBAL.report(kind);
+    }
+}
+
 /// `log::info!` for a line any client can cause: at most
 /// [`LINES_PER_SECOND`] a second per [`Kind`], the rest counted. Lines the
 /// caller's log filter drops are not counted. (Summaries are logged under
