@@ -197,7 +197,11 @@ pub fn run_action(action: Action, given: Option<&Path>) -> Result<String, String
     match action {
         Action::Show => show(&action_dir(given)?, given.is_some()),
         Action::Remove => remove(&action_dir(given)?),
-        Action::Install => install(&action_dir(given)?, given),
+        Action::Install => {
+            // Under sudo, the CA to install is the user's, in their files.
+            store::allow_sudo_user();
+            install(&action_dir(given)?, given)
+        }
         // Needs no CA: the system store's file has a fixed name.
         Action::Uninstall => system::uninstall(&trust::sudo_command("uninstall", None))
             .map(|done| format!("{done}\n")),
@@ -245,10 +249,7 @@ fn remove(dir: &Path) -> Result<String, String> {
                 trust::after_removal(info.as_ref())
             ))
         }
-        Err(e) => Err(format!(
-            "cannot remove the development CA in {} ({e})",
-            dir.display()
-        )),
+        Err(why) => Err(why),
     }
 }
 

@@ -20,7 +20,7 @@ pub fn short(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> S
     let url = url(port);
     format!(
         "trust the development CA once: curl --cacert {ca} {url} | NODE_EXTRA_CA_CERTS={ca} node app.js | SSL_CERT_FILE={ca} python3 app.py | Chrome/Chromium on Linux: {} (then restart it) | Firefox, the system store, macOS: {}",
-        nss_add("sql:$HOME/.pki/nssdb", &ca, info),
+        nss_add("sql:\"$HOME\"/.pki/nssdb", &ca, info),
         show_command(dir, dir_given)
     )
 }
@@ -95,10 +95,10 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
         o,
         "Chromium and Google Chrome on Linux (they read the NSS database, not the system store;\nrestart the browser afterwards; certutil is in libnss3-tools on Debian/Ubuntu, nss-tools on Fedora)"
     );
-    let _ = writeln!(o, "  {}", nss_add("sql:$HOME/.pki/nssdb", &ca, info));
+    let _ = writeln!(o, "  {}", nss_add("sql:\"$HOME\"/.pki/nssdb", &ca, info));
     let _ = writeln!(
         o,
-        "  (no such database yet: mkdir -p $HOME/.pki/nssdb && certutil -d sql:$HOME/.pki/nssdb -N --empty-password;\n   Chromium from snap: -d sql:$HOME/snap/chromium/current/.pki/nssdb)"
+        "  (no such database yet: mkdir -p \"$HOME\"/.pki/nssdb && certutil -d sql:\"$HOME\"/.pki/nssdb -N --empty-password;\n   Chromium from snap: -d sql:\"$HOME\"/snap/chromium/current/.pki/nssdb)"
     );
     let _ = writeln!(
         o,
@@ -106,7 +106,7 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     );
     let _ = writeln!(
         o,
-        "  google-chrome --user-data-dir=$HOME/.config/wssify-chrome --ignore-certificate-errors-spki-list={} {url}",
+        "  google-chrome --user-data-dir=\"$HOME\"/.config/wssify-chrome --ignore-certificate-errors-spki-list={} {url}",
         info.spki_sha256
     );
     let _ = writeln!(o);
@@ -116,7 +116,7 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     );
     let _ = writeln!(
         o,
-        "  for db in $HOME/.mozilla/firefox/*.default* $HOME/.config/mozilla/firefox/*.default* $HOME/snap/firefox/common/.mozilla/firefox/*.default*; do [ -d \"$db\" ] || continue; {}; done",
+        "  for db in \"$HOME\"/.mozilla/firefox/*.default* \"$HOME\"/.config/mozilla/firefox/*.default* \"$HOME\"/snap/firefox/common/.mozilla/firefox/*.default*; do [ -d \"$db\" ] || continue; {}; done",
         nss_add("sql:\"$db\"", &ca, info)
     );
     let _ = writeln!(
@@ -172,7 +172,7 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     let _ = writeln!(o, "Stop trusting it");
     let _ = writeln!(
         o,
-        "  certutil -d sql:$HOME/.pki/nssdb -D -n {nick}   (and with each Firefox profile's -d)"
+        "  certutil -d sql:\"$HOME\"/.pki/nssdb -D -n {nick}   (and with each Firefox profile's -d)"
     );
     let _ = writeln!(
         o,
@@ -193,12 +193,12 @@ pub fn after_removal(info: Option<&CaInfo>) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "Clients that trusted it refuse it from now on; to remove it from them too:"
+        "Clients that trusted it still trust it until it is removed from each of them (anyone holding a copy of its key could still sign for localhost there); to remove it:"
     );
     if let Some(info) = info {
         let _ = writeln!(
             o,
-            "  certutil -d sql:$HOME/.pki/nssdb -D -n {}   (and with each Firefox profile's -d)",
+            "  certutil -d sql:\"$HOME\"/.pki/nssdb -D -n {}   (and with each Firefox profile's -d)",
             nickname(info)
         );
     }
