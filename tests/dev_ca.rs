@@ -825,3 +825,111 @@ fn install_puts_the_ca_into_the_system_store_and_uninstall_takes_it_out() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("nothing to do"), "{out}");
 }
+
+/// The user nobody, to own files this test's user does not (the tests run
+/// as root in CI; as another user chown fails and the case is skipped
+/// with a message).
+const NOBODY: u32 = 65534;
+
+fn chown_to_nobody(path: &Path) -> bool {
+    match std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY)) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "cannot chown {} to nobody ({e}): case skipped",
+                path.display()
+            );
+            false
+        }
+    }
+}
+
+#[test]
+fn ca_files_owned_by_others_links_and_huge_files_are_refused() {
+    // A key another user owns.
+    let (_h1, dir) = made_ca();
+    if chown_to_nobody(&dir.join("ca.key")) {
+        refused_everywhere(
+            &dir,
+            &format!(
+                "{} belongs to another user (uid {NOBODY}",
+                dir.join("ca.key").display()
+            ),
+        );
+    }
+    // A certificate another user owns.
+    let (_h2, dir) = made_ca();
+    if chown_to_nobody(&dir.join("ca.pem")) {
+        refused_everywhere(
+            &dir,
+            &format!(
+                "{} belongs to another user (uid {NOBODY}",
+                dir.join("ca.pem").display()
+            ),
+        );
+    }
+    // A directory another user owns.
+    let (_h3, dir) = made_ca();
+    if chown_to_nobody(&dir) {
+        refused_everywhere(
+            &dir,
+            &format!("{} belongs to another user (uid {NOBODY}", dir.display()),
+        );
+    }
+
+    // The key as a link (to a private file of the user's): not followed.
+    let (h4, dir) = made_ca();
+    let elsewhere = h4.path().join("elsewhere.key");
+    std::fs::rename(dir.join("ca.key"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("ca.key")).unwrap();
+    let (code, out) = check_in(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("it is a symbolic link"), "{out}");
+    let (code, out) = run_to_exit(&["--dev-ca", "show", "--dev-ca-dir", p(&dir)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        one_error_line(&out).contains("it is a symbolic link"),
+        "{out}"
+    );
+    assert!(
+        std::fs::symlink_metadata(dir.join("ca.key"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // The certificate as a link: not a CA wssify made.
+    let (h5, dir) = made_ca();
+    let elsewhere = h5.path().join("elsewhere.pem");
+    std::fs::rename(dir.join("ca.pem"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("ca.pem")).unwrap();
+    refused_everywhere(
+        &dir,
+        "is not a wssify development CA (it is a symbolic link",
+    );
+
+    // A certificate file over 64 KiB is not read.
+    let (_h6, dir) = made_ca();
+    let mut pem = std::fs::read(dir.join("ca.pem")).unwrap();
+    pem.extend(std::iter::repeat_n(b'\n', 70 * 1024));
+    std::fs::write(dir.join("ca.pem"), pem).unwrap();
+    refused_everywhere(
+        &dir,
+        "is not a wssify development CA (it is larger than 64 KiB)",
+    );
+}
+
+#[test]
+fn a_lone_ca_key_others_can_read_is_refused_not_set_aside() {
+    let (_home, dir) = made_ca();
+    std::fs::remove_file(dir.join("ca.pem")).unwrap();
+    let key = dir.join("ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused_everywhere(
+        &dir,
+        &format!(
+            "{} (a private key without ca.pem) can be read or changed by others (mode 0644)",
+            key.display()
+        ),
+    );
+}

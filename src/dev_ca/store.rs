@@ -251,9 +251,20 @@ pub fn remove(dir: &Path) -> Result<(Option<CaInfo>, bool), String> {
     let key_there = fs::symlink_metadata(&key_path).is_ok();
     let info = match wssify_cert(&dir.join(CERT_FILE))? {
         Some(der) => Some(describe(&der)),
-        None if key_there => return Err(orphan_key_refusal(&key_path)),
+        None if key_there => {
+            return Err(match inspect(dir, now()) {
+                State::Unsafe(why) | State::Foreign(why) => why,
+                _ => orphan_key_refusal(&key_path),
+            });
+        }
         None => None,
     };
+    // Another user's key is theirs to delete.
+    if let Ok(meta) = fs::symlink_metadata(&key_path)
+        && !owner_allowed(meta.uid())
+    {
+        return Err(not_owned(&key_path, meta.uid()));
+    }
     let mut removed = false;
     if info.is_some() {
         for name in [KEY_FILE, CERT_FILE] {
@@ -781,6 +792,12 @@ fn make(dir: &Path) -> Result<DevCa, OpenError> {
 /// A new CA key and self-signed certificate, constrained to local names.
 fn generate() -> Result<(KeyPair, CertificateDer<'static>), rcgen::Error> {
     let key = KeyPair::generate()?;
+    let cert = ca_params().self_signed(&key)?;
+    Ok((key, cert.der().clone()))
+}
+
+/// What every CA wssify makes is: its subject, name constraints, validity.
+fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     let made = SystemTime::now();
     let mut dn = DistinguishedName::new();
@@ -811,8 +828,7 @@ fn generate() -> Result<(KeyPair, CertificateDer<'static>), rcgen::Error> {
     params.not_before = (made - BACKDATE).into();
     params.not_after = (made + CA_VALIDITY).into();
     params.serial_number = Some(random_serial());
-    let cert = params.self_signed(&key)?;
-    Ok((key, cert.der().clone()))
+    params
 }
 
 /// `wssify development CA (USER@HOST, YYYY-MM-DD)`: recognisable in a
@@ -980,5 +996,30 @@ mod tests {
         assert_eq!(how, Opened::Existing);
         assert_eq!(again.cert_der, ca.cert_der);
         assert_eq!(again.short_id().len(), 8);
+    }
+
+    #[test]
+    fn only_a_self_signed_wssify_ca_is_recognised() {
+        let (key, der) = generate().unwrap();
+        assert_eq!(recognise(&der), Ok(()));
+        // The same certificate signed by another key: self-issued, but its
+        // signature does not verify with its own key.
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let params = ca_params();
+        let other = KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&params, &other);
+        let forged = params.signed_by(&key, &issuer).unwrap();
+        assert_eq!(
+            x509_parser::parse_x509_certificate(forged.der())
+                .unwrap()
+                .1
+                .subject()
+                .as_raw(),
+            parsed.subject().as_raw()
+        );
+        assert_eq!(
+            recognise(forged.der()),
+            Err("its self-signature does not verify")
+        );
     }
 }
