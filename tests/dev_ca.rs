@@ -933,3 +933,36 @@ fn a_lone_ca_key_others_can_read_is_refused_not_set_aside() {
         ),
     );
 }
+
+#[tokio::test]
+async fn a_newline_or_escape_code_in_a_path_or_the_ca_subject_cannot_forge_lines() {
+    bounded(WAIT * 2, async {
+        let home = tempfile::tempdir().unwrap();
+        let data = home.path().join("data\nFORGED line\x1b[2J");
+        std::fs::create_dir_all(&data).unwrap();
+        let env = [
+            ("XDG_DATA_HOME", Some(p(&data))),
+            ("USER", Some("eve\x1b]0;owned\x07\nFORGED")),
+        ];
+        let (code, stderr, stdout) = run_to_exit_split(&["--dev-ca", "show"], &env);
+        assert_eq!(code, 0, "{stderr}{stdout}");
+        let (_, checked) = run_to_exit_env(
+            &["--listen", "127.0.0.1:0", "--to", "127.0.0.1:9", "--check"],
+            &env,
+        );
+        let (code, removed) = run_to_exit_env(&["--dev-ca", "remove"], &env);
+        assert_eq!(code, 0, "{removed}");
+        for out in [stderr + &stdout, checked, removed] {
+            assert!(
+                !out.contains('\x1b') && !out.contains('\x07'),
+                "no raw control codes:\n{out:?}"
+            );
+            assert!(
+                !out.lines().any(|l| l.starts_with("FORGED")),
+                "no line starts with what the path or subject holds:\n{out}"
+            );
+            assert!(out.contains("FORGED"), "the text is shown, escaped:\n{out}");
+        }
+    })
+    .await;
+}

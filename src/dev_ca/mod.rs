@@ -114,7 +114,7 @@ impl Report {
                     Level::Warn,
                     format!(
                         "no --cert/--key given: serving a development certificate for {names}, signed by the development CA {} (sha256 {}). For development only: trust that CA once and every later start is trusted too",
-                        dir.join(store::CERT_FILE).display(),
+                        crate::logsafe::path(&dir.join(store::CERT_FILE)),
                         info.fingerprint
                     ),
                 ));
@@ -136,7 +136,7 @@ pub fn development(dev: &DevCert, provider: &CryptoProvider) -> Result<Developme
             Ok((ca, opened)) => signed(ca, opened, true, provider),
             Err(OpenError::Unwritable(why)) => Err(StartupError::new(format!(
                 "--dev-ca-dir {}: {why}; give a directory wssify can write, or --self-signed for a certificate made in memory",
-                dir.display()
+                crate::logsafe::path(dir)
             ))),
             Err(OpenError::Refused(why)) => Err(StartupError::new(why)),
         },
@@ -237,7 +237,7 @@ fn remove(dir: &Path) -> Result<String, String> {
     match store::remove(dir) {
         Ok((_, false)) => Ok(format!(
             "no development CA in {}: nothing to remove\n",
-            dir.display()
+            crate::logsafe::path(dir)
         )),
         Ok((info, true)) => {
             let what = info.as_ref().map_or(String::new(), |i| {
@@ -245,7 +245,7 @@ fn remove(dir: &Path) -> Result<String, String> {
             });
             Ok(format!(
                 "removed the development CA in {}{what}\n{}",
-                dir.display(),
+                crate::logsafe::path(dir),
                 trust::after_removal(info.as_ref())
             ))
         }
@@ -261,14 +261,14 @@ fn install(dir: &Path, given: Option<&Path>) -> Result<String, String> {
         Peek::Missing => {
             return Err(format!(
                 "no development CA in {}: it is made by the first start without --cert, or by wssify --dev-ca show{}",
-                dir.display(),
+                crate::logsafe::path(dir),
                 sudo_hint(given)
             ));
         }
         Peek::Replaceable(why) | Peek::Refused(why) => {
             return Err(format!(
                 "the development CA in {} cannot be installed: {why}",
-                dir.display()
+                crate::logsafe::path(dir)
             ));
         }
     };
@@ -351,7 +351,7 @@ fn signed(
             Level::Info,
             format!(
                 "made a development CA in {}: {} (give this to clients to trust) and its key {} (readable only by you); it can sign only for {}",
-                ca.dir.display(),
+                crate::logsafe::path(&ca.dir),
                 store::CERT_FILE,
                 store::KEY_FILE,
                 ca.info.constraints.as_deref().unwrap_or("any name")
@@ -361,7 +361,7 @@ fn signed(
             Level::Warn,
             format!(
                 "the development CA in {} could not be used ({why}): made a new one (the old files are kept as {}); clients that trusted the old one must trust the new one",
-                ca.dir.display(),
+                crate::logsafe::path(&ca.dir),
                 kept.iter()
                     .filter_map(|p| p.file_name())
                     .map(|n| n.to_string_lossy().into_owned())
@@ -377,7 +377,7 @@ fn signed(
             Level::Warn,
             format!(
                 "the development CA in {} expires in {days_left} days, on {}; a new one is made once it has: run wssify --dev-ca remove and start again to make it now",
-                ca.dir.display(),
+                crate::logsafe::path(&ca.dir),
                 ca.info.expires
             ),
         ));
@@ -385,7 +385,7 @@ fn signed(
     let loaded = issue(&ca, provider).map_err(|e| {
         StartupError::new(format!(
             "could not sign the development certificate with the CA in {} ({e}); run wssify --dev-ca remove to start afresh, or pass --self-signed",
-            ca.dir.display()
+            crate::logsafe::path(&ca.dir)
         ))
     })?;
     Ok(Development {

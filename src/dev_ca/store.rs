@@ -170,7 +170,7 @@ pub fn open(dir: &Path) -> Result<(DevCa, Opened), OpenError> {
     {
         return Err(OpenError::Unwritable(format!(
             "cannot create {} ({e})",
-            dir.display()
+            crate::logsafe::path(dir)
         )));
     }
     check_dir_mode(dir)?;
@@ -182,15 +182,18 @@ pub fn open(dir: &Path) -> Result<(DevCa, Opened), OpenError> {
             return match inspect(dir, now()) {
                 State::Good(ca) => Ok((*ca, Opened::Existing)),
                 State::Unsafe(why) | State::Foreign(why) => Err(OpenError::Refused(why)),
-                State::Missing | State::Broken(_) | State::Expired(_) => Err(
-                    OpenError::Unwritable(format!("{} cannot be written ({e})", dir.display())),
-                ),
+                State::Missing | State::Broken(_) | State::Expired(_) => {
+                    Err(OpenError::Unwritable(format!(
+                        "{} cannot be written ({e})",
+                        crate::logsafe::path(dir)
+                    )))
+                }
             };
         }
         Err(e) => {
             return Err(OpenError::Unwritable(format!(
                 "cannot lock {} ({e})",
-                dir.join(LOCK_FILE).display()
+                crate::logsafe::path(&dir.join(LOCK_FILE))
             )));
         }
     };
@@ -202,7 +205,7 @@ pub fn open(dir: &Path) -> Result<(DevCa, Opened), OpenError> {
             let kept = set_aside(dir).map_err(|e| {
                 OpenError::Unwritable(format!(
                     "the development CA in {} cannot be used ({why}) and cannot be moved aside ({e})",
-                    dir.display()
+                    crate::logsafe::path(dir)
                 ))
             })?;
             make(dir).map(|ca| (ca, Opened::Replaced { why, kept }))
@@ -243,7 +246,7 @@ pub fn remove(dir: &Path) -> Result<(Option<CaInfo>, bool), String> {
     let cannot = |e: io::Error| {
         format!(
             "cannot remove the development CA in {} ({e})",
-            dir.display()
+            crate::logsafe::path(dir)
         )
     };
     let lock = Lock::take(dir).map_err(cannot)?;
@@ -340,7 +343,7 @@ fn not_owned(path: &Path, uid: u32) -> String {
     let euid = unsafe { libc::geteuid() };
     format!(
         "{} belongs to another user (uid {uid}, this is uid {euid}), so it is not used as a development CA and nothing was changed: run wssify as its owner, or give a directory of your own with --dev-ca-dir",
-        path.display()
+        crate::logsafe::path(path)
     )
 }
 
@@ -348,7 +351,7 @@ fn not_owned(path: &Path, uid: u32) -> String {
 fn foreign(path: &Path, why: &str) -> String {
     format!(
         "{} is not a wssify development CA ({why}); nothing was changed (not used, moved or deleted): move it away yourself or give another --dev-ca-dir",
-        path.display()
+        crate::logsafe::path(path)
     )
 }
 
@@ -356,7 +359,7 @@ fn foreign(path: &Path, why: &str) -> String {
 fn orphan_key_refusal(key_path: &Path) -> String {
     format!(
         "{} is there without {CERT_FILE}, so it cannot be told to be a wssify development CA's key; nothing was changed: delete it yourself if wssify made it",
-        key_path.display()
+        crate::logsafe::path(key_path)
     )
 }
 
@@ -411,7 +414,7 @@ fn wssify_cert(path: &Path) -> Result<Option<CertificateDer<'static>>, String> {
         Err(e) => {
             return Err(format!(
                 "cannot read {} ({e}); nothing was changed",
-                path.display()
+                crate::logsafe::path(path)
             ));
         }
     };
@@ -509,12 +512,16 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
 
 /// Others must not be able to swap the CA under us.
 fn check_dir_mode(dir: &Path) -> Result<(), OpenError> {
-    let meta = fs::metadata(dir)
-        .map_err(|e| OpenError::Unwritable(format!("cannot look at {} ({e})", dir.display())))?;
+    let meta = fs::metadata(dir).map_err(|e| {
+        OpenError::Unwritable(format!(
+            "cannot look at {} ({e})",
+            crate::logsafe::path(dir)
+        ))
+    })?;
     if !meta.is_dir() {
         return Err(OpenError::Unwritable(format!(
             "{} is not a directory",
-            dir.display()
+            crate::logsafe::path(dir)
         )));
     }
     if !owner_allowed(meta.uid()) {
@@ -524,8 +531,8 @@ fn check_dir_mode(dir: &Path) -> Result<(), OpenError> {
     if mode & 0o022 != 0 {
         return Err(OpenError::Refused(format!(
             "the development CA directory {} can be written by others (mode {mode:04o}), who could replace the CA your clients trust; run chmod 700 {} or choose another --dev-ca-dir",
-            dir.display(),
-            dir.display()
+            crate::logsafe::path(dir),
+            crate::logsafe::path(dir)
         )));
     }
     Ok(())
@@ -620,19 +627,19 @@ fn inspect(dir: &Path, now: i64) -> State {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             return State::Unsafe(format!(
                 "cannot read the development CA key {} (permission denied): it was made by another user (under sudo?). Give this user its own with --dev-ca-dir, or remove that one as its owner (wssify --dev-ca remove)",
-                key_path.display()
+                crate::logsafe::path(&key_path)
             ));
         }
         Err(e) if cert_der.is_none() => {
             return State::Foreign(format!(
                 "cannot use {} ({e}); nothing was changed: move it away yourself or give another --dev-ca-dir",
-                key_path.display()
+                crate::logsafe::path(&key_path)
             ));
         }
         Err(e) => {
             return State::Unsafe(format!(
                 "cannot use the development CA key {} ({e}); fix it or run wssify --dev-ca remove",
-                key_path.display()
+                crate::logsafe::path(&key_path)
             ));
         }
     };
@@ -649,8 +656,8 @@ fn inspect(dir: &Path, now: i64) -> State {
             if mode & 0o077 != 0 {
                 return State::Unsafe(format!(
                     "{} (a private key without {CERT_FILE}) can be read or changed by others (mode {mode:04o}); nothing was changed: delete it, or if you are sure nobody else read it, chmod 600 {}",
-                    key_path.display(),
-                    key_path.display()
+                    crate::logsafe::path(&key_path),
+                    crate::logsafe::path(&key_path)
                 ));
             }
             return State::Broken(format!(
@@ -666,8 +673,8 @@ fn inspect(dir: &Path, now: i64) -> State {
     if mode & 0o077 != 0 {
         return State::Unsafe(format!(
             "the development CA key {} can be read or changed by others (mode {mode:04o}): whoever read it can make certificates for localhost that your clients trust. Run wssify --dev-ca remove (and remove the CA from where you trusted it), or if you are sure nobody else read it, chmod 600 {}",
-            key_path.display(),
-            key_path.display()
+            crate::logsafe::path(&key_path),
+            crate::logsafe::path(&key_path)
         ));
     }
     let Some(cert_der) = cert_der else {
@@ -700,7 +707,9 @@ fn inspect(dir: &Path, now: i64) -> State {
 /// The facts about a CA certificate.
 pub fn describe(der: &CertificateDer<'_>) -> CaInfo {
     let mut info = CaInfo {
-        subject: certs::subject_of(der),
+        // Escaped: it reaches log lines and the terminal (a CN may hold
+        // anything, e.g. escape codes from USER).
+        subject: crate::logsafe::quoted(certs::subject_of(der).as_bytes()).to_string(),
         made: "unknown".to_string(),
         expires: "unknown".to_string(),
         not_after: i64::MAX,
@@ -773,7 +782,7 @@ fn make(dir: &Path) -> Result<DevCa, OpenError> {
         let _ = fs::remove_file(dir.join(KEY_FILE));
         return Err(OpenError::Unwritable(format!(
             "cannot write the development CA into {} ({e})",
-            dir.display()
+            crate::logsafe::path(dir)
         )));
     }
     // Make the renames durable before anyone is told to trust the CA.

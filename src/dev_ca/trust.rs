@@ -33,11 +33,15 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     let nick = nickname(info);
     let mut o = String::new();
     let _ = writeln!(o, "wssify development CA");
-    let _ = writeln!(o, "  certificate   {}", dir.join(CERT_FILE).display());
+    let _ = writeln!(
+        o,
+        "  certificate   {}",
+        crate::logsafe::path(&dir.join(CERT_FILE))
+    );
     let _ = writeln!(
         o,
         "  private key   {} (readable only by you; never share it)",
-        dir.join(KEY_FILE).display()
+        crate::logsafe::path(&dir.join(KEY_FILE))
     );
     let _ = writeln!(o, "  subject       {}", info.subject);
     let _ = writeln!(
@@ -284,6 +288,25 @@ pub fn sh(path: &Path) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,%".contains(c);
     if !text.is_empty() && text.chars().all(safe) {
         text.into_owned()
+    } else if text.chars().any(char::is_control) {
+        // ANSI-C quoting (bash, zsh, ksh; POSIX since 2024): a newline or
+        // escape code in the path stays on this line, visibly.
+        let mut out = String::from("$'");
+        for c in text.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\'' => out.push_str("\\'"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "\\x{b:02x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        out
     } else {
         format!("'{}'", text.replace('\'', r"'\''"))
     }
