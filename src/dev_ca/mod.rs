@@ -16,7 +16,8 @@
 //!    warns once, saying why and how to get the CA.
 //!
 //! Either way, a CA whose key others may have read is refused, never
-//! silently used or replaced.
+//! silently used or replaced; and so is anything in the directory wssify
+//! did not make itself (see [`store`]): it is left exactly as it is.
 //!
 //! [`store`] keeps the CA on disk, [`trust`] writes what each client needs
 //! to trust it, [`system`] puts it into the system store on request

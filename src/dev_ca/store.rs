@@ -624,7 +624,7 @@ fn inspect(dir: &Path, now: i64) -> State {
     // Never through a link: the key judged is the file in the directory.
     let key = match read_small(&key_path) {
         Ok(key) => key,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && cert_der.is_some() => {
             return State::Unsafe(format!(
                 "cannot read the development CA key {} (permission denied): it was made by another user (under sudo?). Give this user its own with --dev-ca-dir, or remove that one as its owner (wssify --dev-ca remove)",
                 crate::logsafe::path(&key_path)
