@@ -106,7 +106,7 @@ if have certutil && have tstclnt; then
     # tls_nss DB: a TLS handshake with localhost verified against DB.
     tls_nss() { timeout 10 tstclnt -Q -h localhost -p "$port" -d "$1" </dev/null >"$work/nss.txt" 2>&1; }
     tls_nss "$chrome" && fail "NSS accepted it before the CA was added" || pass "NSS refuses it without the CA"
-    cmd="$(show 'certutil -d sql:$HOME/.pki/nssdb -A')"
+    cmd="$(show 'certutil -d sql:"$HOME"/.pki/nssdb -A')"
     eval "$cmd" && tls_nss "$chrome" && pass "NSS (Chrome/Chromium on Linux): $cmd" || {
         fail "NSS: $cmd"
         cat "$work/nss.txt"

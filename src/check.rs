@@ -214,7 +214,7 @@ fn check_development(found: &mut Findings, dev: &DevCert) {
             }
         },
     };
-    let at = format!("the development CA in {}", dir.display());
+    let at = format!("the development CA in {}", crate::logsafe::path(&dir));
     match dev_ca::store::peek(&dir) {
         Peek::Good(ca) => found.info(format!(
             "certificate: none given, so a development certificate would be served, signed by {at} ({}, expires {}, sha256 {}); {PRODUCTION}",

@@ -28,6 +28,13 @@ pub fn bare(bytes: &[u8]) -> Escaped<'_> {
     Escaped { bytes, space: true }
 }
 
+/// A file path for a log line or the terminal, as [`quoted`]: a newline in
+/// `XDG_DATA_HOME` or `--dev-ca-dir` cannot start a line of its own.
+pub fn path(path: &std::path::Path) -> Escaped<'_> {
+    use std::os::unix::ffi::OsStrExt;
+    quoted(path.as_os_str().as_bytes())
+}
+
 /// Bytes written escaped by [`fmt::Display`]; made by [`quoted`] or
 /// [`bare`], so escaping costs no allocation of its own.
 #[derive(Clone, Copy)]

@@ -141,7 +141,7 @@ async fn the_default_place_is_private_and_under_the_users_data_directory() {
             format!("curl --cacert {ca} https://localhost:{}/", w.addr.port()),
             format!("NODE_EXTRA_CA_CERTS={ca} node"),
             format!("SSL_CERT_FILE={ca} python3"),
-            "certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n 'wssify development CA ".to_string(),
+            "certutil -d sql:\"$HOME\"/.pki/nssdb -A -t C,, -n 'wssify development CA ".to_string(),
             "--dev-ca show".to_string(),
         ] {
             assert!(trust.contains(&needle), "{needle:?} in: {trust}");
@@ -355,6 +355,129 @@ fn a_ca_key_others_can_read_is_refused_with_what_to_do() {
     );
 }
 
+/// Parameters of a CA as wssify makes them (its subject, and its name
+/// constraints when `constrained`), for CAs made here by hand.
+fn wssify_like_params(constrained: bool) -> rcgen::CertificateParams {
+    use rcgen::{CidrSubnet, DnType, GeneralSubtree, NameConstraints};
+    let mut params = common::ca::ca_params("wssify development CA (test)");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "wssify development CA");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "wssify development CA (test)");
+    if constrained {
+        params.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![
+                GeneralSubtree::DnsName("localhost".to_string()),
+                GeneralSubtree::IpAddress(CidrSubnet::from_v4_prefix([127, 0, 0, 0], 8)),
+                GeneralSubtree::IpAddress(CidrSubnet::from_v6_prefix(
+                    std::net::Ipv6Addr::LOCALHOST.octets(),
+                    128,
+                )),
+            ],
+            excluded_subtrees: Vec::new(),
+        });
+    }
+    params
+}
+
+/// Writes a CA made from `params` into `dir` (mode 0700) as ca.pem and
+/// ca.key (mode 0600), as someone might by hand.
+fn place_ca(dir: &Path, params: &rcgen::CertificateParams) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+    let key_path = dir.join("ca.key");
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Every file in `dir` with its bytes, to show nothing was changed.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name() != ".lock")
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs start, `--check`, show, remove and install on `dir` and expects
+/// each to refuse with a line containing `needle`, changing nothing.
+fn refused_everywhere(dir: &Path, needle: &str) {
+    let before = snapshot(dir);
+    let start = [
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "127.0.0.1:9",
+        "--dev-ca-dir",
+        p(dir),
+    ];
+    for args in [
+        &start[..],
+        &["--dev-ca", "show", "--dev-ca-dir", p(dir)],
+        &["--dev-ca", "remove", "--dev-ca-dir", p(dir)],
+        &["--dev-ca", "install", "--dev-ca-dir", p(dir)],
+    ] {
+        let (code, out) = run_to_exit(args);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        let error = one_error_line(&out);
+        assert!(error.contains(needle), "{args:?}: {needle:?} in {error}");
+        assert!(!error.contains("--dev-ca remove"), "{args:?}: {error}");
+        assert_eq!(snapshot(dir), before, "{args:?} changed nothing");
+    }
+    let (code, out) = check_in(dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(needle), "{out}");
+    assert_eq!(snapshot(dir), before, "--check changed nothing");
+}
+
+#[test]
+fn a_ca_wssify_did_not_make_is_never_used_moved_or_deleted() {
+    // A corporate root put there by hand.
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("dev-ca");
+    place_ca(&dir, &common::ca::ca_params("CorpRootCA"));
+    let pem = dir.join("ca.pem");
+    refused_everywhere(
+        &dir,
+        &format!(
+            "{} is not a wssify development CA (its subject is not wssify's); nothing was changed",
+            pem.display()
+        ),
+    );
+    // Its key readable by others: still named as not wssify's, and
+    // nobody is told to run --dev-ca remove on it.
+    std::fs::set_permissions(dir.join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused_everywhere(&dir, "is not a wssify development CA");
+
+    // wssify's subject without the name constraints: not served, not installed.
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("dev-ca");
+    place_ca(&dir, &wssify_like_params(false));
+    refused_everywhere(
+        &dir,
+        "is not a wssify development CA (it is not constrained to exactly localhost, 127.0.0.0/8 and ::1)",
+    );
+
+    // Garbage for the certificate: nothing says wssify wrote it.
+    let (_h, dir) = made_ca();
+    std::fs::write(dir.join("ca.pem"), "garbage").unwrap();
+    refused_everywhere(&dir, "(it holds no PEM certificate); nothing was changed");
+}
+
 /// Starts wssify on `dir` whose CA was spoiled, expects the one warning
 /// naming `why`, a new CA that verifies, and the old files kept.
 async fn replaced(dir: &Path, why: &str) {
@@ -385,11 +508,6 @@ async fn replaced(dir: &Path, why: &str) {
 #[tokio::test]
 async fn a_broken_ca_is_replaced_with_one_line_and_kept_aside() {
     bounded(WAIT * 4, async {
-        // Garbage for the certificate.
-        let (_h1, dir) = made_ca();
-        std::fs::write(dir.join("ca.pem"), "garbage").unwrap();
-        replaced(&dir, "ca.pem holds no PEM certificate").await;
-
         // Half written: a key without its certificate.
         let (_h2, dir) = made_ca();
         std::fs::remove_file(dir.join("ca.pem")).unwrap();
@@ -411,15 +529,10 @@ async fn an_expired_ca_is_replaced() {
         let dir = home.path().join("dev-ca");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = common::ca::ca_params("expired dev CA");
+        let mut params = wssify_like_params(true);
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        let key_path = dir.join("ca.key");
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        place_ca(&dir, &params);
         replaced(&dir, "it expired on 2021-01-01").await;
     })
     .await;
@@ -467,8 +580,8 @@ async fn dev_ca_show_prints_where_and_how_and_remove_deletes_it() {
             format!("SSL_CERT_FILE={ca_path} python3 app.py"),
             format!("ssl.create_default_context(cafile=\"{ca_path}\")"),
             format!("REQUESTS_CA_BUNDLE={ca_path}"),
-            "certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n 'wssify development CA ".to_string(),
-            format!("--user-data-dir=$HOME/.config/wssify-chrome --ignore-certificate-errors-spki-list={spki} https://localhost:9300/"),
+            "certutil -d sql:\"$HOME\"/.pki/nssdb -A -t C,, -n 'wssify development CA ".to_string(),
+            format!("--user-data-dir=\"$HOME\"/.config/wssify-chrome --ignore-certificate-errors-spki-list={spki} https://localhost:9300/"),
             "-d sql:\"$db\" -A -t C,,".to_string(),
             "security.enterprise_roots.enabled".to_string(),
             format!("\"Certificates\": {{\"Install\": [\"{ca_path}\"]}}"),
@@ -501,9 +614,19 @@ async fn dev_ca_show_prints_where_and_how_and_remove_deletes_it() {
         assert_eq!(code, 0, "{out}");
         assert!(out.starts_with(&format!("removed the development CA in {}", dir.display())), "{out}");
         assert!(out.contains(&fingerprint(&ca)), "{out}");
-        assert!(out.contains("certutil -d sql:$HOME/.pki/nssdb -D -n 'wssify development CA "), "{out}");
+        assert!(out.contains("certutil -d sql:\"$HOME\"/.pki/nssdb -D -n 'wssify development CA "), "{out}");
         assert!(out.contains("--dev-ca uninstall"), "{out}");
-        assert!(!dir.exists(), "the directory is gone");
+        // The lock file stays (a start waiting on it must lock the file
+        // the next one locks), so the directory holds only it.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [".lock"], "only the lock file is left");
+        assert!(
+            out.contains("Clients that trusted it still trust it until it is removed from each of them"),
+            "{out}"
+        );
         let (code, out) = run_to_exit(&remove);
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("nothing to remove"), "{out}");
@@ -701,4 +824,145 @@ fn install_puts_the_ca_into_the_system_store_and_uninstall_takes_it_out() {
     let (code, out) = run_to_exit(&["--dev-ca", "uninstall"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("nothing to do"), "{out}");
+}
+
+/// The user nobody, to own files this test's user does not (the tests run
+/// as root in CI; as another user chown fails and the case is skipped
+/// with a message).
+const NOBODY: u32 = 65534;
+
+fn chown_to_nobody(path: &Path) -> bool {
+    match std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY)) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "cannot chown {} to nobody ({e}): case skipped",
+                path.display()
+            );
+            false
+        }
+    }
+}
+
+#[test]
+fn ca_files_owned_by_others_links_and_huge_files_are_refused() {
+    // A key another user owns.
+    let (_h1, dir) = made_ca();
+    if chown_to_nobody(&dir.join("ca.key")) {
+        refused_everywhere(
+            &dir,
+            &format!(
+                "{} belongs to another user (uid {NOBODY}",
+                dir.join("ca.key").display()
+            ),
+        );
+    }
+    // A certificate another user owns.
+    let (_h2, dir) = made_ca();
+    if chown_to_nobody(&dir.join("ca.pem")) {
+        refused_everywhere(
+            &dir,
+            &format!(
+                "{} belongs to another user (uid {NOBODY}",
+                dir.join("ca.pem").display()
+            ),
+        );
+    }
+    // A directory another user owns.
+    let (_h3, dir) = made_ca();
+    if chown_to_nobody(&dir) {
+        refused_everywhere(
+            &dir,
+            &format!("{} belongs to another user (uid {NOBODY}", dir.display()),
+        );
+    }
+
+    // The key as a link (to a private file of the user's): not followed.
+    let (h4, dir) = made_ca();
+    let elsewhere = h4.path().join("elsewhere.key");
+    std::fs::rename(dir.join("ca.key"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("ca.key")).unwrap();
+    let (code, out) = check_in(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("it is a symbolic link"), "{out}");
+    let (code, out) = run_to_exit(&["--dev-ca", "show", "--dev-ca-dir", p(&dir)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        one_error_line(&out).contains("it is a symbolic link"),
+        "{out}"
+    );
+    assert!(
+        std::fs::symlink_metadata(dir.join("ca.key"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // The certificate as a link: not a CA wssify made.
+    let (h5, dir) = made_ca();
+    let elsewhere = h5.path().join("elsewhere.pem");
+    std::fs::rename(dir.join("ca.pem"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("ca.pem")).unwrap();
+    refused_everywhere(
+        &dir,
+        "is not a wssify development CA (it is a symbolic link",
+    );
+
+    // A certificate file over 64 KiB is not read.
+    let (_h6, dir) = made_ca();
+    let mut pem = std::fs::read(dir.join("ca.pem")).unwrap();
+    pem.extend(std::iter::repeat_n(b'\n', 70 * 1024));
+    std::fs::write(dir.join("ca.pem"), pem).unwrap();
+    refused_everywhere(
+        &dir,
+        "is not a wssify development CA (it is larger than 64 KiB)",
+    );
+}
+
+#[test]
+fn a_lone_ca_key_others_can_read_is_refused_not_set_aside() {
+    let (_home, dir) = made_ca();
+    std::fs::remove_file(dir.join("ca.pem")).unwrap();
+    let key = dir.join("ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused_everywhere(
+        &dir,
+        &format!(
+            "{} (a private key without ca.pem) can be read or changed by others (mode 0644)",
+            key.display()
+        ),
+    );
+}
+
+#[tokio::test]
+async fn a_newline_or_escape_code_in_a_path_or_the_ca_subject_cannot_forge_lines() {
+    bounded(WAIT * 2, async {
+        let home = tempfile::tempdir().unwrap();
+        let data = home.path().join("data\nFORGED line\x1b[2J");
+        std::fs::create_dir_all(&data).unwrap();
+        let env = [
+            ("XDG_DATA_HOME", Some(p(&data))),
+            ("USER", Some("eve\x1b]0;owned\x07\nFORGED")),
+        ];
+        let (code, stderr, stdout) = run_to_exit_split(&["--dev-ca", "show"], &env);
+        assert_eq!(code, 0, "{stderr}{stdout}");
+        let (_, checked) = run_to_exit_env(
+            &["--listen", "127.0.0.1:0", "--to", "127.0.0.1:9", "--check"],
+            &env,
+        );
+        let (code, removed) = run_to_exit_env(&["--dev-ca", "remove"], &env);
+        assert_eq!(code, 0, "{removed}");
+        for out in [stderr + &stdout, checked, removed] {
+            assert!(
+                !out.contains('\x1b') && !out.contains('\x07'),
+                "no raw control codes:\n{out:?}"
+            );
+            assert!(
+                !out.lines().any(|l| l.starts_with("FORGED")),
+                "no line starts with what the path or subject holds:\n{out}"
+            );
+            assert!(out.contains("FORGED"), "the text is shown, escaped:\n{out}");
+        }
+    })
+    .await;
 }

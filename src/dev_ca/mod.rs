@@ -16,7 +16,8 @@
 //!    warns once, saying why and how to get the CA.
 //!
 //! Either way, a CA whose key others may have read is refused, never
-//! silently used or replaced.
+//! silently used or replaced; and so is anything in the directory wssify
+//! did not make itself (see [`store`]): it is left exactly as it is.
 //!
 //! [`store`] keeps the CA on disk, [`trust`] writes what each client needs
 //! to trust it, [`system`] puts it into the system store on request
@@ -114,7 +115,7 @@ impl Report {
                     Level::Warn,
                     format!(
                         "no --cert/--key given: serving a development certificate for {names}, signed by the development CA {} (sha256 {}). For development only: trust that CA once and every later start is trusted too",
-                        dir.join(store::CERT_FILE).display(),
+                        crate::logsafe::path(&dir.join(store::CERT_FILE)),
                         info.fingerprint
                     ),
                 ));
@@ -136,7 +137,7 @@ pub fn development(dev: &DevCert, provider: &CryptoProvider) -> Result<Developme
             Ok((ca, opened)) => signed(ca, opened, true, provider),
             Err(OpenError::Unwritable(why)) => Err(StartupError::new(format!(
                 "--dev-ca-dir {}: {why}; give a directory wssify can write, or --self-signed for a certificate made in memory",
-                dir.display()
+                crate::logsafe::path(dir)
             ))),
             Err(OpenError::Refused(why)) => Err(StartupError::new(why)),
         },
@@ -197,7 +198,11 @@ pub fn run_action(action: Action, given: Option<&Path>) -> Result<String, String
     match action {
         Action::Show => show(&action_dir(given)?, given.is_some()),
         Action::Remove => remove(&action_dir(given)?),
-        Action::Install => install(&action_dir(given)?, given),
+        Action::Install => {
+            // Under sudo, the CA to install is the user's, in their files.
+            store::allow_sudo_user();
+            install(&action_dir(given)?, given)
+        }
         // Needs no CA: the system store's file has a fixed name.
         Action::Uninstall => system::uninstall(&trust::sudo_command("uninstall", None))
             .map(|done| format!("{done}\n")),
@@ -233,7 +238,7 @@ fn remove(dir: &Path) -> Result<String, String> {
     match store::remove(dir) {
         Ok((_, false)) => Ok(format!(
             "no development CA in {}: nothing to remove\n",
-            dir.display()
+            crate::logsafe::path(dir)
         )),
         Ok((info, true)) => {
             let what = info.as_ref().map_or(String::new(), |i| {
@@ -241,14 +246,11 @@ fn remove(dir: &Path) -> Result<String, String> {
             });
             Ok(format!(
                 "removed the development CA in {}{what}\n{}",
-                dir.display(),
+                crate::logsafe::path(dir),
                 trust::after_removal(info.as_ref())
             ))
         }
-        Err(e) => Err(format!(
-            "cannot remove the development CA in {} ({e})",
-            dir.display()
-        )),
+        Err(why) => Err(why),
     }
 }
 
@@ -260,14 +262,14 @@ fn install(dir: &Path, given: Option<&Path>) -> Result<String, String> {
         Peek::Missing => {
             return Err(format!(
                 "no development CA in {}: it is made by the first start without --cert, or by wssify --dev-ca show{}",
-                dir.display(),
+                crate::logsafe::path(dir),
                 sudo_hint(given)
             ));
         }
         Peek::Replaceable(why) | Peek::Refused(why) => {
             return Err(format!(
                 "the development CA in {} cannot be installed: {why}",
-                dir.display()
+                crate::logsafe::path(dir)
             ));
         }
     };
@@ -350,7 +352,7 @@ fn signed(
             Level::Info,
             format!(
                 "made a development CA in {}: {} (give this to clients to trust) and its key {} (readable only by you); it can sign only for {}",
-                ca.dir.display(),
+                crate::logsafe::path(&ca.dir),
                 store::CERT_FILE,
                 store::KEY_FILE,
                 ca.info.constraints.as_deref().unwrap_or("any name")
@@ -360,7 +362,7 @@ fn signed(
             Level::Warn,
             format!(
                 "the development CA in {} could not be used ({why}): made a new one (the old files are kept as {}); clients that trusted the old one must trust the new one",
-                ca.dir.display(),
+                crate::logsafe::path(&ca.dir),
                 kept.iter()
                     .filter_map(|p| p.file_name())
                     .map(|n| n.to_string_lossy().into_owned())
@@ -376,7 +378,7 @@ fn signed(
             Level::Warn,
             format!(
                 "the development CA in {} expires in {days_left} days, on {}; a new one is made once it has: run wssify --dev-ca remove and start again to make it now",
-                ca.dir.display(),
+                crate::logsafe::path(&ca.dir),
                 ca.info.expires
             ),
         ));
@@ -384,7 +386,7 @@ fn signed(
     let loaded = issue(&ca, provider).map_err(|e| {
         StartupError::new(format!(
             "could not sign the development certificate with the CA in {} ({e}); run wssify --dev-ca remove to start afresh, or pass --self-signed",
-            ca.dir.display()
+            crate::logsafe::path(&ca.dir)
         ))
     })?;
     Ok(Development {

@@ -10,14 +10,23 @@
 //! two wssify processes starting at once agree on one CA: the second waits
 //! for the first and reads what it wrote.
 //!
+//! Only a CA wssify made is ever used, replaced or deleted: one whose
+//! certificate is self-signed (signature checked), has wssify's
+//! organisation and common name and exactly the localhost name
+//! constraints [`make`] writes. Anything else in the directory (a CA put
+//! there by hand, a corporate root) is refused with one line and left
+//! exactly as it is: not served, not renamed, not deleted. The directory
+//! and both files must belong to the user running wssify; the files are
+//! opened without following symbolic links and must be regular files.
+//!
 //! What can be wrong with the files, and what happens:
 //! - the key is readable or writable by group or others, or the directory
 //!   is writable by them: refused (someone may have read the key or may
 //!   swap the CA), with what to do;
 //! - the key cannot be read at all (made by another user, e.g. under sudo):
 //!   refused, with what to do;
-//! - one of the two files is missing (a start interrupted between them),
-//!   either is not what it should be, or the key does not match the
+//! - the key is there without the certificate (a start interrupted
+//!   between them), the key is unusable or does not match wssify's
 //!   certificate: a new CA is made, the old files kept beside it as
 //!   `NAME.old-SECONDS`, and the caller says so (clients must trust the
 //!   new one);
@@ -45,6 +54,12 @@ pub const CERT_FILE: &str = "ca.pem";
 pub const KEY_FILE: &str = "ca.key";
 /// The lock file's name, held while the CA is read, made or replaced.
 const LOCK_FILE: &str = ".lock";
+/// The organisation every CA wssify makes has; with the common name's
+/// prefix and the name constraints, how a wssify CA is recognised.
+const CA_ORGANISATION: &str = "wssify development CA";
+/// The most read from `ca.pem`, `ca.key` or a set-aside file: a CA and its
+/// key are a few kilobytes; anything larger is not one.
+const MAX_FILE: u64 = 64 * 1024;
 /// How long a start waits for another process holding the lock (it holds
 /// it for the few milliseconds making a CA takes).
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -155,7 +170,7 @@ pub fn open(dir: &Path) -> Result<(DevCa, Opened), OpenError> {
     {
         return Err(OpenError::Unwritable(format!(
             "cannot create {} ({e})",
-            dir.display()
+            crate::logsafe::path(dir)
         )));
     }
     check_dir_mode(dir)?;
@@ -166,28 +181,31 @@ pub fn open(dir: &Path) -> Result<(DevCa, Opened), OpenError> {
         Err(e) if is_cannot_write(&e) => {
             return match inspect(dir, now()) {
                 State::Good(ca) => Ok((*ca, Opened::Existing)),
-                State::Unsafe(why) => Err(OpenError::Refused(why)),
-                State::Missing | State::Broken(_) | State::Expired(_) => Err(
-                    OpenError::Unwritable(format!("{} cannot be written ({e})", dir.display())),
-                ),
+                State::Unsafe(why) | State::Foreign(why) => Err(OpenError::Refused(why)),
+                State::Missing | State::Broken(_) | State::Expired(_) => {
+                    Err(OpenError::Unwritable(format!(
+                        "{} cannot be written ({e})",
+                        crate::logsafe::path(dir)
+                    )))
+                }
             };
         }
         Err(e) => {
             return Err(OpenError::Unwritable(format!(
                 "cannot lock {} ({e})",
-                dir.join(LOCK_FILE).display()
+                crate::logsafe::path(&dir.join(LOCK_FILE))
             )));
         }
     };
     let result = match inspect(dir, now()) {
         State::Good(ca) => Ok((*ca, Opened::Existing)),
-        State::Unsafe(why) => Err(OpenError::Refused(why)),
+        State::Unsafe(why) | State::Foreign(why) => Err(OpenError::Refused(why)),
         State::Missing => make(dir).map(|ca| (ca, Opened::Made)),
         State::Broken(why) | State::Expired(why) => {
             let kept = set_aside(dir).map_err(|e| {
                 OpenError::Unwritable(format!(
                     "the development CA in {} cannot be used ({why}) and cannot be moved aside ({e})",
-                    dir.display()
+                    crate::logsafe::path(dir)
                 ))
             })?;
             make(dir).map(|ca| (ca, Opened::Replaced { why, kept }))
@@ -210,44 +228,270 @@ pub fn peek(dir: &Path) -> Peek {
         State::Missing => Peek::Missing,
         State::Good(ca) => Peek::Good(ca),
         State::Broken(why) | State::Expired(why) => Peek::Replaceable(why),
-        State::Unsafe(why) => Peek::Refused(why),
+        State::Unsafe(why) | State::Foreign(why) => Peek::Refused(why),
     }
 }
 
-/// Deletes the CA in `dir` and everything wssify put beside it (old CAs set
-/// aside, temporary files, the lock), then the directory if that leaves it
-/// empty. Returns what the CA was, when there was a readable one, and
-/// whether anything was removed at all.
-pub fn remove(dir: &Path) -> io::Result<(Option<CaInfo>, bool)> {
-    if !dir.exists() {
+/// Deletes the CA in `dir` and what wssify put beside it (its old CAs set
+/// aside, temporary files), then the directory if that leaves it empty.
+/// Only a wssify CA: anything else is refused with one line and left as it
+/// is. The lock file stays: a start waiting on it must lock the same file
+/// the next one will. Returns what the CA was and whether anything was
+/// removed, or the one-line refusal.
+pub fn remove(dir: &Path) -> Result<(Option<CaInfo>, bool), String> {
+    if fs::symlink_metadata(dir).is_err() {
         return Ok((None, false));
     }
-    let info = match inspect(dir, now()) {
-        State::Good(ca) => Some(ca.info),
-        _ => read_cert(dir).ok().map(|der| describe(&der)),
+    check_dir_mode(dir).map_err(|(OpenError::Refused(why) | OpenError::Unwritable(why))| why)?;
+    let cannot = |e: io::Error| {
+        format!(
+            "cannot remove the development CA in {} ({e})",
+            crate::logsafe::path(dir)
+        )
     };
-    let lock = Lock::take(dir).ok();
+    let lock = Lock::take(dir).map_err(cannot)?;
+    let key_path = dir.join(KEY_FILE);
+    let key_there = fs::symlink_metadata(&key_path).is_ok();
+    let info = match wssify_cert(&dir.join(CERT_FILE))? {
+        Some(der) => Some(describe(&der)),
+        None if key_there => {
+            return Err(match inspect(dir, now()) {
+                State::Unsafe(why) | State::Foreign(why) => why,
+                _ => orphan_key_refusal(&key_path),
+            });
+        }
+        None => None,
+    };
+    // Another user's key is theirs to delete.
+    if let Ok(meta) = fs::symlink_metadata(&key_path)
+        && !owner_allowed(meta.uid())
+    {
+        return Err(not_owned(&key_path, meta.uid()));
+    }
     let mut removed = false;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
+    if info.is_some() {
+        for name in [KEY_FILE, CERT_FILE] {
+            match fs::remove_file(dir.join(name)) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(cannot(e)),
+            }
+        }
+    }
+    for entry in fs::read_dir(dir).map_err(cannot)? {
+        let entry = entry.map_err(cannot)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let ours = name == CERT_FILE
-            || name == KEY_FILE
-            || name.starts_with(&format!("{CERT_FILE}.old-"))
-            || name.starts_with(&format!("{KEY_FILE}.old-"))
-            || name.starts_with(&format!(".{CERT_FILE}.tmp-"))
-            || name.starts_with(&format!(".{KEY_FILE}.tmp-"));
-        if ours {
-            fs::remove_file(entry.path())?;
-            removed = true;
+        let doomed: Vec<PathBuf> =
+            if let Some(stamp) = name.strip_prefix(&format!("{CERT_FILE}.old-")) {
+                // An old CA set aside: only if it is wssify's, with its key.
+                match wssify_cert(&entry.path()) {
+                    Ok(Some(_)) => vec![entry.path(), dir.join(format!("{KEY_FILE}.old-{stamp}"))],
+                    _ => Vec::new(),
+                }
+            } else if name.starts_with(&format!(".{CERT_FILE}.tmp-"))
+                || name.starts_with(&format!(".{KEY_FILE}.tmp-"))
+            {
+                vec![entry.path()]
+            } else {
+                Vec::new()
+            };
+        for path in doomed {
+            match fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(cannot(e)),
+            }
         }
     }
     drop(lock);
-    let _ = fs::remove_file(dir.join(LOCK_FILE));
-    // Only if empty: a directory given with --dev-ca-dir may hold more.
+    // Only if empty: a directory given with --dev-ca-dir may hold more
+    // (and the lock file stays, see above).
     let _ = fs::remove_dir(dir);
     Ok((info, removed))
+}
+
+/// Who may own the CA directory and files: the effective user; and, for
+/// `--dev-ca install`/`uninstall` run as root under sudo, the user who ran
+/// sudo (whose CA install is asked to trust).
+static SUDO_USER_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets files owned by `SUDO_UID` count as the user's own (for
+/// `--dev-ca install` run under sudo).
+pub fn allow_sudo_user() {
+    SUDO_USER_ALLOWED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `uid` may own the CA's directory and files.
+fn owner_allowed(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if uid == euid {
+        return true;
+    }
+    euid == 0
+        && SUDO_USER_ALLOWED.load(std::sync::atomic::Ordering::Relaxed)
+        && std::env::var("SUDO_UID")
+            .ok()
+            .and_then(|u| u.parse::<u32>().ok())
+            == Some(uid)
+}
+
+/// The refusal for a file or directory another user owns.
+fn not_owned(path: &Path, uid: u32) -> String {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    format!(
+        "{} belongs to another user (uid {uid}, this is uid {euid}), so it is not used as a development CA and nothing was changed: run wssify as its owner, or give a directory of your own with --dev-ca-dir",
+        crate::logsafe::path(path)
+    )
+}
+
+/// The refusal for a CA wssify did not make.
+fn foreign(path: &Path, why: &str) -> String {
+    format!(
+        "{} is not a wssify development CA ({why}); nothing was changed (not used, moved or deleted): move it away yourself or give another --dev-ca-dir",
+        crate::logsafe::path(path)
+    )
+}
+
+/// The refusal for a key without `ca.pem`, which nothing identifies.
+fn orphan_key_refusal(key_path: &Path) -> String {
+    format!(
+        "{} is there without {CERT_FILE}, so it cannot be told to be a wssify development CA's key; nothing was changed: delete it yourself if wssify made it",
+        crate::logsafe::path(key_path)
+    )
+}
+
+/// Opens `path` for reading without following a symbolic link, and reads
+/// it if it is a regular file of at most [`MAX_FILE`] bytes: `None` when
+/// there is no such file; the metadata is the open handle's.
+fn read_small(path: &Path) -> io::Result<Option<(Vec<u8>, fs::Metadata)>> {
+    use std::io::Read;
+    let file = match OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: opening a FIFO put there must not hang the start.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "it is a symbolic link; wssify reads only the file itself",
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is larger than 64 KiB",
+        ));
+    }
+    Ok(Some((bytes, meta)))
+}
+
+/// The certificate in `path` if it is a CA wssify made (see the module
+/// comment), `None` if there is no file, else the one-line refusal.
+fn wssify_cert(path: &Path) -> Result<Option<CertificateDer<'static>>, String> {
+    let (pem, meta) = match read_small(path) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(foreign(path, &e.to_string()));
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot read {} ({e}); nothing was changed",
+                crate::logsafe::path(path)
+            ));
+        }
+    };
+    if !owner_allowed(meta.uid()) {
+        return Err(not_owned(path, meta.uid()));
+    }
+    let der = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| foreign(path, "it holds no PEM certificate"))?;
+    recognise(&der).map_err(|why| foreign(path, why))?;
+    Ok(Some(der))
+}
+
+/// Whether `der` is a CA [`make`] made: a self-issued CA with wssify's
+/// organisation and common name, exactly the localhost name constraints,
+/// and a valid self-signature (ECDSA P-256 with SHA-256, what wssify's
+/// keys are). Else why not.
+fn recognise(der: &[u8]) -> Result<(), &'static str> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| "it cannot be parsed")?;
+    if !cert.is_ca() {
+        return Err("it is not a CA certificate");
+    }
+    let subject = cert.subject();
+    let orgs: Vec<_> = subject.iter_organization().map(|o| o.as_str()).collect();
+    let cns: Vec<_> = subject.iter_common_name().map(|o| o.as_str()).collect();
+    let ours = matches!(orgs.as_slice(), [Ok(o)] if *o == CA_ORGANISATION)
+        && matches!(cns.as_slice(), [Ok(cn)] if cn.starts_with(CA_ORGANISATION));
+    if !ours {
+        return Err("its subject is not wssify's");
+    }
+    let local = match cert.name_constraints() {
+        Ok(Some(ext)) => {
+            let permitted: Vec<&GeneralName<'_>> = ext
+                .value
+                .permitted_subtrees
+                .iter()
+                .flatten()
+                .map(|s| &s.base)
+                .collect();
+            let excluded = ext
+                .value
+                .excluded_subtrees
+                .as_ref()
+                .is_some_and(|e| !e.is_empty());
+            let mut v6 = [0u8; 32];
+            v6[15] = 1;
+            v6[16..].fill(0xff);
+            !excluded
+                && matches!(
+                    permitted.as_slice(),
+                    [GeneralName::DNSName("localhost"), GeneralName::IPAddress(v4), GeneralName::IPAddress(v6b)]
+                        if *v4 == [127, 0, 0, 0, 255, 0, 0, 0] && *v6b == v6
+                )
+        }
+        _ => false,
+    };
+    if !local {
+        return Err("it is not constrained to exactly localhost, 127.0.0.0/8 and ::1");
+    }
+    if cert.issuer().as_raw() != subject.as_raw() {
+        return Err("it is not self-issued");
+    }
+    if cert.signature_algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256 {
+        return Err("it is not signed with ECDSA and SHA-256 as wssify signs");
+    }
+    let key = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        cert.public_key().subject_public_key.data.as_ref(),
+    );
+    key.verify(
+        cert.tbs_certificate.as_ref(),
+        cert.signature_value.data.as_ref(),
+    )
+    .map_err(|_| "its self-signature does not verify")?;
+    Ok(())
 }
 
 /// Creates `dir` (mode 0700) and its parents, unless it exists.
@@ -268,20 +512,27 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
 
 /// Others must not be able to swap the CA under us.
 fn check_dir_mode(dir: &Path) -> Result<(), OpenError> {
-    let meta = fs::metadata(dir)
-        .map_err(|e| OpenError::Unwritable(format!("cannot look at {} ({e})", dir.display())))?;
+    let meta = fs::metadata(dir).map_err(|e| {
+        OpenError::Unwritable(format!(
+            "cannot look at {} ({e})",
+            crate::logsafe::path(dir)
+        ))
+    })?;
     if !meta.is_dir() {
         return Err(OpenError::Unwritable(format!(
             "{} is not a directory",
-            dir.display()
+            crate::logsafe::path(dir)
         )));
+    }
+    if !owner_allowed(meta.uid()) {
+        return Err(OpenError::Refused(not_owned(dir, meta.uid())));
     }
     let mode = meta.mode() & 0o777;
     if mode & 0o022 != 0 {
         return Err(OpenError::Refused(format!(
             "the development CA directory {} can be written by others (mode {mode:04o}), who could replace the CA your clients trust; run chmod 700 {} or choose another --dev-ca-dir",
-            dir.display(),
-            dir.display()
+            crate::logsafe::path(dir),
+            crate::logsafe::path(dir)
         )));
     }
     Ok(())
@@ -313,7 +564,14 @@ impl Lock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            // Never a link put there to make us create or lock another file.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dir.join(LOCK_FILE))?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other(format!(
+                "{LOCK_FILE} is not a regular file"
+            )));
+        }
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             // SAFETY: flock only reads the descriptor number, which `file`
@@ -351,67 +609,86 @@ enum State {
     Expired(String),
     /// Must not be used nor silently replaced.
     Unsafe(String),
+    /// Not a CA wssify made: neither used, replaced nor deleted.
+    Foreign(String),
 }
 
 fn inspect(dir: &Path, now: i64) -> State {
     let key_path = dir.join(KEY_FILE);
     let cert_path = dir.join(CERT_FILE);
-    // Followed if a link: the mode that matters is the key's own.
-    let key_meta = match fs::metadata(&key_path) {
-        Ok(meta) => Some(meta),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+    // Anything but a wssify CA is left alone.
+    let cert_der = match wssify_cert(&cert_path) {
+        Ok(der) => der,
+        Err(why) => return State::Foreign(why),
+    };
+    // Never through a link: the key judged is the file in the directory.
+    let key = match read_small(&key_path) {
+        Ok(key) => key,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && cert_der.is_some() => {
+            return State::Unsafe(format!(
+                "cannot read the development CA key {} (permission denied): it was made by another user (under sudo?). Give this user its own with --dev-ca-dir, or remove that one as its owner (wssify --dev-ca remove)",
+                crate::logsafe::path(&key_path)
+            ));
+        }
+        Err(e) if cert_der.is_none() => {
+            return State::Foreign(format!(
+                "cannot use {} ({e}); nothing was changed: move it away yourself or give another --dev-ca-dir",
+                crate::logsafe::path(&key_path)
+            ));
+        }
         Err(e) => {
             return State::Unsafe(format!(
-                "cannot look at {} ({e}); fix its permissions or run wssify --dev-ca remove",
-                key_path.display()
+                "cannot use the development CA key {} ({e}); fix it or run wssify --dev-ca remove",
+                crate::logsafe::path(&key_path)
             ));
         }
     };
-    let has_cert = cert_path.exists();
-    let key_meta = match (key_meta, has_cert) {
+    let (key_pem, key_meta) = match (key, cert_der.is_some()) {
         (None, false) => return State::Missing,
-        (Some(_), false) => {
+        (None, true) => return State::Broken(format!("{CERT_FILE} without its key {KEY_FILE}")),
+        (Some((_, meta)), false) => {
+            // Checked before it is set aside: a key others could read is
+            // never quietly kept.
+            if !owner_allowed(meta.uid()) {
+                return State::Unsafe(not_owned(&key_path, meta.uid()));
+            }
+            let mode = meta.mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return State::Unsafe(format!(
+                    "{} (a private key without {CERT_FILE}) can be read or changed by others (mode {mode:04o}); nothing was changed: delete it, or if you are sure nobody else read it, chmod 600 {}",
+                    crate::logsafe::path(&key_path),
+                    crate::logsafe::path(&key_path)
+                ));
+            }
             return State::Broken(format!(
                 "{KEY_FILE} without {CERT_FILE}, left by an interrupted start"
             ));
         }
-        (None, true) => return State::Broken(format!("{CERT_FILE} without its key {KEY_FILE}")),
-        (Some(meta), true) => meta,
+        (Some(key), true) => key,
     };
+    if !owner_allowed(key_meta.uid()) {
+        return State::Unsafe(not_owned(&key_path, key_meta.uid()));
+    }
     let mode = key_meta.mode() & 0o777;
     if mode & 0o077 != 0 {
         return State::Unsafe(format!(
             "the development CA key {} can be read or changed by others (mode {mode:04o}): whoever read it can make certificates for localhost that your clients trust. Run wssify --dev-ca remove (and remove the CA from where you trusted it), or if you are sure nobody else read it, chmod 600 {}",
-            key_path.display(),
-            key_path.display()
+            crate::logsafe::path(&key_path),
+            crate::logsafe::path(&key_path)
         ));
     }
-    if !key_meta.is_file() {
-        return State::Broken(format!("{KEY_FILE} is not a regular file"));
-    }
-    let key_pem = match fs::read_to_string(&key_path) {
-        Ok(pem) => pem,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            return State::Unsafe(format!(
-                "cannot read the development CA key {} (permission denied): it was made by another user (under sudo?). Give this user its own with --dev-ca-dir, or remove that one as its owner (wssify --dev-ca remove)",
-                key_path.display()
-            ));
-        }
-        Err(_) => return State::Broken(format!("{KEY_FILE} cannot be read as text")),
+    let Some(cert_der) = cert_der else {
+        return State::Missing;
+    };
+    let Ok(key_pem) = String::from_utf8(key_pem) else {
+        return State::Broken(format!("{KEY_FILE} cannot be read as text"));
     };
     let Ok(key) = KeyPair::from_pem(&key_pem) else {
         return State::Broken(format!("{KEY_FILE} holds no usable private key"));
     };
-    let cert_der = match read_cert(dir) {
-        Ok(der) => der,
-        Err(why) => return State::Broken(why),
-    };
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&cert_der) else {
         return State::Broken(format!("{CERT_FILE} cannot be parsed"));
     };
-    if !parsed.is_ca() {
-        return State::Broken(format!("{CERT_FILE} is not a CA certificate"));
-    }
     if parsed.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
         return State::Broken(format!("{KEY_FILE} does not match {CERT_FILE}"));
     }
@@ -427,19 +704,12 @@ fn inspect(dir: &Path, now: i64) -> State {
     }))
 }
 
-/// The first certificate in `DIR/ca.pem`, or why there is none.
-fn read_cert(dir: &Path) -> Result<CertificateDer<'static>, String> {
-    let pem = fs::read(dir.join(CERT_FILE)).map_err(|e| format!("{CERT_FILE}: {e}"))?;
-    CertificateDer::pem_slice_iter(&pem)
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| format!("{CERT_FILE} holds no PEM certificate"))
-}
-
 /// The facts about a CA certificate.
 pub fn describe(der: &CertificateDer<'_>) -> CaInfo {
     let mut info = CaInfo {
-        subject: certs::subject_of(der),
+        // Escaped: it reaches log lines and the terminal (a CN may hold
+        // anything, e.g. escape codes from USER).
+        subject: crate::logsafe::quoted(certs::subject_of(der).as_bytes()).to_string(),
         made: "unknown".to_string(),
         expires: "unknown".to_string(),
         not_after: i64::MAX,
@@ -512,7 +782,7 @@ fn make(dir: &Path) -> Result<DevCa, OpenError> {
         let _ = fs::remove_file(dir.join(KEY_FILE));
         return Err(OpenError::Unwritable(format!(
             "cannot write the development CA into {} ({e})",
-            dir.display()
+            crate::logsafe::path(dir)
         )));
     }
     // Make the renames durable before anyone is told to trust the CA.
@@ -531,6 +801,12 @@ fn make(dir: &Path) -> Result<DevCa, OpenError> {
 /// A new CA key and self-signed certificate, constrained to local names.
 fn generate() -> Result<(KeyPair, CertificateDer<'static>), rcgen::Error> {
     let key = KeyPair::generate()?;
+    let cert = ca_params().self_signed(&key)?;
+    Ok((key, cert.der().clone()))
+}
+
+/// What every CA wssify makes is: its subject, name constraints, validity.
+fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     let made = SystemTime::now();
     let mut dn = DistinguishedName::new();
@@ -561,8 +837,7 @@ fn generate() -> Result<(KeyPair, CertificateDer<'static>), rcgen::Error> {
     params.not_before = (made - BACKDATE).into();
     params.not_after = (made + CA_VALIDITY).into();
     params.serial_number = Some(random_serial());
-    let cert = params.self_signed(&key)?;
-    Ok((key, cert.der().clone()))
+    params
 }
 
 /// `wssify development CA (USER@HOST, YYYY-MM-DD)`: recognisable in a
@@ -730,5 +1005,30 @@ mod tests {
         assert_eq!(how, Opened::Existing);
         assert_eq!(again.cert_der, ca.cert_der);
         assert_eq!(again.short_id().len(), 8);
+    }
+
+    #[test]
+    fn only_a_self_signed_wssify_ca_is_recognised() {
+        let (key, der) = generate().unwrap();
+        assert_eq!(recognise(&der), Ok(()));
+        // The same certificate signed by another key: self-issued, but its
+        // signature does not verify with its own key.
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let params = ca_params();
+        let other = KeyPair::generate().unwrap();
+        let issuer = rcgen::Issuer::from_params(&params, &other);
+        let forged = params.signed_by(&key, &issuer).unwrap();
+        assert_eq!(
+            x509_parser::parse_x509_certificate(forged.der())
+                .unwrap()
+                .1
+                .subject()
+                .as_raw(),
+            parsed.subject().as_raw()
+        );
+        assert_eq!(
+            recognise(forged.der()),
+            Err("its self-signature does not verify")
+        );
     }
 }

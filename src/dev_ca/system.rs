@@ -154,8 +154,13 @@ fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Runs the store's update command; its first line of output on failure.
 fn run(program: &Path, args: &[&str]) -> Result<(), String> {
+    // Nothing from the caller's environment: a fixed PATH for the scripts
+    // these commands run, and messages in plain English.
     let output = Command::new(program)
         .args(args)
+        .env_clear()
+        .env("PATH", SYSTEM_DIRS.join(":"))
+        .env("LANG", "C")
         .output()
         .map_err(|e| format!("cannot run it ({e})"))?;
     if output.status.success() {
@@ -166,11 +171,46 @@ fn run(program: &Path, args: &[&str]) -> Result<(), String> {
     Err(format!("{} ({first})", output.status))
 }
 
-/// `name` in PATH or the system's sbin directories (sudo's PATH may lack them).
+/// The directories a store's update command is looked for in as root, and
+/// the PATH it runs with: never the user's PATH, which under `sudo -E` or a
+/// root shell may name a program someone else put there.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// `name` in the system directories, and as another user also in PATH
+/// (first).
 fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    find_in(name, std::env::var_os("PATH"), root)
+}
+
+/// [`find_program`] with PATH and whether this is root given.
+fn find_in(name: &str, path: Option<std::ffi::OsString>, root: bool) -> Option<PathBuf> {
+    let user_dirs: Vec<PathBuf> = match path {
+        Some(path) if !root => std::env::split_paths(&path).collect(),
+        _ => Vec::new(),
+    };
+    user_dirs
+        .into_iter()
+        .chain(SYSTEM_DIRS.map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_never_looks_in_the_users_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "wssify-test-update-ca-certificates";
+        std::fs::write(dir.path().join(name), "#!/bin/sh\n").unwrap();
+        let path = Some(dir.path().as_os_str().to_owned());
+        assert_eq!(
+            find_in(name, path.clone(), false),
+            Some(dir.path().join(name))
+        );
+        assert_eq!(find_in(name, path, true), None);
+    }
 }

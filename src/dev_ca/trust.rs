@@ -20,7 +20,7 @@ pub fn short(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> S
     let url = url(port);
     format!(
         "trust the development CA once: curl --cacert {ca} {url} | NODE_EXTRA_CA_CERTS={ca} node app.js | SSL_CERT_FILE={ca} python3 app.py | Chrome/Chromium on Linux: {} (then restart it) | Firefox, the system store, macOS: {}",
-        nss_add("sql:$HOME/.pki/nssdb", &ca, info),
+        nss_add("sql:\"$HOME\"/.pki/nssdb", &ca, info),
         show_command(dir, dir_given)
     )
 }
@@ -33,11 +33,15 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     let nick = nickname(info);
     let mut o = String::new();
     let _ = writeln!(o, "wssify development CA");
-    let _ = writeln!(o, "  certificate   {}", dir.join(CERT_FILE).display());
+    let _ = writeln!(
+        o,
+        "  certificate   {}",
+        crate::logsafe::path(&dir.join(CERT_FILE))
+    );
     let _ = writeln!(
         o,
         "  private key   {} (readable only by you; never share it)",
-        dir.join(KEY_FILE).display()
+        crate::logsafe::path(&dir.join(KEY_FILE))
     );
     let _ = writeln!(o, "  subject       {}", info.subject);
     let _ = writeln!(
@@ -95,10 +99,10 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
         o,
         "Chromium and Google Chrome on Linux (they read the NSS database, not the system store;\nrestart the browser afterwards; certutil is in libnss3-tools on Debian/Ubuntu, nss-tools on Fedora)"
     );
-    let _ = writeln!(o, "  {}", nss_add("sql:$HOME/.pki/nssdb", &ca, info));
+    let _ = writeln!(o, "  {}", nss_add("sql:\"$HOME\"/.pki/nssdb", &ca, info));
     let _ = writeln!(
         o,
-        "  (no such database yet: mkdir -p $HOME/.pki/nssdb && certutil -d sql:$HOME/.pki/nssdb -N --empty-password;\n   Chromium from snap: -d sql:$HOME/snap/chromium/current/.pki/nssdb)"
+        "  (no such database yet: mkdir -p \"$HOME\"/.pki/nssdb && certutil -d sql:\"$HOME\"/.pki/nssdb -N --empty-password;\n   Chromium from snap: -d sql:\"$HOME\"/snap/chromium/current/.pki/nssdb)"
     );
     let _ = writeln!(
         o,
@@ -106,7 +110,7 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     );
     let _ = writeln!(
         o,
-        "  google-chrome --user-data-dir=$HOME/.config/wssify-chrome --ignore-certificate-errors-spki-list={} {url}",
+        "  google-chrome --user-data-dir=\"$HOME\"/.config/wssify-chrome --ignore-certificate-errors-spki-list={} {url}",
         info.spki_sha256
     );
     let _ = writeln!(o);
@@ -116,7 +120,7 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     );
     let _ = writeln!(
         o,
-        "  for db in $HOME/.mozilla/firefox/*.default* $HOME/.config/mozilla/firefox/*.default* $HOME/snap/firefox/common/.mozilla/firefox/*.default*; do [ -d \"$db\" ] || continue; {}; done",
+        "  for db in \"$HOME\"/.mozilla/firefox/*.default* \"$HOME\"/.config/mozilla/firefox/*.default* \"$HOME\"/snap/firefox/common/.mozilla/firefox/*.default*; do [ -d \"$db\" ] || continue; {}; done",
         nss_add("sql:\"$db\"", &ca, info)
     );
     let _ = writeln!(
@@ -172,7 +176,7 @@ pub fn full(dir: &Path, info: &CaInfo, port: Option<u16>, dir_given: bool) -> St
     let _ = writeln!(o, "Stop trusting it");
     let _ = writeln!(
         o,
-        "  certutil -d sql:$HOME/.pki/nssdb -D -n {nick}   (and with each Firefox profile's -d)"
+        "  certutil -d sql:\"$HOME\"/.pki/nssdb -D -n {nick}   (and with each Firefox profile's -d)"
     );
     let _ = writeln!(
         o,
@@ -193,12 +197,12 @@ pub fn after_removal(info: Option<&CaInfo>) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "Clients that trusted it refuse it from now on; to remove it from them too:"
+        "Clients that trusted it still trust it until it is removed from each of them (anyone holding a copy of its key could still sign for localhost there); to remove it:"
     );
     if let Some(info) = info {
         let _ = writeln!(
             o,
-            "  certutil -d sql:$HOME/.pki/nssdb -D -n {}   (and with each Firefox profile's -d)",
+            "  certutil -d sql:\"$HOME\"/.pki/nssdb -D -n {}   (and with each Firefox profile's -d)",
             nickname(info)
         );
     }
@@ -284,6 +288,25 @@ pub fn sh(path: &Path) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:=@,%".contains(c);
     if !text.is_empty() && text.chars().all(safe) {
         text.into_owned()
+    } else if text.chars().any(char::is_control) {
+        // ANSI-C quoting (bash, zsh, ksh; POSIX since 2024): a newline or
+        // escape code in the path stays on this line, visibly.
+        let mut out = String::from("$'");
+        for c in text.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\'' => out.push_str("\\'"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        let _ = write!(out, "\\x{b:02x}");
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        out
     } else {
         format!("'{}'", text.replace('\'', r"'\''"))
     }
