@@ -231,25 +231,6 @@ async fn a_killed_backend_loses_no_client_and_is_used_again_after_its_back_off()
     .await;
 }
 
-/// A listening socket whose accept queue is full and never drained: the
-/// kernel drops further SYNs, so connecting to it hangs like a dead host.
-fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
-            Ok(s) => fillers.push(s),
-            Err(_) => return (socket, fillers),
-        }
-    }
-    panic!("could not fill the accept queue of {addr}");
-}
-
 #[tokio::test]
 async fn a_blackholed_backend_delays_a_client_by_at_most_one_connect_timeout() {
     bounded(WAIT, async {

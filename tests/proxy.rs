@@ -260,25 +260,6 @@ async fn backend_down_closes_promptly_and_later_clients_are_served() {
     .await;
 }
 
-/// A listening socket whose accept queue is full and never drained: the
-/// kernel drops further SYNs, so connecting to it hangs like a dead host.
-fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    socket.listen(0).unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
-            Ok(s) => fillers.push(s),
-            Err(_) => return (socket, fillers),
-        }
-    }
-    panic!("could not fill the accept queue of {addr}");
-}
-
 #[tokio::test]
 async fn backend_that_never_answers_hits_the_connect_timeout() {
     bounded(WAIT, async {

@@ -112,23 +112,6 @@ async fn through(
     (header, me, version, suite)
 }
 
-/// The name OpenSSL (and so HAProxy) gives each suite rustls offers.
-fn openssl_name(suite: rustls::CipherSuite) -> &'static str {
-    use rustls::CipherSuite as S;
-    match suite {
-        S::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
-        S::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
-        S::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
-        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
-        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
-        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
-        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
-        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
-        S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
-        other => panic!("no OpenSSL name known for {other:?}"),
-    }
-}
-
 /// The TLVs of a v2 header, and the SSL TLV split into its client byte,
 /// verify word and sub-TLVs, as `ppp` reads them.
 struct Tlvs {
@@ -272,7 +255,7 @@ async fn v2_carries_addresses_sni_alpn_version_and_cipher() {
             assert_eq!(value(&tlvs.sub, SSL_VERSION).as_deref(), Some(want_version));
             assert_eq!(
                 value(&tlvs.sub, SSL_CIPHER).as_deref(),
-                Some(openssl_name(suite))
+                wssify::tls::openssl_cipher_name(suite)
             );
             assert_eq!(value(&tlvs.sub, SSL_CN), None);
         }
@@ -362,7 +345,7 @@ async fn v2_carries_the_client_certificates_cn_under_mtls() {
         assert_eq!(value(&tlvs.sub, SSL_CN).as_deref(), Some("device-7"));
         assert_eq!(
             value(&tlvs.sub, SSL_CIPHER).as_deref(),
-            Some(openssl_name(suite))
+            wssify::tls::openssl_cipher_name(suite)
         );
         assert_eq!(value(&tlvs.top, ALPN), None, "no ALPN was agreed");
     })
