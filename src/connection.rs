@@ -6,6 +6,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -157,21 +158,37 @@ async fn opening(
         }?;
         open(client, who, shared, started).await
     };
-    tokio::select! {
-        session = steps => session,
-        () = reached(&mut phase, Phase::Cut) => {
-            // Rate-limited like any other line about a handshake: a client
-            // can hold thousands of them open (the count left over is
-            // logged before the process exits).
-            info_limited!(
-                Kind::HandshakeFailed,
-                "{who} duration={} end=\"{}\"",
-                elapsed(started),
-                End::Cut
-            );
-            None
+    // Raced against a second shutdown request, cheaply: the wait for the
+    // cut is polled once (which registers this task to be woken by any
+    // change of phase) and again only once the phase has changed (an
+    // atomic read), not at every wake-up of the handshake, since polling
+    // it takes the phase channel's lock.
+    let changed = phase.clone();
+    let mut steps = std::pin::pin!(steps);
+    let mut cut = std::pin::pin!(reached(&mut phase, Phase::Cut));
+    let mut registered = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(session) = steps.as_mut().poll(cx) {
+            return Poll::Ready(session);
         }
-    }
+        if !registered || changed.has_changed().unwrap_or(true) {
+            registered = true;
+            if cut.as_mut().poll(cx).is_ready() {
+                // Rate-limited like any other line about a handshake: a
+                // client can hold thousands of them open (the count left
+                // over is logged before the process exits).
+                info_limited!(
+                    Kind::HandshakeFailed,
+                    "{who} duration={} end=\"{}\"",
+                    elapsed(started),
+                    End::Cut
+                );
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Runs [`handshake_here`] on the handshake threads, then brings the
