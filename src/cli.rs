@@ -378,7 +378,7 @@ impl Args {
         let mut backends: Vec<Backend> = Vec::new();
         for to in &self.to {
             let backend = parse_backend(to).map_err(|why| flag_error("--to", to, &why))?;
-            if backend.port == 0 {
+            if matches!(backend, Backend::Tcp { port: 0, .. }) {
                 return Err(flag_error("--to", to, "port 0 cannot be connected to"));
             }
             if backends.contains(&backend) {
