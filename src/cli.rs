@@ -33,8 +33,8 @@ pub struct Args {
     #[argh(option, short = 'l', arg_name = "ADDR")]
     pub listen: Vec<String>,
 
-    /// the plain backend, HOST:PORT (a bare PORT means 127.0.0.1:PORT);
-    /// repeatable: several backends share the clients (--balance), and a
+    /// the plain backend, HOST:PORT (a bare PORT means 127.0.0.1:PORT) or
+    /// unix:/path/to.sock; repeatable: several backends share the clients (--balance), and a
     /// name counts each address it resolves to; required
     #[argh(option, short = 't', arg_name = "HOST:PORT")]
     pub to: Vec<String>,

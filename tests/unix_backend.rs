@@ -2,7 +2,8 @@
 //! with real sockets in a temporary directory: a wss round trip, the PROXY
 //! v2 header carrying the TCP client's addresses, failover from a missing
 //! socket to a live one, TCP and UNIX backends side by side, and
-//! `--check` naming a missing socket or a file that is not one.
+//! `--check` naming a missing socket, a file that is not one, or a socket
+//! file nothing listens on.
 
 mod common;
 
@@ -189,7 +190,7 @@ async fn tcp_and_unix_backends_share_the_clients() {
 }
 
 #[test]
-fn check_names_a_missing_socket_and_a_file_that_is_not_one() {
+fn check_names_a_missing_socket_a_file_that_is_not_one_and_a_stale_one() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.sock");
     let (code, out) = run_to_exit(&["--check", "--listen", "127.0.0.1:0", "--to", &to(&missing)]);
@@ -205,6 +206,14 @@ fn check_names_a_missing_socket_and_a_file_that_is_not_one() {
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains(&format!("{} is not a socket", file.display())),
+        "{out}"
+    );
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let (code, out) = run_to_exit(&["--check", "--listen", "127.0.0.1:0", "--to", &to(&stale)]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("nothing listens on {}", stale.display())),
         "{out}"
     );
 }

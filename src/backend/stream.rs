@@ -51,23 +51,27 @@ impl Addr {
 /// A UNIX connect's failure with what to do about it: the OS's own words
 /// ("No such file or directory") do not say which file, nor why it matters.
 pub fn unix_error(path: &std::path::Path, e: io::Error) -> io::Error {
-    let path = path.display();
+    let shown = path.display();
     let hint = match e.kind() {
         io::ErrorKind::NotFound => {
-            format!("no socket at {path}: start the backend, or fix the path in --to")
+            format!("no socket at {shown}: start the backend, or fix the path in --to")
         }
         io::ErrorKind::PermissionDenied => format!(
-            "permission denied on {path}: run wssify as a user that may write to the socket (and search its directories)"
+            "permission denied on {shown}: run wssify as a user that may write to the socket (and search its directories)"
         ),
-        io::ErrorKind::ConnectionRefused => match std::fs::metadata(path.to_string()) {
+        // Linux refuses a connect to a file that is not a socket: one stat
+        // (only on this failure) tells the two apart.
+        io::ErrorKind::ConnectionRefused => match std::fs::metadata(path) {
             Ok(meta) if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
-                format!("{path} is not a socket: fix the path in --to")
+                format!("{shown} is not a socket: fix the path in --to")
             }
             _ => {
-                format!("nothing listens on {path} (a socket file left behind?): start the backend")
+                format!(
+                    "nothing listens on {shown} (a socket file left behind?): start the backend"
+                )
             }
         },
-        _ => format!("{path}: {e}"),
+        _ => format!("{shown}: {e}"),
     };
     io::Error::new(e.kind(), hint)
 }
