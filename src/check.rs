@@ -299,8 +299,8 @@ fn judge(
     }
 }
 
-/// Every backend must resolve and accept a TCP connection within the
-/// connect timeout, as it would for a client.
+/// Every backend must resolve and accept a TCP connection (or a UNIX
+/// socket's) within the connect timeout, as it would for a client.
 async fn check_backends(found: &mut Findings, settings: &Settings) {
     for backend in &settings.backends {
         check_backend(found, settings, backend).await;
@@ -310,7 +310,11 @@ async fn check_backends(found: &mut Findings, settings: &Settings) {
 /// One `--to`: it must resolve and one of its addresses accept.
 async fn check_backend(found: &mut Findings, settings: &Settings, backend: &Backend) {
     let limit = settings.connect_timeout;
-    let lookup = tokio::net::lookup_host((backend.host.as_str(), backend.port));
+    let (host, port) = match backend {
+        Backend::Tcp { host, port } => (host.as_str(), *port),
+        Backend::Unix(path) => return check_unix_backend(found, limit, backend, path).await,
+    };
+    let lookup = tokio::net::lookup_host((host, port));
     let addrs: Vec<_> = match tokio::time::timeout(limit, lookup).await {
         Ok(Ok(addrs)) => addrs.collect(),
         Ok(Err(e)) => {
@@ -345,4 +349,23 @@ async fn check_backend(found: &mut Findings, settings: &Settings, backend: &Back
         "backend {backend} (--to) is unreachable: {}; start it, or fix --to",
         failures.join(", ")
     ));
+}
+
+/// One `--to unix:/path`: something must listen on it, and wssify may
+/// connect to it; the error names the path and what to do.
+async fn check_unix_backend(
+    found: &mut Findings,
+    limit: std::time::Duration,
+    backend: &Backend,
+    path: &std::path::Path,
+) {
+    let addr = crate::backend::Addr::Unix(path.to_path_buf());
+    match tokio::time::timeout(limit, addr.connect()).await {
+        Ok(Ok(_)) => found.info(format!("backend {backend} accepts connections")),
+        Ok(Err(e)) => found.error(format!("backend {backend} (--to) is unreachable: {e}")),
+        Err(_) => found.error(format!(
+            "backend {backend} (--to) gave no answer within {}; is its backlog full?",
+            format_duration(limit)
+        )),
+    }
 }

@@ -33,8 +33,8 @@ pub struct Args {
     #[argh(option, short = 'l', arg_name = "ADDR")]
     pub listen: Vec<String>,
 
-    /// the plain backend, HOST:PORT (a bare PORT means 127.0.0.1:PORT);
-    /// repeatable: several backends share the clients (--balance), and a
+    /// the plain backend, HOST:PORT (a bare PORT means 127.0.0.1:PORT) or
+    /// unix:/path/to.sock; repeatable: several backends share the clients (--balance), and a
     /// name counts each address it resolves to; required
     #[argh(option, short = 't', arg_name = "HOST:PORT")]
     pub to: Vec<String>,
@@ -378,7 +378,7 @@ impl Args {
         let mut backends: Vec<Backend> = Vec::new();
         for to in &self.to {
             let backend = parse_backend(to).map_err(|why| flag_error("--to", to, &why))?;
-            if backend.port == 0 {
+            if matches!(backend, Backend::Tcp { port: 0, .. }) {
                 return Err(flag_error("--to", to, "port 0 cannot be connected to"));
             }
             if backends.contains(&backend) {

@@ -87,7 +87,8 @@ struct Facts {
 /// A client that finished its handshake, and its connected backend.
 struct Session {
     client: TlsStream,
-    backend: TcpStream,
+    /// TCP or a UNIX socket, the size of the larger.
+    backend: backend::Stream,
     /// Counts this connection as open on its backend (least-conn).
     _lease: Lease,
     facts: Facts,
@@ -379,7 +380,9 @@ async fn open(
             return None;
         }
     };
-    tune(&backend, who);
+    if let Some(tcp) = backend.tcp() {
+        tune(tcp, who);
+    }
     if let Some(version) = shared.proxy_protocol
         && let Err(e) = send_proxy_header(&mut backend, version, &client, &facts, shared).await
     {
@@ -387,9 +390,7 @@ async fn open(
             "{who} {} duration={} end=\"backend {}: cannot send the PROXY protocol header: {e}\"",
             facts.describe(),
             elapsed(started),
-            backend
-                .peer_addr()
-                .map_or_else(|_| "-".to_string(), |a| a.to_string())
+            lease.addr()
         );
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
         return None;
@@ -441,14 +442,17 @@ fn relay<'a>(
         // a peer stopped taking bytes, or a second shutdown request cut the
         // connection: bytes were lost on the way, so the other side must not
         // take the end for a complete exchange. It gets a reset, not a FIN,
-        // when the socket is dropped.
-        let reset: &[&TcpStream] = match outcome.end {
-            End::ClientError(_) => &[&*backend],
-            End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => &[&*backend, client.tcp()],
-            _ => &[],
+        // when the socket is dropped. A UNIX backend cannot be reset: dropping
+        // its stream is its close.
+        let reset: [Option<&TcpStream>; 2] = match outcome.end {
+            End::ClientError(_) => [backend.tcp(), None],
+            End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => {
+                [backend.tcp(), Some(client.tcp())]
+            }
+            _ => [None, None],
         };
-        for socket in reset {
-            if let Err(e) = SockRef::from(*socket).set_linger(Some(Duration::ZERO)) {
+        for socket in reset.into_iter().flatten() {
+            if let Err(e) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
                 debug!("{who}: cannot set SO_LINGER to reset a connection: {e}");
             }
         }
@@ -543,7 +547,7 @@ fn facts_of(negotiated: Negotiated) -> Facts {
 /// handshake settled. Built here and dropped once written: nothing of it
 /// stays with the connection.
 async fn send_proxy_header(
-    backend: &mut TcpStream,
+    backend: &mut backend::Stream,
     version: ProxyVersion,
     client: &TlsStream,
     facts: &Facts,
@@ -589,10 +593,18 @@ async fn send_proxy_header(
 /// the first connection each backend accepts.
 pub fn check_backend_at_start(pool: &Pool, limit: Duration) {
     for peer in &pool.selection().peers {
-        let addr = peer.addr;
-        let begun = begin_connect(addr);
+        let addr = peer.addr.clone();
+        let begun = match &addr {
+            backend::Addr::Tcp(tcp) => Some(begin_connect(*tcp)),
+            // A UNIX socket has no handshake to start early: its connect is
+            // made in the task, under the same limit.
+            backend::Addr::Unix(_) => None,
+        };
         tokio::spawn(async move {
             let attempt = async {
+                let Some(begun) = begun else {
+                    return addr.connect().await.map(drop);
+                };
                 let stream = begun?;
                 stream.writable().await?;
                 match stream.take_error()? {

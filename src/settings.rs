@@ -459,42 +459,70 @@ impl fmt::Display for Balance {
     }
 }
 
-/// A backend: a host (name or IP) and a port; names are resolved in the
-/// background (`--resolve-interval`) because backends move in containers.
+/// A backend: a host (name or IP) and a port, names resolved in the
+/// background (`--resolve-interval`) because backends move in containers;
+/// or a UNIX socket's path, for a backend on the same machine that need
+/// not open a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    /// A DNS name or an IP address (without brackets).
-    pub host: String,
-    /// The TCP port.
-    pub port: u16,
+pub enum Backend {
+    /// Over TCP.
+    Tcp {
+        /// A DNS name or an IP address (without brackets).
+        host: String,
+        /// The TCP port.
+        port: u16,
+    },
+    /// A UNIX stream socket (`--to unix:/path`), never resolved.
+    Unix(PathBuf),
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+        match self {
+            Backend::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Backend::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Backend::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
 }
 
-/// Reads `HOST:PORT`, `[IPv6]:PORT`, or a bare `PORT` meaning 127.0.0.1.
+/// The longest UNIX socket path the kernel takes (`sun_path` holds 108
+/// bytes with its terminating NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+/// Reads `HOST:PORT`, `[IPv6]:PORT`, a bare `PORT` meaning 127.0.0.1, or
+/// `unix:/path/to.sock`.
 pub fn parse_backend(text: &str) -> Result<Backend, String> {
-    const EXPECTED: &str = "expected HOST:PORT (127.0.0.1:9200, ws-server:9200, [::1]:9200)";
+    const EXPECTED: &str =
+        "expected HOST:PORT (127.0.0.1:9200, ws-server:9200, [::1]:9200) or unix:/path/to.sock";
     let text = text.trim();
+    if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("no path after unix:; e.g. --to unix:/run/app/ws.sock".to_string());
+        }
+        if path.len() > MAX_UNIX_PATH {
+            return Err(format!(
+                "the socket path is {} bytes, and the kernel takes at most {MAX_UNIX_PATH}; use a shorter path (or a symlink to its directory)",
+                path.len()
+            ));
+        }
+        if path.contains('\0') {
+            return Err("a socket path cannot hold a NUL byte".to_string());
+        }
+        return Ok(Backend::Unix(PathBuf::from(path)));
+    }
     if let Some(why) = drop_scheme(text) {
         return Err(why);
     }
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         let port = parse_port(text)?;
-        return Ok(Backend {
+        return Ok(Backend::Tcp {
             host: "127.0.0.1".to_string(),
             port,
         });
     }
     if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(Backend {
+        return Ok(Backend::Tcp {
             host: addr.ip().to_string(),
             port: addr.port(),
         });
@@ -516,7 +544,7 @@ pub fn parse_backend(text: &str) -> Result<Backend, String> {
             "'{host}' is not a host name or IP address; {EXPECTED}"
         ));
     }
-    Ok(Backend {
+    Ok(Backend::Tcp {
         host: host.to_string(),
         port,
     })
@@ -827,10 +855,18 @@ mod tests {
 
     #[test]
     fn backend_forms() {
-        let b = parse_backend("127.0.0.1:9200").unwrap();
-        assert_eq!((b.host.as_str(), b.port), ("127.0.0.1", 9200));
-        let b = parse_backend("ws-server:9200").unwrap();
-        assert_eq!((b.host.as_str(), b.port), ("ws-server", 9200));
+        let tcp = |host: &str, port| Backend::Tcp {
+            host: host.to_string(),
+            port,
+        };
+        assert_eq!(parse_backend("127.0.0.1:9200"), Ok(tcp("127.0.0.1", 9200)));
+        assert_eq!(parse_backend("ws-server:9200"), Ok(tcp("ws-server", 9200)));
+        let b = parse_backend("unix:/run/app/ws.sock").unwrap();
+        assert_eq!(b, Backend::Unix(PathBuf::from("/run/app/ws.sock")));
+        assert_eq!(b.to_string(), "unix:/run/app/ws.sock");
+        assert!(parse_backend("unix:").unwrap_err().contains("no path"));
+        let long = format!("unix:/{}", "a".repeat(200));
+        assert!(parse_backend(&long).unwrap_err().contains("at most 107"));
         let b = parse_backend("[::1]:9200").unwrap();
         assert_eq!(b.to_string(), "[::1]:9200");
         assert_eq!(parse_backend("9200").unwrap().to_string(), "127.0.0.1:9200");

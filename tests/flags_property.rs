@@ -14,7 +14,7 @@ use argh::FromArgs;
 use proptest::prelude::*;
 use wssify::cli::{Args, CommandLine, prepare};
 use wssify::settings::{
-    format_duration, format_size, parse_backend, parse_duration, parse_listen, parse_size,
+    Backend, format_duration, format_size, parse_backend, parse_duration, parse_listen, parse_size,
 };
 
 /// The longest duration any flag takes.
@@ -311,7 +311,10 @@ proptest! {
     #[test]
     fn a_backend_is_refused_or_prints_back(text in prop_oneof![typed(), address()]) {
         if let Ok(backend) = parse_backend(&text) {
-            prop_assert!(!backend.host.is_empty(), "{text:?}");
+            match &backend {
+                Backend::Tcp { host, .. } => prop_assert!(!host.is_empty(), "{text:?}"),
+                Backend::Unix(path) => prop_assert!(!path.as_os_str().is_empty(), "{text:?}"),
+            }
             prop_assert_eq!(parse_backend(&backend.to_string()), Ok(backend), "{}", text);
         }
     }
@@ -354,7 +357,7 @@ proptest! {
             prop_assert!((1..=MAX_THREADS).contains(&s.threads), "{value:?}");
         }
         prop_assert!(s.alpn.iter().all(|p| (1..=255).contains(&p.len())), "{flag} {value:?}");
-        prop_assert!(s.backends[0].port != 0, "{flag} {value:?}");
+        prop_assert!(!matches!(s.backends[0], Backend::Tcp { port: 0, .. }), "{flag} {value:?}");
     }
 }
 

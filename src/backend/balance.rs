@@ -10,11 +10,12 @@
 //! each time. No ring to build or swap.
 
 use std::hash::{BuildHasher, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::backend::pool::{Peer, Pool};
+use crate::backend::stream::Addr;
 use crate::settings::Balance;
 
 /// The order in which a client's connection tries the selection's peers
@@ -37,7 +38,7 @@ pub fn rank(pool: &Pool, peers: &[Arc<Peer>], client: IpAddr) -> Vec<usize> {
         }
         Balance::IpHash => {
             let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(score(client, peers[i].addr)));
+            order.sort_by_key(|&i| std::cmp::Reverse(score(client, &peers[i].addr)));
             order
         }
     }
@@ -45,7 +46,7 @@ pub fn rank(pool: &Pool, peers: &[Arc<Peer>], client: IpAddr) -> Vec<usize> {
 
 /// Rendezvous hashing's weight of `backend` for `client`: stable across
 /// restarts and processes (FNV-1a over both addresses, then a 64-bit mix).
-pub fn score(client: IpAddr, backend: SocketAddr) -> u64 {
+pub fn score(client: IpAddr, backend: &Addr) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -58,11 +59,17 @@ pub fn score(client: IpAddr, backend: SocketAddr) -> u64 {
         IpAddr::V6(ip) => eat(&ip.octets()),
     }
     eat(&[0xff]);
-    match backend.ip() {
-        IpAddr::V4(ip) => eat(&ip.octets()),
-        IpAddr::V6(ip) => eat(&ip.octets()),
+    match backend {
+        Addr::Tcp(addr) => {
+            match addr.ip() {
+                IpAddr::V4(ip) => eat(&ip.octets()),
+                IpAddr::V6(ip) => eat(&ip.octets()),
+            }
+            eat(&addr.port().to_be_bytes());
+        }
+        // Its display form: no TCP address can look like it.
+        Addr::Unix(_) => eat(backend.to_string().as_bytes()),
     }
-    eat(&backend.port().to_be_bytes());
     // splitmix64's finaliser: FNV alone leaves close inputs close.
     let mut z = h;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -83,18 +90,20 @@ pub fn random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
-    fn backends(n: u8) -> Vec<SocketAddr> {
+    fn backends(n: u8) -> Vec<Addr> {
         (1..=n)
-            .map(|i| SocketAddr::from(([10, 0, 0, i], 9200)))
+            .map(|i| Addr::Tcp(SocketAddr::from(([10, 0, 0, i], 9200))))
             .collect()
     }
 
-    fn winner(client: IpAddr, among: &[SocketAddr]) -> SocketAddr {
-        *among
+    fn winner(client: IpAddr, among: &[Addr]) -> Addr {
+        among
             .iter()
-            .max_by_key(|b| score(client, **b))
+            .max_by_key(|b| score(client, b))
             .expect("backends")
+            .clone()
     }
 
     #[test]

@@ -4,21 +4,28 @@
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::backend::balance::rank;
 use crate::backend::pool::{Peer, Pool};
+use crate::backend::stream::{Addr, Stream};
 use crate::settings::format_duration;
 
 /// A connection's hold on its backend: least-conn's count of open
 /// connections goes down when it is dropped. One pointer per connection.
 pub struct Lease(Arc<Peer>);
+
+impl Lease {
+    /// The backend it holds, for log lines.
+    pub fn addr(&self) -> &Addr {
+        &self.0.addr
+    }
+}
 
 impl Drop for Lease {
     fn drop(&mut self) {
@@ -72,7 +79,7 @@ impl fmt::Display for ConnectError {
 /// When every backend is in its back-off, the one whose back-off ends
 /// first is tried anyway (one attempt): nothing is lost by it, and a
 /// backend that came back early is found at once.
-pub async fn connect(pool: &Pool, client: IpAddr) -> Result<(TcpStream, Lease), ConnectError> {
+pub async fn connect(pool: &Pool, client: IpAddr) -> Result<(Stream, Lease), ConnectError> {
     let selection = pool.selection();
     let peers = &selection.peers;
     let order = rank(pool, peers, client);
@@ -90,13 +97,13 @@ pub async fn connect(pool: &Pool, client: IpAddr) -> Result<(TcpStream, Lease), 
         candidates.push(soonest);
     }
     let most = pool.connect_retries.unwrap_or(peers.len()).max(1);
-    let mut tried: Vec<(SocketAddr, Failure)> = Vec::new();
+    let mut tried: Vec<(Addr, Failure)> = Vec::new();
     for &i in candidates.iter().take(most) {
         let peer = &peers[i];
         // Counted from the attempt on, so least-conn sees connects under way.
         peer.open.fetch_add(1, Ordering::Relaxed);
         let lease = Lease(peer.clone());
-        let failure = match timeout(pool.connect_timeout, TcpStream::connect(peer.addr)).await {
+        let failure = match timeout(pool.connect_timeout, peer.addr.connect()).await {
             Ok(Ok(stream)) => {
                 pool.succeeded(peer);
                 return Ok((stream, lease));
@@ -106,7 +113,7 @@ pub async fn connect(pool: &Pool, client: IpAddr) -> Result<(TcpStream, Lease), 
         };
         drop(lease);
         pool.failed(peer, &failure.to_string());
-        tried.push((peer.addr, failure));
+        tried.push((peer.addr.clone(), failure));
     }
     if pool.has_names() {
         // The backend may have moved: look again, in the background.
@@ -116,7 +123,7 @@ pub async fn connect(pool: &Pool, client: IpAddr) -> Result<(TcpStream, Lease), 
 }
 
 /// Every backend and why it did not take this client.
-fn explain(pool: &Pool, peers: &[Arc<Peer>], tried: Vec<(SocketAddr, Failure)>) -> ConnectError {
+fn explain(pool: &Pool, peers: &[Arc<Peer>], tried: Vec<(Addr, Failure)>) -> ConnectError {
     let mut backends: Vec<(String, String)> = Vec::new();
     for peer in peers {
         let why = match tried.iter().find(|(addr, _)| *addr == peer.addr) {

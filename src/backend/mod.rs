@@ -6,12 +6,15 @@
 //! that ranking, one attempt per backend under its own timeout, marking
 //! the ones that fail down for a growing back-off (failover as one loop
 //! over a selection, as pingora does); `resolve` keeps names' addresses
-//! fresh in the background, so no connection waits on DNS.
+//! fresh in the background, so no connection waits on DNS; `stream` is
+//! what a backend is (TCP or a UNIX socket) and the stream to it.
 
 pub mod balance;
 pub mod connect;
 pub mod pool;
 pub mod resolve;
+pub mod stream;
 
 pub use connect::{ConnectError, Lease, connect};
 pub use pool::Pool;
+pub use stream::{Addr, Stream};

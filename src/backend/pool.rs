@@ -6,7 +6,6 @@
 //! logged once however many connections see it at the same moment.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use arc_swap::ArcSwap;
 use log::{debug, info, warn};
 use tokio::sync::Notify;
 
+use crate::backend::stream::Addr;
 use crate::settings::{Backend, Balance, Settings, format_duration};
 
 /// The first back-off after a failure; it doubles with each failure in a row.
@@ -24,8 +24,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One backend address and what is known about it.
 pub struct Peer {
-    /// Where it is.
-    pub addr: SocketAddr,
+    /// Where it is: a TCP address or a UNIX socket's path.
+    pub addr: Addr,
     /// Connections open to it, and connects under way (least-conn's count).
     pub(crate) open: AtomicUsize,
     /// Failures in a row; 0 while it is up.
@@ -41,7 +41,7 @@ pub struct Peer {
 }
 
 impl Peer {
-    fn new(addr: SocketAddr) -> Peer {
+    fn new(addr: Addr) -> Peer {
         Peer {
             addr,
             open: AtomicUsize::new(0),
@@ -74,7 +74,7 @@ pub struct Selection {
 #[derive(Clone, Default)]
 pub(crate) struct Resolved {
     /// The last good answer (kept when a lookup fails).
-    pub(crate) addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<Addr>,
     /// Why the last lookup failed; `None`: it did not.
     pub(crate) error: Option<String>,
 }
@@ -83,7 +83,8 @@ pub(crate) struct Resolved {
 pub struct Pool {
     /// What `--to` said, in order.
     pub(crate) names: Vec<Backend>,
-    /// The last answer for each of `names` (an IP address is its own).
+    /// The last answer for each of `names` (an IP address or a UNIX
+    /// socket is its own).
     pub(crate) resolved: Mutex<Vec<Resolved>>,
     selection: ArcSwap<Selection>,
     /// How a client's connection picks.
@@ -154,7 +155,7 @@ impl Pool {
                     continue;
                 }
                 let kept = old.peers.iter().find(|p| p.addr == *addr).cloned();
-                peers.push(kept.unwrap_or_else(|| Arc::new(Peer::new(*addr))));
+                peers.push(kept.unwrap_or_else(|| Arc::new(Peer::new(addr.clone()))));
             }
         }
         self.selection.store(Arc::new(Selection { peers }));
@@ -246,13 +247,16 @@ fn whole_seconds(d: Duration) -> Duration {
     Duration::from_secs(((d.as_millis() + 500) / 1000).max(1) as u64)
 }
 
-/// The address of a backend given as an IP address.
-pub(crate) fn literal(backend: &Backend) -> Option<SocketAddr> {
-    backend
-        .host
-        .parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, backend.port))
+/// The address of a backend given as an IP address or a UNIX socket
+/// (`None`: a name, for the resolver).
+pub(crate) fn literal(backend: &Backend) -> Option<Addr> {
+    match backend {
+        Backend::Tcp { host, port } => host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| Addr::Tcp(std::net::SocketAddr::new(ip, *port))),
+        Backend::Unix(path) => Some(Addr::Unix(path.clone())),
+    }
 }
 
 impl fmt::Display for Pool {

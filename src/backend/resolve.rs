@@ -10,6 +10,8 @@ use log::{info, warn};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use crate::backend::pool::{Pool, literal};
+use crate::backend::stream::Addr;
+use crate::settings::Backend;
 use crate::settings::format_duration;
 
 /// Looks up after a connect failure come at most this often.
@@ -19,13 +21,14 @@ const MIN_GAP: Duration = Duration::from_secs(1);
 pub async fn refresh(pool: &Pool) {
     let mut changed = false;
     for (i, name) in pool.names.iter().enumerate() {
-        if literal(name).is_some() {
-            continue;
-        }
-        let lookup = tokio::net::lookup_host((name.host.as_str(), name.port));
+        let (host, port) = match name {
+            Backend::Tcp { host, port } if literal(name).is_none() => (host.as_str(), *port),
+            _ => continue,
+        };
+        let lookup = tokio::net::lookup_host((host, port));
         let answer: Result<Vec<_>, String> = match timeout(pool.connect_timeout, lookup).await {
             Ok(Ok(addrs)) => {
-                let addrs: Vec<_> = addrs.collect();
+                let addrs: Vec<_> = addrs.map(Addr::Tcp).collect();
                 if addrs.is_empty() {
                     Err("the name resolved to no address".to_string())
                 } else {
@@ -90,7 +93,7 @@ pub async fn run(pool: Arc<Pool>) {
     }
 }
 
-fn list(addrs: &[std::net::SocketAddr]) -> String {
+fn list(addrs: &[Addr]) -> String {
     addrs
         .iter()
         .map(|a| a.to_string())

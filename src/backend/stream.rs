@@ -1,0 +1,182 @@
+//! A backend is a TCP address or a UNIX socket (`--to unix:/path`): one
+//! address type for the pool and one stream type for the connection, so
+//! balancing, failover and back-off never ask which it is.
+//!
+//! The stream is an enum of tokio's two streams, the size of the larger
+//! (both are one registration and one descriptor), so a session costs
+//! what it did with TCP alone.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where one backend listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// A TCP address (a `--to` IP address, or one its name resolved to).
+    Tcp(SocketAddr),
+    /// A UNIX socket's path (`--to unix:/path`), never resolved.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Addr {
+    /// `127.0.0.1:9200`, `[::1]:9200` or `unix:/run/app.sock`, as `--to` takes them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Tcp(addr) => write!(f, "{addr}"),
+            Addr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Addr {
+    /// Connects (no timeout here: the caller sets its own).
+    pub async fn connect(&self) -> io::Result<Stream> {
+        match self {
+            Addr::Tcp(addr) => TcpStream::connect(addr).await.map(Stream::Tcp),
+            Addr::Unix(path) => UnixStream::connect(path)
+                .await
+                .map(|s| Stream::Unix(Box::new(s)))
+                .map_err(|e| unix_error(path, e)),
+        }
+    }
+}
+
+/// A UNIX connect's failure with what to do about it: the OS's own words
+/// ("No such file or directory") do not say which file, nor why it matters.
+pub fn unix_error(path: &std::path::Path, e: io::Error) -> io::Error {
+    let shown = path.display();
+    let hint = match e.kind() {
+        io::ErrorKind::NotFound => {
+            format!("no socket at {shown}: start the backend, or fix the path in --to")
+        }
+        io::ErrorKind::PermissionDenied => format!(
+            "permission denied on {shown}: run wssify as a user that may write to the socket (and search its directories)"
+        ),
+        // Linux refuses a connect to a file that is not a socket: one stat
+        // (only on this failure) tells the two apart.
+        io::ErrorKind::ConnectionRefused => match std::fs::metadata(path) {
+            Ok(meta) if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+                format!("{shown} is not a socket: fix the path in --to")
+            }
+            _ => {
+                format!(
+                    "nothing listens on {shown} (a socket file left behind?): start the backend"
+                )
+            }
+        },
+        _ => format!("{shown}: {e}"),
+    };
+    io::Error::new(e.kind(), hint)
+}
+
+/// One connection's backend stream.
+#[derive(Debug)]
+pub enum Stream {
+    /// Over TCP.
+    Tcp(TcpStream),
+    /// Over a UNIX socket. Boxed so that the enum finds its tag in the TCP
+    /// stream's spare bits and stays the size of a `TcpStream`: TCP
+    /// connections, the common case, cost not a byte more, and a UNIX one
+    /// costs one small allocation.
+    Unix(Box<UnixStream>),
+}
+
+impl Stream {
+    /// The TCP socket, for what only TCP has (TCP_NODELAY, keepalive, a
+    /// reset by SO_LINGER 0). A UNIX stream has none of these: dropping it
+    /// is its close, and its peer cannot be sent a reset.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::Unix(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Unix(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl crate::proxy::Peer for Stream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every session holds one: it must cost a TCP connection nothing.
+    #[test]
+    fn a_stream_is_the_size_of_a_tcp_stream() {
+        assert_eq!(
+            std::mem::size_of::<Stream>(),
+            std::mem::size_of::<TcpStream>()
+        );
+    }
+}
