@@ -846,35 +846,20 @@ fn chown_to_nobody(path: &Path) -> bool {
 
 #[test]
 fn ca_files_owned_by_others_links_and_huge_files_are_refused() {
-    // A key another user owns.
-    let (_h1, dir) = made_ca();
-    if chown_to_nobody(&dir.join("ca.key")) {
-        refused_everywhere(
-            &dir,
-            &format!(
-                "{} belongs to another user (uid {NOBODY}",
-                dir.join("ca.key").display()
-            ),
-        );
-    }
-    // A certificate another user owns.
-    let (_h2, dir) = made_ca();
-    if chown_to_nobody(&dir.join("ca.pem")) {
-        refused_everywhere(
-            &dir,
-            &format!(
-                "{} belongs to another user (uid {NOBODY}",
-                dir.join("ca.pem").display()
-            ),
-        );
-    }
-    // A directory another user owns.
-    let (_h3, dir) = made_ca();
-    if chown_to_nobody(&dir) {
-        refused_everywhere(
-            &dir,
-            &format!("{} belongs to another user (uid {NOBODY}", dir.display()),
-        );
+    // A key, a certificate, a directory another user owns.
+    for owned in ["ca.key", "ca.pem", ""] {
+        let (_home, dir) = made_ca();
+        let path = if owned.is_empty() {
+            dir.clone()
+        } else {
+            dir.join(owned)
+        };
+        if chown_to_nobody(&path) {
+            refused_everywhere(
+                &dir,
+                &format!("{} belongs to another user (uid {NOBODY}", path.display()),
+            );
+        }
     }
 
     // The key as a link (to a private file of the user's): not followed.

@@ -132,24 +132,6 @@ async fn backend_end(events: &mut mpsc::UnboundedReceiver<Seen>) -> (Vec<u8>, Se
     }
 }
 
-/// A blocking TCP connection for a hand-driven rustls client, with every
-/// read bounded by [`WAIT`].
-fn blocking_tcp(addr: SocketAddr) -> std::net::TcpStream {
-    let tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    tcp.set_nodelay(true).unwrap();
-    tcp
-}
-
-/// Everything the client has queued for the wire.
-fn drain_tls(conn: &mut ClientConnection) -> Vec<u8> {
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
-}
-
 /// Finishes the client's handshake over `tcp`.
 fn finish_handshake(
     conn: &mut ClientConnection,

@@ -92,17 +92,7 @@ async fn past_max_handshakes_clients_wait_until_a_handshake_ends_not_a_connectio
 /// A client that sends a whole ClientHello, waits for the server's answer,
 /// and then sends nothing.
 async fn stalled_after_hello(addr: std::net::SocketAddr) -> TcpStream {
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut hello = Vec::new();
-    conn.write_tls(&mut hello).unwrap();
+    let hello = client_hello();
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&hello).await.unwrap();
     // The server's first flight: its handshake (and its slot) is under way.

@@ -321,15 +321,6 @@ async fn plain_http_gets_a_400_that_says_use_wss() {
     .await;
 }
 
-/// The first bytes a real rustls client sends.
-fn client_hello() -> Vec<u8> {
-    let config = trusting_client(&[]);
-    let mut conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
-    let mut out = Vec::new();
-    conn.write_tls(&mut out).unwrap();
-    out
-}
-
 #[tokio::test]
 async fn garbage_and_truncated_hellos_are_closed_and_service_goes_on() {
     bounded(WAIT, async {

@@ -102,22 +102,6 @@ const VERSIONS: [(&str, &SupportedProtocolVersion); 2] = [
     ("TLS 1.3", &rustls::version::TLS13),
 ];
 
-/// A blocking connection whose reads are bounded by [`WAIT`].
-fn blocking_tcp(addr: SocketAddr) -> std::net::TcpStream {
-    let tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    tcp
-}
-
-/// Everything the client has queued for the wire.
-fn drain_tls(conn: &mut ClientConnection) -> Vec<u8> {
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut out).unwrap();
-    }
-    out
-}
-
 /// How a client leaves without an alert.
 #[derive(Clone, Copy, Debug)]
 enum Leave {

@@ -671,3 +671,29 @@ pub fn black_hole() -> (socket2::Socket, Vec<std::net::TcpStream>) {
     }
     panic!("could not fill the accept queue of {addr}");
 }
+
+/// A blocking TCP connection for a hand-driven rustls client, with every
+/// read bounded by [`WAIT`].
+pub fn blocking_tcp(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// Everything a hand-driven rustls client has queued for the wire.
+pub fn drain_tls(conn: &mut rustls::ClientConnection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// The first bytes a real rustls client sends (its ClientHello for
+/// `localhost`).
+pub fn client_hello() -> Vec<u8> {
+    let config = trusting_client(&[]);
+    let mut conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+    drain_tls(&mut conn)
+}
