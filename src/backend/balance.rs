@@ -33,12 +33,16 @@ pub fn rank(pool: &Pool, peers: &[Arc<Peer>], client: IpAddr) -> Vec<usize> {
             // Ties go round-robin, so idle backends share the first clients.
             let start = pool.turn.fetch_add(1, Ordering::Relaxed) % n;
             let mut order: Vec<usize> = rotation(start).collect();
-            order.sort_by_key(|&i| peers[i].open.load(Ordering::Relaxed));
+            // Each count read once: other connections change them while
+            // this sorts, and a key that changes between comparisons is not
+            // an order (std's sort may panic on one).
+            order.sort_by_cached_key(|&i| peers[i].open.load(Ordering::Relaxed));
             order
         }
         Balance::IpHash => {
             let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(score(client, &peers[i].addr)));
+            // Each score computed once, not at every comparison.
+            order.sort_by_cached_key(|&i| std::cmp::Reverse(score(client, &peers[i].addr)));
             order
         }
     }
