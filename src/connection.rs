@@ -384,7 +384,8 @@ async fn open(
         tune(tcp, who);
     }
     if let Some(version) = shared.proxy_protocol
-        && let Err(e) = send_proxy_header(&mut backend, version, &client, &facts, shared).await
+        && let Err(e) =
+            send_proxy_header(&mut backend, version, who.peer, &client, &facts, shared).await
     {
         warn!(
             "{who} {} duration={} end=\"backend {}: cannot send the PROXY protocol header: {e}\"",
@@ -549,12 +550,13 @@ fn facts_of(negotiated: Negotiated) -> Facts {
 async fn send_proxy_header(
     backend: &mut backend::Stream,
     version: ProxyVersion,
+    peer: std::net::SocketAddr,
     client: &TlsStream,
     facts: &Facts,
     shared: &Shared,
 ) -> io::Result<()> {
-    let tcp = client.tcp();
-    let addrs = tcp.peer_addr().ok().zip(tcp.local_addr().ok());
+    // The peer is known from the accept; only the local end is asked for.
+    let addrs = client.tcp().local_addr().ok().map(|local| (peer, local));
     let cn = match version {
         ProxyVersion::V2 => client.peer_leaf().and_then(crate::certs::common_name_of),
         ProxyVersion::V1 => None,
