@@ -11,9 +11,9 @@ use crate::dev_ca;
 use crate::error::StartupError;
 use crate::settings::{
     Backend, Balance, CertPair, CertSettings, DevCert, ListenAddr, MAX_BUSY_POLL, MAX_CONNS,
-    MAX_MAX_MEMORY, MAX_THREADS, MIN_MAX_MEMORY, Settings, TlsMin, ValueError, default_threads,
-    format_duration, format_size, listen_overlap, parse_backend, parse_duration, parse_listen,
-    parse_size,
+    MAX_MAX_MEMORY, MAX_THREADS, MIN_MAX_MEMORY, Route, Settings, TlsMin, ValueError, Way,
+    default_threads, format_duration, format_size, listen_overlap, parse_backend, parse_duration,
+    parse_listen, parse_route, parse_size,
 };
 use crate::wire::proxy_header::Version as ProxyVersion;
 
@@ -38,6 +38,18 @@ pub struct Args {
     /// name counts each address it resolves to; required
     #[argh(option, short = 't', arg_name = "HOST:PORT")]
     pub to: Vec<String>,
+
+    /// terminate clients whose SNI is NAME (exact, or *.example.com) with
+    /// the certificate for NAME and forward them to BACKEND (as for --to)
+    /// instead; repeatable, and a name given again gets several backends
+    #[argh(option, arg_name = "NAME=HOST:PORT")]
+    pub route: Vec<String>,
+
+    /// pass clients whose SNI is NAME through untouched to the TLS server
+    /// at HOST:PORT (TLS is not ended here); '*' for every name nothing
+    /// else serves; repeatable
+    #[argh(option, arg_name = "NAME=HOST:PORT")]
+    pub passthrough: Vec<String>,
 
     /// how clients are spread over the backends: round-robin, least-conn
     /// (fewest open connections), random, or ip-hash (one client address
@@ -208,9 +220,11 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 27] = [
+const VALUE_FLAGS: [(&str, &str); 29] = [
     ("--listen", "ADDR"),
     ("--to", "HOST:PORT"),
+    ("--route", "NAME=HOST:PORT"),
+    ("--passthrough", "NAME=HOST:PORT"),
     ("--balance", "POLICY"),
     ("--connect-retries", "N"),
     ("--resolve-interval", "DURATION"),
@@ -370,10 +384,19 @@ impl Args {
             return Err(StartupError::new(why));
         }
 
-        if self.to.is_empty() {
+        let routes = self.routes()?;
+        if self.to.is_empty() && routes.is_empty() {
             return Err(StartupError::new(
-                "--to is required: give the plain backend to forward to, e.g. --to 127.0.0.1:9200",
+                "--to is required: give the plain backend to forward to, e.g. --to 127.0.0.1:9200 (or route names with --route NAME=HOST:PORT, --passthrough NAME=HOST:PORT)",
             ));
+        }
+        if !self.to.is_empty()
+            && let Some(all) = routes.iter().find(|r| r.name == "*")
+        {
+            return Err(StartupError::new(format!(
+                "--to and --passthrough '*={}' both claim every name no route serves: keep --to to terminate them here, or '*' to pass them through",
+                all.backends[0]
+            )));
         }
         let mut backends: Vec<Backend> = Vec::new();
         for to in &self.to {
@@ -390,9 +413,8 @@ impl Args {
             }
             backends.push(backend);
         }
-        let first = backends.remove(0);
-        let mut settings = Settings::new(listen, first);
-        settings.backends.extend(backends);
+        let mut settings = Settings::serving(listen, backends);
+        settings.routes = routes;
         if let Some(text) = &self.balance {
             settings.balance =
                 Balance::parse(text).map_err(|why| flag_error("--balance", text, &why))?;
@@ -513,6 +535,46 @@ impl Args {
 }
 
 impl Args {
+    /// `--route` and `--passthrough`, one [`Route`] per name with its
+    /// backends in order. A name is routed one way only.
+    fn routes(&self) -> Result<Vec<Route>, StartupError> {
+        let mut routes: Vec<Route> = Vec::new();
+        let given = self
+            .route
+            .iter()
+            .map(|text| (Way::Terminate, text))
+            .chain(self.passthrough.iter().map(|text| (Way::Passthrough, text)));
+        for (way, text) in given {
+            let (name, backend) =
+                parse_route(text, way).map_err(|why| flag_error(way.flag(), text, &why))?;
+            match routes.iter_mut().find(|r| r.name == name) {
+                Some(route) if route.way != way => {
+                    return Err(flag_error(
+                        way.flag(),
+                        text,
+                        &format!(
+                            "'{name}' is given to both --route and --passthrough; a name is either terminated here or passed through"
+                        ),
+                    ));
+                }
+                Some(route) if route.backends.contains(&backend) => {
+                    return Err(flag_error(
+                        way.flag(),
+                        text,
+                        "given twice; give each backend of a name once",
+                    ));
+                }
+                Some(route) => route.backends.push(backend),
+                None => routes.push(Route {
+                    name,
+                    way,
+                    backends: vec![backend],
+                }),
+            }
+        }
+        Ok(routes)
+    }
+
     fn cert_settings(&self) -> Result<CertSettings, StartupError> {
         let mut certs = CertSettings::default();
         match (self.cert.len(), self.key.len()) {

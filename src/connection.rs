@@ -26,12 +26,15 @@ use crate::listener::Held;
 use crate::logsafe;
 use crate::proxy::{self, End, Timeouts};
 use crate::ratelog::{Kind, info_limited};
+use crate::route::Routes;
+use crate::settings::Way;
 use crate::settings::{TlsMin, format_duration};
 use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
 use crate::tls;
 use crate::tls_stream::{Negotiated, Refused, TlsStream};
-use crate::wire::proxy_header::{self, Version as ProxyVersion};
+use crate::wire::client_hello::{self, AlertDescription};
+use crate::wire::proxy_header::{self, TlsFacts, Version as ProxyVersion};
 
 /// How long a closing connection may spend saying goodbye (close_notify).
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,8 +44,9 @@ pub struct Shared {
     /// The TLS configuration (certificates, versions, ALPN, tickets), as
     /// the last reload left it; each handshake takes the current one.
     pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// Where decrypted bytes go: the live backends (`backend::Pool`).
-    pub backends: Arc<Pool>,
+    /// Where each client goes, by the server name in its ClientHello:
+    /// `--to`, a `--route`'s backends, or a `--passthrough`'s.
+    pub routes: Routes,
     /// The oldest TLS version served, for telling clients what they lack.
     pub tls_min: TlsMin,
     /// Limit on sniffing plus the handshake.
@@ -95,6 +99,47 @@ struct Session {
     started: Instant,
 }
 
+/// A client passed through untouched, and its connected backend (TLS is
+/// between them).
+struct Passed {
+    client: TcpStream,
+    backend: backend::Stream,
+    _lease: Lease,
+    /// The server name its ClientHello asked for, as read (not verified:
+    /// TLS is not ended here).
+    sni: Option<String>,
+    /// The bytes read before the route was chosen, sent to the backend
+    /// before the pipe began: counted in the log line's `to_backend`.
+    hello_len: u64,
+    started: Instant,
+}
+
+/// What a connection became once bytes can flow.
+enum Opened {
+    /// TLS ended here.
+    Tls(Box<Session>),
+    /// Passed through.
+    Passed(Box<Passed>),
+}
+
+/// What a connection is once its ClientHello has been read and its route
+/// chosen, before the backend connect.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once, from the handshake to the connect, inside the boxed opening; boxing it would cost an allocation per connection"
+)]
+enum Admitted {
+    /// The handshake is done; `route` is its place in `Shared::routes`.
+    Tls { client: TlsStream, route: usize },
+    /// To be passed through: the socket and every byte read from it.
+    Raw {
+        tcp: TcpStream,
+        hello: Vec<u8>,
+        sni: Option<String>,
+        route: usize,
+    },
+}
+
 /// Serves one accepted client until it is done. `held` is kept for the
 /// connection's whole life: dropping it frees its places under
 /// `--max-conns` and `--max-conns-per-ip` and tells the drain this
@@ -129,10 +174,12 @@ pub fn serve(
         // connection, measured). With -Zprint-type-sizes: the task went
         // from 2968 bytes.
         let opened = Box::pin(opening(tcp, who, &shared, slots, phase.clone())).await;
-        if let Some(session) = opened {
-            // The session is boxed too: moved by value into `relay`, the
-            // layout would otherwise hold it twice (1.3 KiB each).
-            relay(session, &who, &shared, phase).await;
+        // The session is boxed too: moved by value into `relay`, the
+        // layout would otherwise hold it twice (1.3 KiB each).
+        match opened {
+            Some(Opened::Tls(session)) => relay(session, &who, &shared, phase).await,
+            Some(Opened::Passed(passed)) => relay_passed(passed, &who, &shared, phase).await,
+            None => {}
         }
         // Only now: this frees the connection's places and tells the drain
         // it has ended (moved out where it was captured, not kept twice).
@@ -150,14 +197,26 @@ async fn opening(
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
     mut phase: watch::Receiver<Phase>,
-) -> Option<Box<Session>> {
+) -> Option<Opened> {
     let started = Instant::now();
     let steps = async {
-        let client = match &shared.handshakes {
+        let admitted = match &shared.handshakes {
             Some(pool) => handshake_on(pool, tcp, who, shared, slots, started).await,
             None => handshake_here(tcp, who, shared, slots, started).await,
         }?;
-        open(client, who, shared, started).await
+        match admitted {
+            Admitted::Tls { client, route } => open(client, route, who, shared, started)
+                .await
+                .map(Opened::Tls),
+            Admitted::Raw {
+                tcp,
+                hello,
+                sni,
+                route,
+            } => open_passed(tcp, hello, sni, route, who, shared, started)
+                .await
+                .map(Opened::Passed),
+        }
     };
     // Raced against a second shutdown request, cheaply: the wait for the
     // cut is polled once (which registers this task to be woken by any
@@ -202,7 +261,7 @@ async fn handshake_on(
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
     started: Instant,
-) -> Option<TlsStream> {
+) -> Option<Admitted> {
     let moved = match tcp.into_std() {
         Ok(moved) => moved,
         Err(e) => {
@@ -221,18 +280,30 @@ async fn handshake_on(
         };
         Box::pin(handshake_here(tcp, who, &shared, slots, started)).await
     });
-    let mut client = match task.await {
-        Ok(client) => client?,
+    let mut admitted = match task.await {
+        Ok(admitted) => admitted?,
         Err(e) => {
             debug!("{who} end=\"the handshake task ended without a result: {e}\"");
             return None;
         }
     };
-    if let Err(e) = client.rebind() {
+    let rebound = match &mut admitted {
+        Admitted::Tls { client, .. } => client.rebind(),
+        Admitted::Raw { tcp, .. } => rebind(tcp),
+    };
+    if let Err(e) = rebound {
         debug!("{who} end=\"cannot take the socket back from the handshake threads: {e}\"");
         return None;
     }
-    Some(client)
+    Some(admitted)
+}
+
+/// Moves a socket's registration to the runtime this is called on, as
+/// [`TlsStream::rebind`] does.
+fn rebind(tcp: &mut TcpStream) -> io::Result<()> {
+    let duplicate = SockRef::from(&*tcp).try_clone()?;
+    *tcp = TcpStream::from_std(std::net::TcpStream::from(duplicate))?;
+    Ok(())
 }
 
 /// The first-bytes sniff and the TLS handshake, on the runtime it is
@@ -244,7 +315,7 @@ async fn handshake_here(
     shared: &Shared,
     slots: Arc<Semaphore>,
     started: Instant,
-) -> Option<TlsStream> {
+) -> Option<Admitted> {
     // The accept loop waited for room under --max-handshakes, so that
     // clients queue in the kernel while that many are under way. A slot is
     // held only from the moment the ClientHello's first record is whole:
@@ -309,22 +380,113 @@ async fn handshake_here(
     let prefix = not_tls.as_ref().map_or(&[][..], |head| head.bytes());
     let stream = TlsStream::start(tcp, shared.tls.load_full(), prefix, shared.budget.clone());
     let accept = async {
-        let mut stream = stream?;
+        let mut stream = stream.map_err(Stop::Refused)?;
         stream.set_id(who.id);
-        if let Err(error) = stream.first_record().await {
-            return Err(stream.refused(error));
+        // Bytes that were never TLS go to rustls as they are: it answers
+        // them with its own alert, on the default route's configuration.
+        let mut route = shared.routes.choose(None);
+        let mut asked = None;
+        if not_tls.is_none() {
+            match stream.client_hello().await {
+                Err(error) => return Err(Stop::Refused(stream.refused(error))),
+                Ok(Ok(hello)) => {
+                    route = shared.routes.choose(hello.server_name.as_deref());
+                    asked = hello.server_name;
+                }
+                // Not a ClientHello (another handshake message first):
+                // rustls answers it with the alert it picks.
+                Ok(Err(client_hello::Error::NotClientHello)) => {}
+                Ok(Err(client_hello::Error::TooLarge)) => {
+                    let why = format!("a ClientHello over {} KiB", client_hello::MAX_HELLO / 1024);
+                    return Err(Stop::Alert(
+                        stream.into_raw().0,
+                        AlertDescription::DecodeError,
+                        why,
+                    ));
+                }
+                Ok(Err(client_hello::Error::Malformed(why))) => {
+                    let why = format!("malformed ClientHello: {why}");
+                    return Err(Stop::Alert(
+                        stream.into_raw().0,
+                        AlertDescription::DecodeError,
+                        why,
+                    ));
+                }
+                Ok(Err(client_hello::Error::Incomplete { .. })) => {
+                    let why = "ClientHello cut short".to_string();
+                    return Err(Stop::Alert(
+                        stream.into_raw().0,
+                        AlertDescription::DecodeError,
+                        why,
+                    ));
+                }
+            }
+        }
+        let Some(route) = route else {
+            let why = match &asked {
+                Some(name) => format!("no route for SNI {name} and no --to for other names"),
+                None => "no SNI, and no --to for clients without one".to_string(),
+            };
+            return Err(Stop::Alert(
+                stream.into_raw().0,
+                AlertDescription::UnrecognizedName,
+                why,
+            ));
+        };
+        if shared.routes.target(route).way == Way::Passthrough {
+            return Ok(Admit::Pass(stream, asked, route));
         }
         let slot = match slots.acquire_owned().await {
             Ok(slot) => slot,
-            Err(closed) => return Err(stream.refused(io::Error::other(closed))),
+            Err(closed) => return Err(Stop::Refused(stream.refused(io::Error::other(closed)))),
         };
         let done = stream.handshake().await;
         drop(slot);
-        done
+        let client = done.map_err(Stop::Refused)?;
+        // The route was chosen on the name this reader saw; rustls chose
+        // the certificate on the name it validated. They are the same bytes,
+        // so they agree; a client that makes them differ is refused.
+        if !shared.routes.only_default() && client.sni() != asked.as_deref() {
+            let why = format!(
+                "the server name rustls accepted ({}) is not the one routed on ({})",
+                client.sni().unwrap_or("none"),
+                asked.as_deref().unwrap_or("none")
+            );
+            return Err(Stop::Refused(
+                client.refused(io::Error::new(io::ErrorKind::InvalidData, why)),
+            ));
+        }
+        Ok(Admit::Done(client, route))
     };
-    let client = match timeout_at(deadline, accept).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(Refused { error, mut tcp })) => {
+    match timeout_at(deadline, accept).await {
+        Ok(Ok(Admit::Done(client, route))) => Some(Admitted::Tls { client, route }),
+        Ok(Ok(Admit::Pass(stream, sni, route))) => {
+            let (tcp, hello) = stream.into_raw();
+            Some(Admitted::Raw {
+                tcp,
+                hello,
+                sni,
+                route,
+            })
+        }
+        Ok(Err(Stop::Alert(mut tcp, alert, why))) => {
+            // No TLS state to speak from: the one alert record, then close.
+            let _ = timeout(
+                GOODBYE_TIMEOUT,
+                tcp.write_all(&client_hello::fatal_alert(alert)),
+            )
+            .await;
+            info_limited!(
+                kind,
+                "{who} duration={} end=\"{}\"",
+                elapsed(started),
+                // It may quote the client's SNI.
+                logsafe::quoted(failed(why).as_bytes())
+            );
+            sniff::linger(&mut tcp).await;
+            None
+        }
+        Ok(Err(Stop::Refused(Refused { error, mut tcp }))) => {
             info_limited!(
                 kind,
                 "{who} duration={} end=\"{}\"",
@@ -339,7 +501,7 @@ async fn handshake_here(
                 // (unread bytes would turn it into a reset).
                 sniff::linger(&mut tcp).await;
             }
-            return None;
+            None
         }
         Err(_) => {
             info_limited!(
@@ -351,23 +513,40 @@ async fn handshake_here(
                     format_duration(shared.handshake_timeout)
                 ))
             );
-            return None;
+            None
         }
-    };
-    Some(client)
+    }
+}
+
+/// A client admitted by its ClientHello, with its route's place.
+enum Admit {
+    /// Terminated: the handshake is done.
+    Done(TlsStream, usize),
+    /// To be passed through, with the server name it asked for.
+    Pass(TlsStream, Option<String>, usize),
+}
+
+/// A client turned away before its backend connect.
+enum Stop {
+    /// By rustls, or the client left; rustls' alert (if any) is sent.
+    Refused(Refused),
+    /// By the ClientHello reader: the socket, the alert to send on it,
+    /// and why, for the log.
+    Alert(TcpStream, AlertDescription, String),
 }
 
 /// What follows the handshake before bytes flow: the backend connect.
 /// Every way this can fail is logged here; `None` means it did.
 async fn open(
     mut client: TlsStream,
+    route: usize,
     who: Who,
     shared: &Shared,
     started: Instant,
 ) -> Option<Box<Session>> {
     let facts = facts_of(client.negotiated());
-
-    let (mut backend, lease) = match backend::connect(&shared.backends, who.peer.ip()).await {
+    let pool = &shared.routes.target(route).pool;
+    let (mut backend, lease) = match backend::connect(pool, who.peer.ip()).await {
         Ok(connected) => connected,
         Err(e) => {
             // Every backend and why: this client gets a prompt close.
@@ -384,8 +563,14 @@ async fn open(
         tune(tcp, who);
     }
     if let Some(version) = shared.proxy_protocol
-        && let Err(e) =
-            send_proxy_header(&mut backend, version, who.peer, &client, &facts, shared).await
+        && let Err(e) = {
+            let cn = match version {
+                ProxyVersion::V2 => client.peer_leaf().and_then(crate::certs::common_name_of),
+                ProxyVersion::V1 => None,
+            };
+            let tls = tls_facts(&facts, cn.as_deref());
+            send_proxy_header(&mut backend, version, who.peer, client.tcp(), &tls, shared).await
+        }
     {
         warn!(
             "{who} {} duration={} end=\"backend {}: cannot send the PROXY protocol header: {e}\"",
@@ -401,6 +586,82 @@ async fn open(
         backend,
         _lease: lease,
         facts,
+        started,
+    }))
+}
+
+/// The backend connect for a client passed through: the PROXY header
+/// (addresses, and for v2 the name asked for), then every byte the client
+/// has sent so far, its ClientHello first, as it sent them. `None`: it
+/// failed, and that was logged.
+async fn open_passed(
+    mut client: TcpStream,
+    hello: Vec<u8>,
+    sni: Option<String>,
+    route: usize,
+    who: Who,
+    shared: &Shared,
+    started: Instant,
+) -> Option<Box<Passed>> {
+    let pool = &shared.routes.target(route).pool;
+    let described = || {
+        format!(
+            "mode=passthrough sni={}",
+            sni.as_deref()
+                .map_or(logsafe::bare(b"-"), |s| logsafe::bare(s.as_bytes()))
+        )
+    };
+    let (mut backend, lease) = match backend::connect(pool, who.peer.ip()).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            warn!(
+                "{who} {} duration={} end=\"{e}\"",
+                described(),
+                elapsed(started)
+            );
+            // No TLS here to close: a FIN, as the server would have had.
+            let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            return None;
+        }
+    };
+    if let Some(tcp) = backend.tcp() {
+        tune(tcp, who);
+    }
+    let facts = TlsFacts {
+        sni: sni.as_deref(),
+        passed_through: true,
+        ..TlsFacts::default()
+    };
+    let sent = async {
+        if let Some(version) = shared.proxy_protocol {
+            send_proxy_header(&mut backend, version, who.peer, &client, &facts, shared)
+                .await
+                .map_err(|e| format!("cannot send the PROXY protocol header: {e}"))?;
+        }
+        match timeout(shared.connect_timeout, backend.write_all(&hello)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot send the ClientHello: {e}")),
+            Err(_) => Err(format!(
+                "cannot send the ClientHello: not taken within {}",
+                format_duration(shared.connect_timeout)
+            )),
+        }
+    };
+    if let Err(why) = sent.await {
+        warn!(
+            "{who} {} duration={} end=\"backend {}: {why}\"",
+            described(),
+            elapsed(started),
+            lease.addr()
+        );
+        return None;
+    }
+    Some(Box::new(Passed {
+        client,
+        backend,
+        _lease: lease,
+        sni,
+        hello_len: hello.len() as u64,
         started,
     }))
 }
@@ -480,6 +741,70 @@ fn relay<'a>(
     }
 }
 
+/// Moves bytes for a client passed through until the session ends, then
+/// logs how it went: the same timeouts, drain and budget as a terminated
+/// one; the counts are the bytes as they went, ClientHello included.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its parameters twice"
+)]
+fn relay_passed<'a>(
+    mut passed: Box<Passed>,
+    who: &'a Who,
+    shared: &'a Shared,
+    mut phase: watch::Receiver<Phase>,
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        let Passed {
+            client, backend, ..
+        } = &mut *passed;
+        let timeouts = Timeouts {
+            idle: shared.idle_timeout,
+            stall: shared.stall_timeout,
+        };
+        let mut outcome = {
+            let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
+            proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await
+        };
+        if matches!(outcome.end, End::Drained) && *phase.borrow() == Phase::Cut {
+            outcome.end = End::Cut;
+        }
+        if matches!(outcome.end, End::IdleTimeout(_) | End::Drained) {
+            // No TLS of ours to close: a FIN each way, which the TLS peers
+            // at either end see as the other closing.
+            let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
+        }
+        // Bytes lost on the way: the other side gets a reset, as for a
+        // terminated connection (see `relay`).
+        let reset: [Option<&TcpStream>; 2] = match outcome.end {
+            End::ClientError(_) => [backend.tcp(), None],
+            End::BackendError(_) => [Some(&*client), None],
+            End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => {
+                [backend.tcp(), Some(&*client)]
+            }
+            _ => [None, None],
+        };
+        for socket in reset.into_iter().flatten() {
+            if let Err(e) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
+                debug!("{who}: cannot set SO_LINGER to reset a connection: {e}");
+            }
+        }
+        info!(
+            "{who} mode=passthrough sni={} backend={} to_backend={}B to_client={}B duration={} end=\"{}\"",
+            passed
+                .sni
+                .as_deref()
+                .map_or(logsafe::bare(b"-"), |s| logsafe::bare(s.as_bytes())),
+            passed._lease.addr(),
+            outcome.to_backend + passed.hello_len,
+            outcome.to_client,
+            elapsed(passed.started),
+            outcome.end
+        );
+    }
+}
+
 /// The end of a client that completed the handshake and then left without
 /// a byte either way. Some clients check our certificate only once the
 /// handshake is done, and then close without an alert.
@@ -543,25 +868,11 @@ fn facts_of(negotiated: Negotiated) -> Facts {
     }
 }
 
-/// Writes the PROXY protocol header, the backend's first bytes: the
-/// client's address and the one it connected to, and for v2 what the
-/// handshake settled. Built here and dropped once written: nothing of it
-/// stays with the connection.
-async fn send_proxy_header(
-    backend: &mut backend::Stream,
-    version: ProxyVersion,
-    peer: std::net::SocketAddr,
-    client: &TlsStream,
-    facts: &Facts,
-    shared: &Shared,
-) -> io::Result<()> {
-    // The peer is known from the accept; only the local end is asked for.
-    let addrs = client.tcp().local_addr().ok().map(|local| (peer, local));
-    let cn = match version {
-        ProxyVersion::V2 => client.peer_leaf().and_then(crate::certs::common_name_of),
-        ProxyVersion::V1 => None,
-    };
-    let tls = proxy_header::TlsFacts {
+/// What the handshake settled, for the PROXY protocol v2 TLVs (v1 carries
+/// none of it).
+/// `cn`: the client certificate's common name (mTLS).
+fn tls_facts<'a>(facts: &'a Facts, cn: Option<&'a str>) -> TlsFacts<'a> {
+    TlsFacts {
         sni: facts.sni.as_deref(),
         alpn: facts.alpn.as_deref(),
         version: Some(facts.version).filter(|v| v.starts_with("TLS")),
@@ -569,9 +880,26 @@ async fn send_proxy_header(
         sig_alg: None,
         key_alg: None,
         client_cert: facts.client_cert.is_some(),
-        cn: cn.as_deref(),
-    };
-    let header = proxy_header::encode(version, addrs, &tls);
+        cn,
+        passed_through: false,
+    }
+}
+
+/// Writes the PROXY protocol header, the backend's first bytes: the
+/// client's address and the one it connected to (`client`'s local end),
+/// and for v2 `tls`. Built here and dropped once written: nothing of it
+/// stays with the connection.
+async fn send_proxy_header(
+    backend: &mut backend::Stream,
+    version: ProxyVersion,
+    peer: std::net::SocketAddr,
+    client: &TcpStream,
+    tls: &TlsFacts<'_>,
+    shared: &Shared,
+) -> io::Result<()> {
+    // The peer is known from the accept; only the local end is asked for.
+    let addrs = client.local_addr().ok().map(|local| (peer, local));
+    let header = proxy_header::encode(version, addrs, tls);
     match timeout(shared.connect_timeout, backend.write_all(&header)).await {
         Ok(written) => written,
         Err(_) => Err(io::Error::new(
@@ -593,7 +921,19 @@ async fn send_proxy_header(
 ///
 /// Every connect is begun here, before any client is accepted, so this is
 /// the first connection each backend accepts.
-pub fn check_backend_at_start(pool: &Pool, limit: Duration) {
+pub fn check_backend_at_start(routes: &Routes, limit: Duration) {
+    for target in routes.targets() {
+        check_pool_at_start(&target.pool, &target.name, limit);
+    }
+}
+
+/// [`check_backend_at_start`] for one route's backends (`flag`: `--to`, or
+/// the route's name).
+fn check_pool_at_start(pool: &Pool, route: &str, limit: Duration) {
+    let flag = match route {
+        "--to" => "--to".to_string(),
+        name => format!("route {name}"),
+    };
     for peer in &pool.selection().peers {
         let addr = peer.addr.clone();
         let begun = match &addr {
@@ -602,6 +942,7 @@ pub fn check_backend_at_start(pool: &Pool, limit: Duration) {
             // made in the task, under the same limit.
             backend::Addr::Unix(_) => None,
         };
+        let flag = flag.clone();
         tokio::spawn(async move {
             let attempt = async {
                 let Some(begun) = begun else {
@@ -623,7 +964,7 @@ pub fn check_backend_at_start(pool: &Pool, limit: Duration) {
                 Err(_) => format!("no answer within {}", format_duration(limit)),
             };
             warn!(
-                "cannot connect to backend {addr} (--to) at start: {why}; wssify keeps running and connects to it for each client, so it may come up later"
+                "cannot connect to backend {addr} ({flag}) at start: {why}; wssify keeps running and connects to it for each client, so it may come up later"
             );
         });
     }

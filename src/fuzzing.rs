@@ -497,6 +497,7 @@ pub fn proxy_header(data: &[u8]) {
         key_alg: field(5),
         client_cert: flags & 16 != 0,
         cn: field(6),
+        passed_through: flags & 32 != 0,
     };
     let version = if flags & 1 != 0 {
         Version::V2
@@ -608,6 +609,10 @@ pub fn proxy_header(data: &[u8]) {
     };
     check(&tlvs, 0x01, tls.alpn);
     check(&tlvs, 0x02, tls.sni.map(str::as_bytes));
+    if tls.passed_through {
+        assert_eq!(get(&tlvs, 0x20), None, "no SSL TLV for TLS passed through");
+        return;
+    }
     let Some(ssl) = get(&tlvs, 0x20) else {
         assert!(!fits, "the SSL TLV left out");
         return;

@@ -28,6 +28,7 @@ pub mod port_holder;
 pub mod proxy;
 pub mod ratelog;
 pub mod reload;
+pub mod route;
 pub mod runtime;
 pub mod settings;
 pub mod shutdown;
@@ -136,15 +137,21 @@ impl Server {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let pool = Arc::new(backend::Pool::new(settings));
-        let backends = if settings.backends.len() > 1 {
-            format!(
-                "{pool} ({}, each attempt {})",
-                settings.balance,
-                format_duration(settings.connect_timeout)
-            )
-        } else {
-            pool.to_string()
+        let routes = route::Routes::new(settings);
+        let several = |pool: &backend::Pool, count: usize| {
+            if count > 1 {
+                format!(
+                    "{pool} ({}, each attempt {})",
+                    settings.balance,
+                    format_duration(settings.connect_timeout)
+                )
+            } else {
+                pool.to_string()
+            }
+        };
+        let backends = match routes.default_backends() {
+            Some(to) => several(&to.pool, settings.backends.len()),
+            None => "none (names not routed are refused)".to_string(),
         };
         let proxy_protocol = match settings.proxy_protocol {
             Some(version) => format!("; PROXY protocol {version} to the backend"),
@@ -156,10 +163,25 @@ impl Server {
                 b.local_addr, b.scope, backends, certificate, settings.tls_min, alpn
             );
         }
+        let named = routes
+            .targets()
+            .iter()
+            .skip(usize::from(routes.default_backends().is_some()));
+        for (target, route) in named.zip(&settings.routes) {
+            let way = match target.way {
+                settings::Way::Terminate => "terminated here",
+                settings::Way::Passthrough => "passed through untouched",
+            };
+            info!(
+                "route: SNI {} -> {} ({way})",
+                target.name,
+                several(&target.pool, route.backends.len())
+            );
+        }
         if settings.alpn.iter().any(|p| p == b"h2") {
             warn!(
                 "--alpn h2: wssify passes the bytes through as they are, so the backend {} must speak HTTP/2 itself (cleartext, with prior knowledge); a browser that negotiates h2 sends HTTP/2 frames, and WebSocket over HTTP/2 needs RFC 8441 in the backend. Leave h2 out unless the backend does (browsers then use http/1.1)",
-                pool
+                backends
             );
         }
         info!(
@@ -187,7 +209,7 @@ impl Server {
 
         let shared = Arc::new(Shared {
             tls: reloader.live(),
-            backends: pool,
+            routes,
             tls_min: settings.tls_min,
             handshake_timeout: settings.handshake_timeout,
             handshakes,
@@ -227,10 +249,13 @@ impl Server {
         };
         // Names are looked up before the first client; later lookups run
         // in the background and no connection waits on one.
-        backend::resolve::refresh(&self.shared.backends).await;
-        let resolver = tokio::spawn(backend::resolve::run(self.shared.backends.clone()));
+        let mut resolvers = Vec::new();
+        for target in self.shared.routes.targets() {
+            backend::resolve::refresh(&target.pool).await;
+            resolvers.push(tokio::spawn(backend::resolve::run(target.pool.clone())));
+        }
         // Before the first accept, so each backend sees this check first.
-        connection::check_backend_at_start(&self.shared.backends, self.shared.connect_timeout);
+        connection::check_backend_at_start(&self.shared.routes, self.shared.connect_timeout);
         // Reports the count of rate-limited lines when a flood stops.
         let summaries = tokio::spawn(ratelog::report_held_back());
         let mut loops = Vec::new();
@@ -273,7 +298,9 @@ impl Server {
         let exit = drain.await;
         summaries.abort();
         ratelog::flush();
-        resolver.abort();
+        for resolver in resolvers {
+            resolver.abort();
+        }
         exit
     }
 }

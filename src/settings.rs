@@ -31,9 +31,13 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Settings {
     /// The addresses to accept TLS on.
     pub listen: Vec<ListenAddr>,
-    /// The plain TCP servers the decrypted bytes go to (`--to`, in order;
-    /// never empty).
+    /// The plain TCP servers the decrypted bytes go to (`--to`, in order):
+    /// every name no route claims. Empty only when routes serve every
+    /// connection (`--route`, `--passthrough`).
     pub backends: Vec<Backend>,
+    /// Names sent elsewhere by the ClientHello's SNI (`--route`,
+    /// `--passthrough`), one entry per name, in the order first given.
+    pub routes: Vec<Route>,
     /// How a client's connection picks among the backends.
     pub balance: Balance,
     /// Most connect attempts per client, each to another backend; `None`:
@@ -86,9 +90,16 @@ pub struct Settings {
 impl Settings {
     /// Settings with every default, for a listener and a backend.
     pub fn new(listen: Vec<ListenAddr>, backend: Backend) -> Self {
+        Self::serving(listen, vec![backend])
+    }
+
+    /// Settings with every default, for listeners and `--to` backends
+    /// (none when routes will serve every client).
+    pub fn serving(listen: Vec<ListenAddr>, backends: Vec<Backend>) -> Self {
         Self {
             listen,
-            backends: vec![backend],
+            backends,
+            routes: Vec::new(),
             balance: Balance::RoundRobin,
             connect_retries: None,
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
@@ -484,6 +495,94 @@ impl fmt::Display for Backend {
             Backend::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
+}
+
+/// What becomes of a connection whose SNI a route names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// TLS ends here, with the certificate for the name, and the
+    /// decrypted bytes go to the route's backends (`--route`).
+    Terminate,
+    /// The client's bytes, ClientHello included, go to the route's
+    /// backends untouched: TLS is between them (`--passthrough`).
+    Passthrough,
+}
+
+impl Way {
+    /// The flag that makes a route of this way.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Way::Terminate => "--route",
+            Way::Passthrough => "--passthrough",
+        }
+    }
+}
+
+/// One name's route: where connections whose SNI it matches go. Several
+/// backends share its clients as `--to`'s do (`--balance`, failover).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// As matched: lower case, no trailing dot; `*.example.com` matches
+    /// one label under `example.com`; `*` (passthrough only) every name
+    /// no other route or certificate serves, and clients without SNI.
+    pub name: String,
+    /// Terminated here or passed through.
+    pub way: Way,
+    /// In the order given (never empty).
+    pub backends: Vec<Backend>,
+}
+
+/// Reads `NAME=BACKEND` (`ws.example.com=127.0.0.1:9200`,
+/// `*.example.com=unix:/run/ws.sock`, `*=127.0.0.1:8443`): the name as a
+/// route matches it, and the backend as [`parse_backend`] reads it.
+pub fn parse_route(text: &str, way: Way) -> Result<(String, Backend), String> {
+    let example = match way {
+        Way::Terminate => "ws.example.com=127.0.0.1:9200",
+        Way::Passthrough => "'*=127.0.0.1:8443'",
+    };
+    let Some((name, backend)) = text.trim().split_once('=') else {
+        return Err(format!(
+            "expected NAME=HOST:PORT, e.g. {} {example}",
+            way.flag()
+        ));
+    };
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name == "*" {
+        if way == Way::Terminate {
+            return Err(
+                "every other name goes to --to: give --to HOST:PORT instead of --route '*=...'"
+                    .to_string(),
+            );
+        }
+    } else {
+        let bare = name.strip_prefix("*.").unwrap_or(&name);
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() {
+            return Err(format!("no name before '='; e.g. {} {example}", way.flag()));
+        }
+        if bare.parse::<IpAddr>().is_ok() {
+            return Err(format!(
+                "'{name}' is an IP address, and clients send only names as SNI (a client that dials an IP address sends none): route the name they use, or send them to --to"
+            ));
+        }
+        if bare.len() > 253 || !bare.split('.').all(label_ok) {
+            return Err(format!(
+                "'{name}' is not a server name (letters, digits, '-' and '.', or '*.' before one); e.g. {} {example}",
+                way.flag()
+            ));
+        }
+    }
+    let backend = parse_backend(backend).map_err(|why| format!("after '{name}=': {why}"))?;
+    if matches!(backend, Backend::Tcp { port: 0, .. }) {
+        return Err(format!("after '{name}=': port 0 cannot be connected to"));
+    }
+    Ok((name, backend))
 }
 
 /// The longest UNIX socket path the kernel takes (`sun_path` holds 108

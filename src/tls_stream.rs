@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::budget::{Budget, MIN_GRANT, Waiting};
 use crate::conn_id::{self, ConnId};
+use crate::wire::client_hello;
 
 /// How much ciphertext is read from the socket at a time: two full TLS
 /// records (16 KiB of plaintext plus header and tag each), so bulk
@@ -31,6 +32,10 @@ const READ_CHUNK: usize = 2 * (MAX_RECORD_PLAINTEXT + MAX_RECORD_OVERHEAD);
 /// Largest handshake flight we accept buffered (client certificates can be
 /// large); rustls enforces the same bound on handshake messages.
 const MAX_INCOMING: usize = 64 * 1024 + READ_CHUNK;
+/// The most bytes read while waiting for a whole ClientHello: its 16 KiB
+/// and the headers of the records carrying it, with room to spare for a
+/// client that splits it into many small records.
+const MAX_HELLO_BYTES: usize = 2 * client_hello::MAX_HELLO;
 /// Outgoing ciphertext queued before writes push back.
 const OUTGOING_LIMIT: usize = 64 * 1024;
 /// The content type of a handshake record, which every ClientHello starts with.
@@ -220,27 +225,35 @@ impl TlsStream {
         Ok(stream)
     }
 
-    /// Waits until the first record (the start of the ClientHello) is
-    /// whole, without handing it to rustls: until then a client costs only
-    /// the bytes it sent, and the work of a handshake (key exchange,
-    /// signature) has not begun. Returns at once for bytes that cannot
-    /// begin a handshake (rustls answers them), and on FIN (the handshake
-    /// then reports it). Bound it with a timeout.
-    pub async fn first_record(&mut self) -> io::Result<()> {
+    /// Waits until the whole ClientHello is in (it may span several
+    /// records and many reads: post-quantum key shares make it 1.5 KiB and
+    /// more), without handing it to rustls, and reads its server name and
+    /// ALPN, so the caller can decide what the connection becomes before
+    /// any TLS work is done: until then a client costs only the bytes it
+    /// sent. `Ok(Err(_))`: not a ClientHello this reader takes
+    /// ([`client_hello::Error`]); the bytes stay pending either way. A FIN
+    /// before the hello is whole is an error ([`ClientLeft`]). Bound it
+    /// with a timeout.
+    pub async fn client_hello(
+        &mut self,
+    ) -> io::Result<Result<client_hello::Hello, client_hello::Error>> {
+        // Parsed again only once the bytes it asked for are in: a hello
+        // trickled byte by byte is not parsed once per byte.
+        let mut need = 0;
         let waited = std::future::poll_fn(|cx| {
             loop {
-                let pending = self.incoming.pending();
-                let whole = match pending.first() {
-                    None => false,
-                    Some(&HANDSHAKE_RECORD) => record_remainder(pending) == Some(0),
-                    Some(_) => true,
-                };
-                if whole {
-                    return Poll::Ready(Ok(()));
+                if self.incoming.pending().len() >= need {
+                    match client_hello::parse(self.incoming.pending()) {
+                        Err(client_hello::Error::Incomplete { at_least }) => need = at_least,
+                        parsed => return Poll::Ready(Ok(parsed)),
+                    }
                 }
-                match ready!(self.poll_fill(cx, MAX_INCOMING)) {
-                    Ok(0) => return Poll::Ready(Ok(())),
+                match ready!(self.poll_fill(cx, MAX_HELLO_BYTES)) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                     Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        return Poll::Ready(Ok(Err(client_hello::Error::TooLarge)));
+                    }
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             }
@@ -248,6 +261,15 @@ impl TlsStream {
         .await;
         self.count_buffers();
         waited.map_err(|e| self.left(e))
+    }
+
+    /// Gives back the socket and every byte read from it, untouched, for a
+    /// connection passed through instead of terminated. Only before the
+    /// handshake: rustls has not seen the bytes.
+    pub fn into_raw(mut self) -> (TcpStream, Vec<u8>) {
+        self.incoming.compact();
+        let bytes = std::mem::take(&mut self.incoming.buf);
+        (self.tcp, bytes)
     }
 
     /// Performs the server handshake. Bound it with a timeout.
@@ -360,6 +382,12 @@ impl TlsStream {
     #[doc(hidden)]
     pub fn buffered_pending(&self) -> usize {
         self.incoming.pending().len() + (self.plaintext.len() - self.taken)
+    }
+
+    /// The server name rustls accepted, once the handshake has read it
+    /// (until [`Self::negotiated`] takes it).
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
     }
 
     /// The client's certificate (mTLS), verified by the handshake, as DER.
@@ -1218,15 +1246,15 @@ mod tests {
             for (n, piece) in body.chunks(64).enumerate() {
                 client.write_all(piece).await.unwrap();
                 let i = (n * 64 + piece.len()).saturating_sub(1);
-                // Until the record is whole, first_record waits for more.
+                // Until the hello is whole, client_hello waits for more.
                 let waited = tokio::time::timeout(
                     std::time::Duration::from_millis(20),
-                    stream.first_record(),
+                    stream.client_hello(),
                 )
                 .await;
                 assert!(
                     waited.is_err(),
-                    "first_record ended before the record was whole"
+                    "client_hello ended before the hello was whole"
                 );
                 let counted = budget.used();
                 assert!(
@@ -1236,7 +1264,11 @@ mod tests {
                 );
             }
             client.write_all(&hello[hello.len() - 1..]).await.unwrap();
-            stream.first_record().await.unwrap();
+            let hello = stream.client_hello().await.unwrap();
+            assert_eq!(
+                hello.ok().and_then(|h| h.server_name).as_deref(),
+                Some("localhost")
+            );
         };
         tokio::time::timeout(std::time::Duration::from_secs(60), run)
             .await

@@ -105,9 +105,9 @@ pub struct Pool {
 impl Pool {
     /// The pool for these settings: IP addresses are in it at once; names
     /// join when the resolver has looked them up (`resolve::refresh`).
-    pub fn new(settings: &Settings) -> Pool {
-        let resolved = settings
-            .backends
+    /// `backends` are `--to`'s or one route's.
+    pub fn new(settings: &Settings, backends: &[Backend]) -> Pool {
+        let resolved = backends
             .iter()
             .map(|b| Resolved {
                 addrs: literal(b).into_iter().collect(),
@@ -115,7 +115,7 @@ impl Pool {
             })
             .collect::<Vec<_>>();
         let pool = Pool {
-            names: settings.backends.clone(),
+            names: backends.to_vec(),
             resolved: Mutex::new(resolved),
             selection: ArcSwap::from_pointee(Selection::default()),
             balance: settings.balance,

@@ -86,6 +86,10 @@ pub struct TlsFacts<'a> {
     pub client_cert: bool,
     /// The common name of the client's certificate.
     pub cn: Option<&'a str>,
+    /// TLS was passed through to the backend, not ended here: no
+    /// `PP2_TYPE_SSL` is sent, since this side settled nothing about it
+    /// (the SNI, as the client asked for it, still goes as the authority).
+    pub passed_through: bool,
 }
 
 /// The header for a client at `peer` that connected to `local` (`None`:
@@ -178,6 +182,19 @@ fn encode_v2(addrs: Option<(SocketAddr, SocketAddr)>, tls: &TlsFacts) -> Vec<u8>
     if let Some(sni) = tls.sni {
         tlv(&mut out, PP2_TYPE_AUTHORITY, sni.as_bytes());
     }
+    if !tls.passed_through {
+        tlv(&mut out, PP2_TYPE_SSL, &ssl_value(tls));
+    }
+    // The length counts what follows the 16 fixed bytes; each TLV was
+    // left out if it would have pushed it past u16 (see `tlv`).
+    let length = (out.len() - 16) as u16;
+    out[14..16].copy_from_slice(&length.to_be_bytes());
+    out
+}
+
+/// The value of the `PP2_TYPE_SSL` TLV: client flags, verify result, and
+/// the sub-TLVs known.
+fn ssl_value(tls: &TlsFacts) -> Vec<u8> {
     let mut ssl = Vec::with_capacity(64);
     ssl.push(if tls.client_cert {
         PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS
@@ -200,12 +217,7 @@ fn encode_v2(addrs: Option<(SocketAddr, SocketAddr)>, tls: &TlsFacts) -> Vec<u8>
             tlv(&mut ssl, kind, value.as_bytes());
         }
     }
-    tlv(&mut out, PP2_TYPE_SSL, &ssl);
-    // The length counts what follows the 16 fixed bytes; each TLV was
-    // left out if it would have pushed it past u16 (see `tlv`).
-    let length = (out.len() - 16) as u16;
-    out[14..16].copy_from_slice(&length.to_be_bytes());
-    out
+    ssl
 }
 
 /// An IPv6 address as is, an IPv4 one mapped.
@@ -307,6 +319,7 @@ mod tests {
             key_alg: None,
             client_cert: true,
             cn: Some("bob"),
+            passed_through: false,
         };
         let header = encode(
             Version::V2,
