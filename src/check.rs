@@ -17,6 +17,8 @@ use crate::dev_ca::{self, Peek};
 use crate::listener::{self, Bound};
 use crate::loader;
 use crate::reload::{Expiry, expiry_note};
+use crate::route;
+use crate::settings::Way;
 use crate::settings::{Backend, DevCert, Settings, format_duration};
 
 /// What a check found, ready to print.
@@ -78,7 +80,11 @@ pub async fn check(settings: &Settings) -> Findings {
     // clients while it goes on to the files and the backends.
     drop(check_listen(&mut found, settings));
 
-    if certs.development() {
+    if !settings.terminates() {
+        found.info(
+            "every client is passed through (--passthrough): no certificate is served".to_string(),
+        );
+    } else if certs.development() {
         check_development(&mut found, &certs.dev);
     }
     for pair in &certs.pairs {
@@ -112,6 +118,14 @@ pub async fn check(settings: &Settings) -> Findings {
             found.error(format!(
                 "--cert-dir {}: holds no certificate (NAME.crt with NAME.key, or NAME.pem with both)",
                 dir.display()
+            ));
+        }
+    }
+    for route in settings.routes.iter().filter(|r| r.way == Way::Terminate) {
+        if !certs.development() && !names.keys().any(|name| route::covers(name, &route.name)) {
+            found.warn(format!(
+                "--route {}: no certificate covers this name, so its clients would get the default one, which browsers refuse for it; add --cert/--key for it",
+                route.name
             ));
         }
     }
@@ -303,28 +317,34 @@ fn judge(
 /// socket's) within the connect timeout, as it would for a client.
 async fn check_backends(found: &mut Findings, settings: &Settings) {
     for backend in &settings.backends {
-        check_backend(found, settings, backend).await;
+        check_backend(found, settings, backend, "--to").await;
+    }
+    for route in &settings.routes {
+        let flag = format!("{} {}", route.way.flag(), route.name);
+        for backend in &route.backends {
+            check_backend(found, settings, backend, &flag).await;
+        }
     }
 }
 
 /// One `--to`: it must resolve and one of its addresses accept.
-async fn check_backend(found: &mut Findings, settings: &Settings, backend: &Backend) {
+async fn check_backend(found: &mut Findings, settings: &Settings, backend: &Backend, flag: &str) {
     let limit = settings.connect_timeout;
     let (host, port) = match backend {
         Backend::Tcp { host, port } => (host.as_str(), *port),
-        Backend::Unix(path) => return check_unix_backend(found, limit, backend, path).await,
+        Backend::Unix(path) => return check_unix_backend(found, limit, backend, path, flag).await,
     };
     let lookup = tokio::net::lookup_host((host, port));
     let addrs: Vec<_> = match tokio::time::timeout(limit, lookup).await {
         Ok(Ok(addrs)) => addrs.collect(),
         Ok(Err(e)) => {
             return found.error(format!(
-                "backend {backend} (--to) does not resolve ({e}); fix the name or start its container"
+                "backend {backend} ({flag}) does not resolve ({e}); fix the name or start its container"
             ));
         }
         Err(_) => {
             return found.error(format!(
-                "backend {backend} (--to) did not resolve within {}",
+                "backend {backend} ({flag}) did not resolve within {}",
                 format_duration(limit)
             ));
         }
@@ -346,7 +366,7 @@ async fn check_backend(found: &mut Findings, settings: &Settings, backend: &Back
         failures.push("the name resolved to no address".to_string());
     }
     found.error(format!(
-        "backend {backend} (--to) is unreachable: {}; start it, or fix --to",
+        "backend {backend} ({flag}) is unreachable: {}; start it, or fix {flag}",
         failures.join(", ")
     ));
 }
@@ -358,13 +378,14 @@ async fn check_unix_backend(
     limit: std::time::Duration,
     backend: &Backend,
     path: &std::path::Path,
+    flag: &str,
 ) {
     let addr = crate::backend::Addr::Unix(path.to_path_buf());
     match tokio::time::timeout(limit, addr.connect()).await {
         Ok(Ok(_)) => found.info(format!("backend {backend} accepts connections")),
-        Ok(Err(e)) => found.error(format!("backend {backend} (--to) is unreachable: {e}")),
+        Ok(Err(e)) => found.error(format!("backend {backend} ({flag}) is unreachable: {e}")),
         Err(_) => found.error(format!(
-            "backend {backend} (--to) gave no answer within {}; is its backlog full?",
+            "backend {backend} ({flag}) gave no answer within {}; is its backlog full?",
             format_duration(limit)
         )),
     }

@@ -80,11 +80,23 @@ impl Server {
             tls_min: settings.tls_min,
             alpn: settings.alpn.clone(),
         };
-        let (loader, config) = loader::Loader::start(&settings.certs, options)?;
+        // Where every connection is passed through, no certificate is
+        // served: rustls only answers bytes that are not TLS, and an
+        // in-memory certificate does for that, made without a word.
+        let terminates = settings.terminates();
+        let mut certs = settings.certs.clone();
+        if !terminates && certs.development() {
+            certs.dev = settings::DevCert::InMemory;
+        }
+        let (loader, config) = loader::Loader::start(&certs, options)?;
         // Logged once the ports are bound, so the example commands name one.
-        let development = loader.development().map(dev_ca::Development::report);
+        let development = loader
+            .development()
+            .filter(|_| terminates)
+            .map(dev_ca::Development::report);
         reload::log_chains(&loader.served());
         reload::log_expiry(&loader.served());
+        route::warn_uncovered(settings, &loader.served());
         let reloader = Arc::new(reload::Reloader::new(loader, config));
         // Before the startup line: from then on, SIGHUP and file changes
         // are expected to work.
@@ -93,7 +105,11 @@ impl Server {
             reload::hangups()?,
             settings.certs.reload_interval,
         );
-        let certificate = reloader.describe();
+        let certificate = if terminates {
+            reloader.describe()
+        } else {
+            "none needed (every client is passed through)".to_string()
+        };
 
         let (max_memory, memory_origin) = match settings.max_memory {
             Some(bytes) => (bytes, "--max-memory".to_string()),
@@ -151,18 +167,15 @@ impl Server {
         };
         let backends = match routes.default_backends() {
             Some(to) => several(&to.pool, settings.backends.len()),
+            None if settings.routes.iter().any(|r| r.name == "*") => {
+                "none (names not routed are passed through: --passthrough '*')".to_string()
+            }
             None => "none (names not routed are refused)".to_string(),
         };
         let proxy_protocol = match settings.proxy_protocol {
             Some(version) => format!("; PROXY protocol {version} to the backend"),
             None => String::new(),
         };
-        for b in &bound {
-            info!(
-                "listening on {}{} -> backend {}; certificate: {}; {}; ALPN: {}{proxy_protocol}",
-                b.local_addr, b.scope, backends, certificate, settings.tls_min, alpn
-            );
-        }
         let named = routes
             .targets()
             .iter()
@@ -176,6 +189,12 @@ impl Server {
                 "route: SNI {} -> {} ({way})",
                 target.name,
                 several(&target.pool, route.backends.len())
+            );
+        }
+        for b in &bound {
+            info!(
+                "listening on {}{} -> backend {}; certificate: {}; {}; ALPN: {}{proxy_protocol}",
+                b.local_addr, b.scope, backends, certificate, settings.tls_min, alpn
             );
         }
         if settings.alpn.iter().any(|p| p == b"h2") {

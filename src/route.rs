@@ -118,6 +118,40 @@ impl Routes {
     }
 }
 
+/// Warns of each `--route` name no certificate covers: its clients would
+/// get the default certificate, which browsers refuse for that name.
+/// `served`: every certificate with where it came from.
+pub fn warn_uncovered(settings: &Settings, served: &[(&str, &crate::certs::CertSummary)]) {
+    for route in settings.routes.iter().filter(|r| r.way == Way::Terminate) {
+        let covered = served
+            .iter()
+            .any(|(_, cert)| cert.dns_names.iter().any(|name| covers(name, &route.name)));
+        if !covered {
+            let default = served.first().map_or("none".to_string(), |(origin, cert)| {
+                format!("{origin}, for {}", cert.dns_names.join(", "))
+            });
+            log::warn!(
+                "--route {}: no certificate served covers this name, so its clients get the default one ({default}), which browsers refuse for it; add --cert/--key (or a --cert-dir file) for {}",
+                route.name,
+                route.name
+            );
+        }
+    }
+}
+
+/// Whether a certificate name (`example.com`, `*.example.com`) covers a
+/// route's name (exact or `*.example.com`), as `sni` matches them.
+pub fn covers(cert_name: &str, route: &str) -> bool {
+    let cert_name = cert_name.trim_end_matches('.').to_ascii_lowercase();
+    if cert_name == route {
+        return true;
+    }
+    match (cert_name.strip_prefix("*."), route.split_once('.')) {
+        (Some(parent), Some((first, rest))) => first != "*" && parent == rest,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +218,17 @@ mod tests {
         assert_eq!(chosen(&strict, None), None);
         let pass_only = Routes::new(&settings(false, &[("*", Way::Passthrough)]));
         assert!(!pass_only.terminates());
+    }
+
+    #[test]
+    fn certificate_names_cover_routes_as_sni_matches_them() {
+        assert!(covers("ws.example.com", "ws.example.com"));
+        assert!(covers("WS.example.com.", "ws.example.com"));
+        assert!(covers("*.example.com", "ws.example.com"));
+        assert!(covers("*.example.com", "*.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(!covers("*.example.com", "a.b.example.com"));
+        assert!(!covers("ws.example.com", "*.example.com"));
     }
 
     #[test]

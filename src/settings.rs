@@ -93,6 +93,12 @@ impl Settings {
         Self::serving(listen, vec![backend])
     }
 
+    /// Whether any client is terminated here (`--to` or a `--route`), so
+    /// that certificates are served.
+    pub fn terminates(&self) -> bool {
+        !self.backends.is_empty() || self.routes.iter().any(|r| r.way == Way::Terminate)
+    }
+
     /// Settings with every default, for listeners and `--to` backends
     /// (none when routes will serve every client).
     pub fn serving(listen: Vec<ListenAddr>, backends: Vec<Backend>) -> Self {

@@ -485,3 +485,65 @@ fn route_mistakes_are_named() {
         assert_eq!(out.trim().lines().count(), 1, "{args:?}: one line: {out}");
     }
 }
+
+#[tokio::test]
+async fn passing_everything_through_serves_and_makes_no_certificate() {
+    bounded(WAIT, async {
+        let (backend, _got) = recording_backend().await;
+        let w = Wssify::start(&["--passthrough", &format!("*={backend}")]).await;
+        let line = w.lines_with("listening on").join("\n");
+        assert!(
+            line.contains("certificate: none needed (every client is passed through)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("backend none (names not routed are passed through: --passthrough '*')"),
+            "{line}"
+        );
+        assert!(w.lines_with("route: SNI * -> ").len() == 1, "{}", w.log());
+        assert!(!w.dev_ca_dir().exists(), "no development CA is made");
+        assert!(w.lines_with("development").is_empty(), "{}", w.log());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_route_no_certificate_covers_is_warned_of_at_start_and_by_check() {
+    bounded(WAIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, mut args) = wssify_cert(dir.path());
+        let ws = ws_echo_backend().await;
+        args.extend([
+            "--route".to_string(),
+            format!("chat.example.com={ws}"),
+            "--route".to_string(),
+            format!("ws.localhost={ws}"),
+        ]);
+        let mut w = Wssify::start_owned(&args).await;
+        let warned = w
+            .wait_for_log("--route chat.example.com: no certificate served covers this name")
+            .await;
+        assert!(warned.contains("WARN"), "{warned}");
+        assert!(
+            w.lines_with("--route ws.localhost:").is_empty(),
+            "{}",
+            w.log()
+        );
+
+        let mut check = vec!["--check", "--listen", "127.0.0.1:0"];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        check.extend(&args);
+        check.extend(["--passthrough", "*.down.localhost=127.0.0.1:9"]);
+        let (code, out) = run_to_exit(&check);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("--route chat.example.com: no certificate covers this name"),
+            "{out}"
+        );
+        assert!(
+            out.contains("backend 127.0.0.1:9 (--passthrough *.down.localhost) is unreachable"),
+            "{out}"
+        );
+    })
+    .await;
+}
