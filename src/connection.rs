@@ -923,17 +923,17 @@ async fn send_proxy_header(
 /// the first connection each backend accepts.
 pub fn check_backend_at_start(routes: &Routes, limit: Duration) {
     for target in routes.targets() {
-        check_pool_at_start(&target.pool, &target.name, limit);
+        let flag = match target.name.as_str() {
+            "--to" => "--to".to_string(),
+            name => format!("{} {name}", target.way.flag()),
+        };
+        check_pool_at_start(&target.pool, flag, limit);
     }
 }
 
 /// [`check_backend_at_start`] for one route's backends (`flag`: `--to`, or
-/// the route's name).
-fn check_pool_at_start(pool: &Pool, route: &str, limit: Duration) {
-    let flag = match route {
-        "--to" => "--to".to_string(),
-        name => format!("route {name}"),
-    };
+/// the route's flag and name, for the warning).
+fn check_pool_at_start(pool: &Pool, flag: String, limit: Duration) {
     for peer in &pool.selection().peers {
         let addr = peer.addr.clone();
         let begun = match &addr {
