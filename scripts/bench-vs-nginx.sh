@@ -12,7 +12,9 @@
 # gives medians, the ratios as medians of each round's ratio, because a
 # shared VM moves single figures by a lot from minute to minute. Each round
 # also measures latency on a wssify started with --busy-poll (off by
-# default; see the README), in its own column.
+# default; see the README), in its own column, and bulk throughput with TLS
+# passed through untouched (nginx's ssl_preread + proxy_pass against wssify
+# --passthrough, both on cpu 0, to one TLS server on cpu 1).
 #
 # Then, once each: the handshake flood (echo latency while 5,000 clients
 # stall handshakes and full handshakes run in a loop) on the same nginx and
@@ -155,6 +157,44 @@ if [ -n "$BEFORE" ]; then
   WSSIFY_BEFORE=$WSSIFY_PID
 fi
 
+# --- passthrough: TLS passed untouched to a TLS server, nginx's
+# ssl_preread + proxy_pass against wssify --passthrough, both on cpu 0; the
+# TLS server they pass to is a wssify on cpu 1 (beside the load and the
+# echo backend) that ends TLS and echoes through the backend ---
+TLS_END=127.0.0.1:19320
+taskset -c 1 "$WSSIFY" --listen "$TLS_END" --to "$BACKEND" --threads 1 \
+  --cert "$WORK/cert.pem" --key "$WORK/key.pem" 2>"$WORK/tls-end.log" &
+PIDS+=($!)
+wait_port "$TLS_END"
+NGINX_PASS=127.0.0.1:19321
+cat >"$WORK/nginx-pass.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+worker_rlimit_nofile 1048576;
+pid $WORK/nginx-pass.pid;
+error_log $WORK/nginx-pass-error.log warn;
+events { worker_connections 200000; }
+stream {
+  map \$ssl_preread_server_name \$to { default $TLS_END; }
+  server {
+    listen $NGINX_PASS;
+    ssl_preread on;
+    proxy_timeout 1h;
+    proxy_pass \$to;
+  }
+}
+CONF
+taskset -c 0 nginx -c "$WORK/nginx-pass.conf" -g 'daemon off;' &
+PIDS+=($!)
+wait_port "$NGINX_PASS"
+NGINX_PASS_WORKER=$(pgrep -P "$(cat "$WORK/nginx-pass.pid")" | head -n1)
+WSSIFY_PASS=127.0.0.1:19322
+taskset -c 0 "$WSSIFY" --listen "$WSSIFY_PASS" --passthrough "*=$TLS_END" --threads 1 \
+  2>"$WORK/wssify-pass.log" &
+PIDS+=($!)
+WSSIFY_PASS_PID=$!
+wait_port "$WSSIFY_PASS"
+
 for round in $(seq 1 "$ROUNDS"); do
   # Memory once, on fresh processes, at 1,000 and 5,000 on the way to
   # $IDLE: growth between counts shows whether the cost stays flat.
@@ -169,7 +209,13 @@ for round in $(seq 1 "$ROUNDS"); do
     echo; echo "== round $round of $ROUNDS: before: $BEFORE (pid $WSSIFY_BEFORE)"
     run_load before "$round" "$BEFORE_ADDR" "$WSSIFY_BEFORE" x25519 "$idle" --only "$only"
   fi
+  echo; echo "== round $round of $ROUNDS: passthrough, nginx ssl_preread (worker pid $NGINX_PASS_WORKER)"
+  run_load nginx-pass "$round" "$NGINX_PASS" "$NGINX_PASS_WORKER" x25519 0 --only throughput
+  echo; echo "== round $round of $ROUNDS: passthrough, wssify --passthrough (pid $WSSIFY_PASS_PID)"
+  run_load wssify-pass "$round" "$WSSIFY_PASS" "$WSSIFY_PASS_PID" x25519 0 --only throughput
 done
+kill "$(cat "$WORK/nginx-pass.pid")" "$WSSIFY_PASS_PID"
+rm -f "$WORK/nginx-pass.pid"
 # The handshake flood once, after the rounds (its ratio is quiet against
 # flood within the one run), into round 1's files.
 echo; echo "== handshake flood: nginx (worker pid $NGINX_WORKER)"
@@ -314,6 +360,19 @@ echo "Beside one busy process on the same core (full handshakes/s, one run): wss
 echo
 echo "ratio = wssify / nginx within each round, median over the rounds: higher is better for throughput and handshakes, lower for memory, latency and CPU."
 echo "partial record and handshake flood: one run each (fresh processes for partial records; the flood after the rounds)."
+pass_ratio() { # key -> the median over rounds of wssify-pass / nginx-pass
+  ratio wssify-pass throughput "$1" nginx-pass
+}
+echo "TLS passed through untouched to a TLS server on cpu 1 (nginx stream ssl_preread + proxy_pass, wssify --passthrough; both on cpu 0), bulk echo, medians of $ROUNDS rounds:"
+echo
+echo "| passthrough, per core               | nginx ssl_preread | wssify --passthrough | ratio  |"
+echo "|-------------------------------------|-------------------|----------------------|--------|"
+printf "| %-35s | %12s MB/s | %15s MB/s | %5.2fx |\n" "bulk throughput, echoed" \
+  "$(field nginx-pass throughput mb_per_s)" "$(field wssify-pass throughput mb_per_s)" "$(pass_ratio mb_per_s)"
+printf "| %-35s | %14s %% | %17s %% | %5.2fx |\n" "  CPU on cpu 0 (lower is better)" \
+  "$(field nginx-pass throughput cpu_terminator)" "$(field wssify-pass throughput cpu_terminator)" "$(pass_ratio cpu_terminator)"
+printf "| %-35s | %14s %% | %17s %% |        |\n" "  cpu 1 (load, TLS end, echo)" \
+  "$(field nginx-pass throughput cpu_load_core)" "$(field wssify-pass throughput cpu_load_core)"
 echo
 budget_row() { # title key unit
   local a b c
