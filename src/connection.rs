@@ -89,8 +89,9 @@ struct Session {
     client: TlsStream,
     /// TCP or a UNIX socket, the size of the larger.
     backend: backend::Stream,
-    /// Counts this connection as open on its backend (least-conn).
-    _lease: Lease,
+    /// Counts this connection as open on its backend (least-conn), and
+    /// names that backend in the log line.
+    lease: Lease,
     facts: Facts,
     started: Instant,
 }
@@ -399,7 +400,7 @@ async fn open(
     Some(Box::new(Session {
         client,
         backend,
-        _lease: lease,
+        lease,
         facts,
         started,
     }))
@@ -470,8 +471,9 @@ fn relay<'a>(
             outcome.end.to_string()
         };
         info!(
-            "{who} {} to_backend={}B to_client={}B duration={} end=\"{end}\"",
+            "{who} {} backend={} to_backend={}B to_client={}B duration={} end=\"{end}\"",
             session.facts.describe(),
+            session.lease.addr().field(),
             outcome.to_backend,
             // What went out on the socket, not what was queued for it.
             to_client,
@@ -673,7 +675,8 @@ mod tests {
     /// The session is boxed for the connection's whole life: 1480 bytes in
     /// a release build (1496 in a debug one), 1088 of them rustls'
     /// connection state, 8 the connection's id and 8 its backend's lease
-    /// (least-conn's count). A field that grows it grows every idle connection
+    /// (least-conn's count, and the `backend=` of the log line). A field
+    /// that grows it grows every idle connection
     /// (the task's own size is checked at each spawn, see
     /// [`MAX_TASK_BYTES`]).
     #[test]
