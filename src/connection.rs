@@ -21,6 +21,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::backend::{self, Lease, Pool};
 use crate::budget::Budget;
+use crate::certs::CertAlgs;
 use crate::conn_id::Who;
 use crate::listener::Held;
 use crate::logsafe;
@@ -366,7 +367,10 @@ async fn open(
     shared: &Shared,
     started: Instant,
 ) -> Option<Box<Session>> {
-    let facts = facts_of(client.negotiated());
+    let mut negotiated = client.negotiated();
+    // Only the PROXY header needs it: not kept in `facts` for the session.
+    let served = negotiated.served.take();
+    let facts = facts_of(negotiated);
 
     let (mut backend, lease) = match backend::connect(&shared.backends, who.peer.ip()).await {
         Ok(connected) => connected,
@@ -385,8 +389,16 @@ async fn open(
         tune(tcp, who);
     }
     if let Some(version) = shared.proxy_protocol
-        && let Err(e) =
-            send_proxy_header(&mut backend, version, who.peer, &client, &facts, shared).await
+        && let Err(e) = send_proxy_header(
+            &mut backend,
+            version,
+            who.peer,
+            &client,
+            &facts,
+            served,
+            shared,
+        )
+        .await
     {
         warn!(
             "{who} {} duration={} end=\"backend {}: cannot send the PROXY protocol header: {e}\"",
@@ -555,6 +567,7 @@ async fn send_proxy_header(
     peer: std::net::SocketAddr,
     client: &TlsStream,
     facts: &Facts,
+    served: Option<Arc<CertAlgs>>,
     shared: &Shared,
 ) -> io::Result<()> {
     // The peer is known from the accept; only the local end is asked for.
@@ -568,8 +581,8 @@ async fn send_proxy_header(
         alpn: facts.alpn.as_deref(),
         version: Some(facts.version).filter(|v| v.starts_with("TLS")),
         cipher: facts.cipher.and_then(tls::openssl_cipher_name),
-        sig_alg: None,
-        key_alg: None,
+        sig_alg: served.as_ref().and_then(|s| s.sig_alg),
+        key_alg: served.as_ref().and_then(|s| s.key_alg.as_deref()),
         client_cert: facts.client_cert.is_some(),
         cn: cn.as_deref(),
     };
