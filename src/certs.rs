@@ -50,6 +50,104 @@ pub struct CertSummary {
     /// What is wrong with the chain that a start still serves (the leaf
     /// alone, without its intermediates): a warning, see [`only_the_leaf`].
     pub chain_warning: Option<String>,
+    /// Its algorithms as the PROXY protocol names them, worked out once
+    /// here and shared by the SNI table with every handshake that serves it.
+    pub algs: Arc<CertAlgs>,
+}
+
+/// How a served certificate is signed and what key it holds, named as
+/// HAProxy names them in the PROXY protocol v2's `PP2_SUBTYPE_SSL_SIG_ALG`
+/// and `PP2_SUBTYPE_SSL_KEY_ALG` (`ssl_sock_get_cert_sig`,
+/// `cert_get_pkey_algo`), so a backend that reads HAProxy's header reads
+/// wssify's alike. `None`: HAProxy would send nothing, or a name no reader
+/// could use (OpenSSL's `UNDEF` for a signature it does not know).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertAlgs {
+    /// OpenSSL's short name for the algorithm in the certificate's
+    /// `signature` field (`RSA-SHA256`, `ecdsa-with-SHA256`, `ED25519`).
+    pub sig_alg: Option<&'static str>,
+    /// The key's type and size in bits (`RSA2048`, `EC256`); none for
+    /// Ed25519 and other keys, as with HAProxy.
+    pub key_alg: Option<String>,
+}
+
+/// Signature algorithm OIDs and OpenSSL's short names for them (`SN_` in
+/// OpenSSL's `obj_mac.h`).
+const SIG_ALG_NAMES: &[(&str, &str)] = &[
+    ("1.2.840.113549.1.1.4", "RSA-MD5"),
+    ("1.2.840.113549.1.1.5", "RSA-SHA1"),
+    ("1.2.840.113549.1.1.14", "RSA-SHA224"),
+    ("1.2.840.113549.1.1.11", "RSA-SHA256"),
+    ("1.2.840.113549.1.1.12", "RSA-SHA384"),
+    ("1.2.840.113549.1.1.13", "RSA-SHA512"),
+    ("1.2.840.113549.1.1.10", "RSASSA-PSS"),
+    ("1.2.840.10045.4.1", "ecdsa-with-SHA1"),
+    ("1.2.840.10045.4.3.1", "ecdsa-with-SHA224"),
+    ("1.2.840.10045.4.3.2", "ecdsa-with-SHA256"),
+    ("1.2.840.10045.4.3.3", "ecdsa-with-SHA384"),
+    ("1.2.840.10045.4.3.4", "ecdsa-with-SHA512"),
+    ("1.3.101.112", "ED25519"),
+    ("1.3.101.113", "ED448"),
+    ("1.2.840.10040.4.3", "DSA-SHA1"),
+    ("2.16.840.1.101.3.4.3.1", "dsa_with_SHA224"),
+    ("2.16.840.1.101.3.4.3.2", "dsa_with_SHA256"),
+];
+
+/// The public key OID of an RSA key (`rsaEncryption`; an RSASSA-PSS key is
+/// another type to OpenSSL, and HAProxy names it not at all).
+const RSA_KEY: &str = "1.2.840.113549.1.1.1";
+/// The public key OID of an elliptic curve key (`id-ecPublicKey`).
+const EC_KEY: &str = "1.2.840.10045.2.1";
+/// Named curves and their size in bits as OpenSSL's `EVP_PKEY_bits` gives it.
+const EC_CURVE_BITS: &[(&str, u32)] = &[
+    ("1.2.840.10045.3.1.7", 256), // P-256
+    ("1.3.132.0.34", 384),        // P-384
+    ("1.3.132.0.35", 521),        // P-521
+    ("1.3.132.0.10", 256),        // secp256k1
+];
+
+impl CertAlgs {
+    /// The names for a parsed leaf certificate.
+    fn of(cert: &x509_parser::certificate::X509Certificate<'_>) -> CertAlgs {
+        let sig = cert.tbs_certificate.signature.algorithm.to_id_string();
+        let sig_alg = SIG_ALG_NAMES
+            .iter()
+            .find(|(oid, _)| *oid == sig)
+            .map(|(_, name)| *name);
+        let spki = cert.public_key();
+        let key_alg = match spki.algorithm.algorithm.to_id_string().as_str() {
+            RSA_KEY => match spki.parsed() {
+                Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
+                    Some(format!("RSA{}", bits_of(rsa.modulus)))
+                }
+                _ => None,
+            },
+            EC_KEY => spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|curve| curve.to_id_string())
+                .and_then(|curve| {
+                    EC_CURVE_BITS
+                        .iter()
+                        .find(|(oid, _)| *oid == curve)
+                        .map(|(_, bits)| format!("EC{bits}"))
+                }),
+            _ => None,
+        };
+        CertAlgs { sig_alg, key_alg }
+    }
+}
+
+/// The size in bits of a big-endian unsigned integer (an RSA modulus, whose
+/// DER form may start with a zero byte).
+fn bits_of(n: &[u8]) -> usize {
+    let n = match n.iter().position(|b| *b != 0) {
+        Some(first) => &n[first..],
+        None => return 0,
+    };
+    n.len() * 8 - n[0].leading_zeros() as usize
 }
 
 impl CertSummary {
@@ -325,6 +423,7 @@ pub fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
         development: None,
         chain_len: chain.len(),
         chain_warning: only_the_leaf(chain),
+        algs: Arc::default(),
     };
     let Some(leaf) = chain.first() else {
         return summary;
@@ -333,6 +432,7 @@ pub fn summarize(chain: &[CertificateDer<'_>]) -> CertSummary {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf) else {
         return summary;
     };
+    summary.algs = Arc::new(CertAlgs::of(&parsed));
     let subject = parsed.subject();
     summary.subject = common_name_or_subject(subject);
     summary.expires = parsed.validity().not_after.to_datetime().date().to_string();
@@ -408,4 +508,61 @@ pub fn fingerprint(der: &[u8]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names for a certificate rcgen makes with `alg`.
+    fn algs(alg: &'static rcgen::SignatureAlgorithm) -> CertAlgs {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (*summarize(&[cert.der().clone()]).algs).clone()
+    }
+
+    fn named(sig_alg: &'static str, key_alg: Option<&str>) -> CertAlgs {
+        CertAlgs {
+            sig_alg: Some(sig_alg),
+            key_alg: key_alg.map(str::to_string),
+        }
+    }
+
+    /// The strings HAProxy sends for the same certificates (OpenSSL's short
+    /// name of the signature, `cert_get_pkey_algo`'s key), as
+    /// `openssl x509 -text` shows them in long form.
+    #[test]
+    fn algorithms_are_named_as_haproxy_names_them() {
+        assert_eq!(
+            algs(&rcgen::PKCS_RSA_SHA256),
+            named("RSA-SHA256", Some("RSA2048"))
+        );
+        assert_eq!(
+            algs(&rcgen::PKCS_ECDSA_P256_SHA256),
+            named("ecdsa-with-SHA256", Some("EC256"))
+        );
+        assert_eq!(
+            algs(&rcgen::PKCS_ECDSA_P384_SHA384),
+            named("ecdsa-with-SHA384", Some("EC384"))
+        );
+        // HAProxy names no key type but RSA, EC and DSA.
+        assert_eq!(algs(&rcgen::PKCS_ED25519), named("ED25519", None));
+    }
+
+    #[test]
+    fn a_modulus_is_measured_without_its_sign_byte() {
+        assert_eq!(bits_of(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(bits_of(&[0x01, 0xff]), 9);
+        assert_eq!(bits_of(&[0x00]), 0);
+        assert_eq!(bits_of(&[]), 0);
+    }
+
+    #[test]
+    fn an_unreadable_certificate_names_nothing() {
+        assert_eq!(
+            *summarize(&[CertificateDer::from(vec![1, 2, 3])]).algs,
+            CertAlgs::default()
+        );
+    }
 }

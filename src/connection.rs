@@ -21,6 +21,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::backend::{self, Lease, Pool};
 use crate::budget::Budget;
+use crate::certs::CertAlgs;
 use crate::conn_id::Who;
 use crate::listener::Held;
 use crate::logsafe;
@@ -93,8 +94,9 @@ struct Session {
     client: TlsStream,
     /// TCP or a UNIX socket, the size of the larger.
     backend: backend::Stream,
-    /// Counts this connection as open on its backend (least-conn).
-    _lease: Lease,
+    /// Counts this connection as open on its backend (least-conn), and
+    /// names that backend in the log line.
+    lease: Lease,
     facts: Facts,
     started: Instant,
 }
@@ -104,7 +106,7 @@ struct Session {
 struct Passed {
     client: TcpStream,
     backend: backend::Stream,
-    _lease: Lease,
+    lease: Lease,
     /// The server name its ClientHello asked for, as read (not verified:
     /// TLS is not ended here).
     sni: Option<String>,
@@ -544,7 +546,10 @@ async fn open(
     shared: &Shared,
     started: Instant,
 ) -> Option<Box<Session>> {
-    let facts = facts_of(client.negotiated());
+    let mut negotiated = client.negotiated();
+    // Only the PROXY header needs it: not kept in `facts` for the session.
+    let served = negotiated.served.take();
+    let facts = facts_of(negotiated);
     let pool = &shared.routes.target(route).pool;
     let (mut backend, lease) = match backend::connect(pool, who.peer.ip()).await {
         Ok(connected) => connected,
@@ -568,7 +573,7 @@ async fn open(
                 ProxyVersion::V2 => client.peer_leaf().and_then(crate::certs::common_name_of),
                 ProxyVersion::V1 => None,
             };
-            let tls = tls_facts(&facts, cn.as_deref());
+            let tls = tls_facts(&facts, cn.as_deref(), served.as_deref());
             send_proxy_header(&mut backend, version, who.peer, client.tcp(), &tls, shared).await
         }
     {
@@ -584,7 +589,7 @@ async fn open(
     Some(Box::new(Session {
         client,
         backend,
-        _lease: lease,
+        lease,
         facts,
         started,
     }))
@@ -659,7 +664,7 @@ async fn open_passed(
     Some(Box::new(Passed {
         client,
         backend,
-        _lease: lease,
+        lease,
         sni,
         hello_len: hello.len() as u64,
         started,
@@ -731,8 +736,9 @@ fn relay<'a>(
             outcome.end.to_string()
         };
         info!(
-            "{who} {} to_backend={}B to_client={}B duration={} end=\"{end}\"",
+            "{who} {} backend={} to_backend={}B to_client={}B duration={} end=\"{end}\"",
             session.facts.describe(),
+            session.lease.addr().field(),
             outcome.to_backend,
             // What went out on the socket, not what was queued for it.
             to_client,
@@ -796,7 +802,7 @@ fn relay_passed<'a>(
                 .sni
                 .as_deref()
                 .map_or(logsafe::bare(b"-"), |s| logsafe::bare(s.as_bytes())),
-            passed._lease.addr(),
+            passed.lease.addr().field(),
             outcome.to_backend + passed.hello_len,
             outcome.to_client,
             elapsed(passed.started),
@@ -869,16 +875,20 @@ fn facts_of(negotiated: Negotiated) -> Facts {
 }
 
 /// What the handshake settled, for the PROXY protocol v2 TLVs (v1 carries
-/// none of it).
-/// `cn`: the client certificate's common name (mTLS).
-fn tls_facts<'a>(facts: &'a Facts, cn: Option<&'a str>) -> TlsFacts<'a> {
+/// none of it). `cn`: the client certificate's common name (mTLS);
+/// `served`: the algorithms of the certificate served.
+fn tls_facts<'a>(
+    facts: &'a Facts,
+    cn: Option<&'a str>,
+    served: Option<&'a CertAlgs>,
+) -> TlsFacts<'a> {
     TlsFacts {
         sni: facts.sni.as_deref(),
         alpn: facts.alpn.as_deref(),
         version: Some(facts.version).filter(|v| v.starts_with("TLS")),
         cipher: facts.cipher.and_then(tls::openssl_cipher_name),
-        sig_alg: None,
-        key_alg: None,
+        sig_alg: served.and_then(|s| s.sig_alg),
+        key_alg: served.and_then(|s| s.key_alg.as_deref()),
         client_cert: facts.client_cert.is_some(),
         cn,
         passed_through: false,
@@ -1014,7 +1024,8 @@ mod tests {
     /// The session is boxed for the connection's whole life: 1480 bytes in
     /// a release build (1496 in a debug one), 1088 of them rustls'
     /// connection state, 8 the connection's id and 8 its backend's lease
-    /// (least-conn's count). A field that grows it grows every idle connection
+    /// (least-conn's count, and the `backend=` of the log line). A field
+    /// that grows it grows every idle connection
     /// (the task's own size is checked at each spawn, see
     /// [`MAX_TASK_BYTES`]).
     #[test]

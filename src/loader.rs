@@ -357,10 +357,13 @@ impl Loader {
                 .iter()
                 .flat_map(|d| d.served.values().map(|s| &s.loaded)),
         );
-        let table = SniTable::new(
+        let table = SniTable::with_algs(
             entries
                 .into_iter()
-                .map(|l| (l.certified_key.clone(), l.summary.dns_names.clone()))
+                .map(|l| {
+                    let names = l.summary.dns_names.clone();
+                    (l.certified_key.clone(), names, l.summary.algs.clone())
+                })
                 .collect(),
             self.strict_sni,
         );

@@ -339,6 +339,7 @@ mod tests {
             development: None,
             chain_len: 1,
             chain_warning: None,
+            algs: Default::default(),
         }
     }
 

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{
-    ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
-};
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 
 use crate::error::StartupError;
 use crate::settings::TlsMin;
@@ -56,11 +54,11 @@ impl Resumption {
     }
 }
 
-/// Builds a server configuration around a certificate resolver and, for
+/// Builds a server configuration around a certificate table and, for
 /// mTLS, a client certificate verifier.
 pub fn server_config(
     options: &TlsOptions,
-    resolver: Arc<dyn ResolvesServerCert>,
+    resolver: Arc<crate::sni::SniTable>,
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, StartupError> {

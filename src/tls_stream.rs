@@ -83,8 +83,11 @@ pub struct TlsStream {
     /// A failure found after bytes of the same read were delivered: the
     /// next read returns it (tokio drops a read's bytes when it fails).
     deferred: Option<io::Error>,
-    /// The server name rustls accepted, as the certificate resolver saw it.
-    sni: Option<String>,
+    /// The server name rustls accepted, as the certificate resolver saw it
+    /// (boxed: with `served`, the size of the `String` it was).
+    sni: Option<Box<str>>,
+    /// The algorithms of the certificate served, for the PROXY protocol.
+    served: Option<Arc<crate::certs::CertAlgs>>,
     /// This stream's buffers in the process-wide memory budget.
     account: Account,
     /// rustls reported a fatal error: it is never asked again (it would run
@@ -104,6 +107,8 @@ pub struct TlsStream {
 pub struct Negotiated {
     /// The client's SNI, if any.
     pub sni: Option<String>,
+    /// The algorithms of the certificate served (PROXY protocol v2).
+    pub served: Option<Arc<crate::certs::CertAlgs>>,
     /// The TLS version.
     pub version: Option<rustls::ProtocolVersion>,
     /// The cipher suite.
@@ -327,6 +332,7 @@ impl TlsStream {
             awaiting_bytes: false,
             deferred: None,
             sni: None,
+            served: None,
             id: ConnId::NONE,
             flights: 0,
             hello_version: 0,
@@ -402,7 +408,8 @@ impl TlsStream {
     /// than being copied: each connection keeps it once.
     pub fn negotiated(&mut self) -> Negotiated {
         Negotiated {
-            sni: self.sni.take(),
+            sni: self.sni.take().map(String::from),
+            served: self.served.take(),
             version: self.conn.protocol_version(),
             suite: self.conn.negotiated_cipher_suite(),
             group: self.conn.negotiated_key_exchange_group().map(|g| g.name()),
@@ -541,7 +548,8 @@ impl TlsStream {
             self.conn.process_tls_records(self.incoming.pending_mut());
         let mut refused = false;
         if handshaking && let Some(seen) = crate::sni::take_seen() {
-            self.sni = seen.name;
+            self.sni = seen.name.map(String::into_boxed_str);
+            self.served = seen.served;
             refused = seen.refused;
         }
         let step = match state {
@@ -645,7 +653,7 @@ impl TlsStream {
             return io::Error::new(
                 io::ErrorKind::InvalidData,
                 UnknownName {
-                    sni: self.sni.clone(),
+                    sni: self.sni.as_deref().map(String::from),
                 },
             );
         }

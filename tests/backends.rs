@@ -95,6 +95,35 @@ async fn round_robin_spreads_clients_evenly() {
 }
 
 #[tokio::test]
+async fn each_connections_line_names_the_backend_it_reached() {
+    bounded(WAIT, async {
+        let (addrs, _tasks) = backends(3).await;
+        let mut w = Wssify::start_owned(&to_flags(&addrs, &[])).await;
+        // Each client's port (its `peer=`) and the backend that answered it.
+        let mut reached = Vec::new();
+        for _ in 0..6 {
+            let (tag, mut tls) = client(&mut w).await;
+            let port = tls.get_ref().0.local_addr().unwrap().port();
+            reached.push((port, addrs[usize::from(tag - b'A')]));
+            tls.shutdown().await.unwrap();
+        }
+        let lines = w.wait_for_lines("to_backend=", reached.len()).await;
+        for (port, backend) in &reached {
+            let peer = format!(" peer=127.0.0.1:{port} ");
+            let line = lines
+                .iter()
+                .find(|l| l.contains(&peer))
+                .unwrap_or_else(|| panic!("no line for{peer}in {lines:#?}"));
+            assert!(
+                line.contains(&format!(" backend={backend} to_backend=")),
+                "{line}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn random_uses_every_backend() {
     bounded(WAIT, async {
         let (addrs, _tasks) = backends(3).await;

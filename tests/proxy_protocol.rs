@@ -1,7 +1,8 @@
 //! `--proxy-protocol v1|v2`: the backend's first bytes are a PROXY protocol
 //! header naming the client's address and the one it connected to (IPv4
-//! and IPv6), and with v2 the SNI, ALPN, TLS version, cipher and, under
-//! mTLS, the client certificate's CN as the specification's TLVs. Read
+//! and IPv6), and with v2 the SNI, ALPN, TLS version, cipher, the served
+//! certificate's signature and key algorithms and, under mTLS, the client
+//! certificate's CN as the specification's TLVs. Read
 //! back by an independent parser (`ppp`) from what the real binary sent,
 //! and by a real reader, HAProxy (`accept-proxy`), from Debian's package.
 
@@ -25,6 +26,8 @@ const AUTHORITY: u8 = 0x02;
 const SSL_VERSION: u8 = 0x21;
 const SSL_CN: u8 = 0x22;
 const SSL_CIPHER: u8 = 0x23;
+const SSL_SIG_ALG: u8 = 0x24;
+const SSL_KEY_ALG: u8 = 0x25;
 
 /// A backend that reads each connection's PROXY header (v1: up to the
 /// line's end; v2: 16 bytes and the length they give), hands it over, then
@@ -258,6 +261,86 @@ async fn v2_carries_addresses_sni_alpn_version_and_cipher() {
                 wssify::tls::openssl_cipher_name(suite)
             );
             assert_eq!(value(&tlvs.sub, SSL_CN), None);
+            // The development certificate: an ECDSA P-256 key, signed
+            // with ECDSA and SHA-256.
+            assert_eq!(
+                value(&tlvs.sub, SSL_SIG_ALG).as_deref(),
+                Some("ecdsa-with-SHA256")
+            );
+            assert_eq!(value(&tlvs.sub, SSL_KEY_ALG).as_deref(), Some("EC256"));
+        }
+    })
+    .await;
+}
+
+/// SIG_ALG and KEY_ALG describe the certificate served for the name the
+/// client asked for, as HAProxy names them: here an RSA one signed by an
+/// RSA CA, and an ECDSA P-384 one signed by an ECDSA P-256 CA.
+#[tokio::test]
+async fn v2_names_the_algorithms_of_the_certificate_served_for_each_name() {
+    bounded(WAIT * 2, async {
+        let rsa_ca = Ca::keyed("RSA CA", &rcgen::PKCS_RSA_SHA256);
+        let ec_ca = Ca::new("EC CA");
+        let dir = tempfile::tempdir().unwrap();
+        let (backend, mut headers) = header_backend().await;
+        let mut args = vec!["--to".to_string(), backend.to_string()];
+        for (stem, leaf) in [
+            (
+                "rsa",
+                rsa_ca.server_keyed(&["rsa.test"], &rcgen::PKCS_RSA_SHA256),
+            ),
+            (
+                "ec",
+                ec_ca.server_keyed(&["ec.test"], &rcgen::PKCS_ECDSA_P384_SHA384),
+            ),
+        ] {
+            let (cert, key) = leaf.write(dir.path(), stem);
+            args.extend([
+                "--cert".into(),
+                cert.display().to_string(),
+                "--key".into(),
+                key.display().to_string(),
+            ]);
+        }
+        args.extend(["--proxy-protocol".into(), "v2".into()]);
+        let w = Wssify::start_owned(&args).await;
+        let config = trusting_client(&[rsa_ca.der(), ec_ca.der()]);
+        // The second round resumes the sessions of the first (the client
+        // keeps its tickets): no certificate is sent then, but it is still
+        // the one served for the name, and HAProxy names it too.
+        for (round, (name, sig_alg, key_alg)) in [
+            ("ec.test", "ecdsa-with-SHA256", "EC384"),
+            ("rsa.test", "RSA-SHA256", "RSA2048"),
+            ("ec.test", "ecdsa-with-SHA256", "EC384"),
+            ("rsa.test", "RSA-SHA256", "RSA2048"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut tls = tls_connect(w.addr, config.clone(), name).await.unwrap();
+            let kind = tls.get_ref().1.handshake_kind();
+            let resumed = kind == Some(rustls::HandshakeKind::Resumed);
+            assert_eq!(resumed, round >= 2, "{name}: {kind:?}");
+            tls.write_all(b"ping").await.unwrap();
+            // Reading the echo reads the session tickets sent before it.
+            let mut back = [0u8; 4];
+            tls.read_exact(&mut back).await.unwrap();
+            let header = headers.recv().await.expect("the backend read a header");
+            let HeaderResult::V2(Ok(parsed)) = HeaderResult::parse(&header) else {
+                panic!("ppp cannot read {header:?}");
+            };
+            let tlvs = tlvs_of(&parsed);
+            assert_eq!(value(&tlvs.top, AUTHORITY).as_deref(), Some(name));
+            assert_eq!(
+                value(&tlvs.sub, SSL_SIG_ALG).as_deref(),
+                Some(sig_alg),
+                "{name}"
+            );
+            assert_eq!(
+                value(&tlvs.sub, SSL_KEY_ALG).as_deref(),
+                Some(key_alg),
+                "{name}"
+            );
         }
     })
     .await;

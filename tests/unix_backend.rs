@@ -69,6 +69,10 @@ async fn a_wss_round_trip_reaches_a_unix_socket_backend() {
         tls.shutdown().await.unwrap();
         let line = w.wait_for_log("to_backend=23B").await;
         assert!(line.contains("to_client=23B"), "{line}");
+        assert!(
+            line.contains(&format!(" backend={} to_backend=", to(&path))),
+            "{line}"
+        );
     })
     .await;
 }

@@ -35,7 +35,32 @@ impl fmt::Display for Addr {
     }
 }
 
+/// An [`Addr`] written as one log field, by [`Addr::field`].
+pub struct Field<'a>(&'a Addr);
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::os::unix::ffi::OsStrExt;
+        match self.0 {
+            Addr::Tcp(addr) => write!(f, "{addr}"),
+            Addr::Unix(path) => write!(
+                f,
+                "unix:{}",
+                crate::logsafe::bare(path.as_os_str().as_bytes())
+            ),
+        }
+    }
+}
+
 impl Addr {
+    /// The address as one unquoted log field (`backend=...`): a UNIX
+    /// socket's path may hold a space, a quote or a newline, which are
+    /// escaped as the log escapes what clients send (`src/logsafe.rs`), so
+    /// the field can neither end the line nor add a field.
+    pub fn field(&self) -> Field<'_> {
+        Field(self)
+    }
+
     /// Connects (no timeout here: the caller sets its own).
     pub async fn connect(&self) -> io::Result<Stream> {
         match self {
@@ -177,6 +202,19 @@ mod tests {
         assert_eq!(
             std::mem::size_of::<Stream>(),
             std::mem::size_of::<TcpStream>()
+        );
+    }
+
+    /// A UNIX path is the operator's, but a space in it would still split
+    /// the `backend=` field in two, and a newline start a line.
+    #[test]
+    fn a_unix_path_is_one_field() {
+        let tcp = Addr::Tcp("[::1]:9200".parse().unwrap());
+        assert_eq!(tcp.field().to_string(), "[::1]:9200");
+        let unix = Addr::Unix(PathBuf::from("/run/my app/\"x\"\n.sock"));
+        assert_eq!(
+            unix.field().to_string(),
+            "unix:/run/my\\x20app/\\\"x\\\"\\n.sock"
         );
     }
 }

@@ -85,6 +85,14 @@ impl Ca {
         Ca { issuer }
     }
 
+    /// A new root CA named `cn` with a key of `alg` (`new`: ECDSA P-256),
+    /// which is then what signs its certificates.
+    pub fn keyed(cn: &str, alg: &'static rcgen::SignatureAlgorithm) -> Ca {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let issuer = CertifiedIssuer::self_signed(ca_params(cn), key).unwrap();
+        Ca { issuer }
+    }
+
     /// An intermediate CA named `cn`, issued by this one.
     pub fn intermediate(&self, cn: &str) -> Ca {
         let issuer =
@@ -108,6 +116,19 @@ impl Ca {
         self.leaf(names, 1, (2049, 1, 1), ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for `names` with a key of `alg` (`server`:
+    /// ECDSA P-256), valid until 2049.
+    pub fn server_keyed(&self, names: &[&str], alg: &'static rcgen::SignatureAlgorithm) -> Leaf {
+        let key = KeyPair::generate_for(alg).unwrap();
+        self.leaf_with(
+            key,
+            names,
+            1,
+            (2049, 1, 1),
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
     /// A server certificate for `names` that expires on `until`.
     pub fn server_until(&self, names: &[&str], until: (i32, u8, u8)) -> Leaf {
         self.leaf(names, 1, until, ExtendedKeyUsagePurpose::ServerAuth)
@@ -122,10 +143,20 @@ impl Ca {
         &self,
         names: &[&str],
         serial: u64,
+        until: (i32, u8, u8),
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Leaf {
+        self.leaf_with(KeyPair::generate().unwrap(), names, serial, until, usage)
+    }
+
+    fn leaf_with(
+        &self,
+        key: KeyPair,
+        names: &[&str],
+        serial: u64,
         (y, m, d): (i32, u8, u8),
         usage: ExtendedKeyUsagePurpose,
     ) -> Leaf {
-        let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
