@@ -285,17 +285,17 @@ fn reassemble(input: &[u8]) -> Result<(Cow<'_, [u8]>, usize), Error> {
                 }
             }
         }
-        if arrived.len() < length {
-            return Err(incomplete(end, have + length, need));
-        }
-        // A whole record: take its share of the message.
-        let total = need.unwrap_or(usize::MAX);
-        let take = length.min(total.saturating_sub(have));
-        if length > take {
+        if let Some(need) = need
+            && have + length > need
+        {
             // RFC 8446 5.1: a message before a key change (the server's
             // answer) must end at a record boundary; rustls checks it too.
             return Err(Error::Malformed("data after the ClientHello in its record"));
         }
+        if arrived.len() < length {
+            return Err(incomplete(end, have + length, need));
+        }
+        // A whole record, all of it the message's.
         if first {
             first_payload = arrived;
         } else {
@@ -1060,6 +1060,11 @@ mod tests {
         let records = framed(&longer, MAX_RECORD);
         assert_eq!(
             parse(&records),
+            Err(Error::Malformed("data after the ClientHello in its record"))
+        );
+        // Known from the two headers, before the rest arrives.
+        assert_eq!(
+            parse(&records[..9]),
             Err(Error::Malformed("data after the ClientHello in its record"))
         );
         crate::fuzzing::client_hello(&records);
