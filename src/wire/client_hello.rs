@@ -1093,4 +1093,75 @@ mod tests {
         );
         assert_eq!(Error::Incomplete { at_least: 9 }.alert(), None);
     }
+
+    /// Writes the fuzz seeds in `fuzz/corpus/client_hello/` (hellos from
+    /// the rustls client above, re-framed, edited, and non-hellos): run it
+    /// with `--ignored` after changing the clients, then commit the files.
+    #[test]
+    #[ignore = "writes fuzz/corpus/client_hello/; run by hand"]
+    fn write_fuzz_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/client_hello");
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+        let hello = rustls_hello(&CLIENT);
+        let pq = rustls_hello(&Client {
+            groups: &[kx_group::X25519MLKEM768, kx_group::X25519],
+            ..CLIENT
+        });
+        write("rustls-sni", &hello);
+        write("rustls-x25519mlkem768", &pq);
+        write(
+            "rustls-ip-no-sni",
+            &rustls_hello(&Client {
+                name: "192.0.2.7",
+                ..CLIENT
+            }),
+        );
+        let h2 = rustls_hello(&Client {
+            alpn: &[b"h2", b"http/1.1"],
+            ..CLIENT
+        });
+        write("rustls-alpn-h2-http1", &h2);
+        let acme = rustls_hello(&Client {
+            alpn: &[ACME_TLS_ALPN],
+            ..CLIENT
+        });
+        write("rustls-alpn-acme", &acme);
+        write(
+            "rustls-tls12-only",
+            &rustls_hello(&Client {
+                versions: &[&TLS12],
+                ..CLIENT
+            }),
+        );
+        let message = message_of(&hello);
+        write("records-of-100", &framed(&message, 100));
+        let mut two = framed(&message[..2], MAX_RECORD);
+        two.extend_from_slice(&framed(&message[2..], MAX_RECORD));
+        write("header-split-in-two-records", &two);
+        write("pq-records-of-300", &framed(&message_of(&pq), 300));
+        let mut ccs = framed(&message[..100], MAX_RECORD);
+        ccs.extend_from_slice(&[20, 3, 3, 0, 1, 1]);
+        ccs.extend_from_slice(&framed(&message[100..], MAX_RECORD));
+        write("interleaved-ccs", &ccs);
+        let mut after = hello.clone();
+        after.extend_from_slice(&[20, 3, 3, 0, 1, 1]);
+        write("followed-by-ccs", &after);
+        let with_sni = |name: &[u8]| Parts::of(&hello).set(EXT_SERVER_NAME, sni(name)).records();
+        write("sni-upper-trailing-dot", &with_sni(b"WS.Example.COM."));
+        write("sni-ip-literal", &with_sni(b"127.0.0.1"));
+        write("sni-invalid", &with_sni(b"a b"));
+        write("http-get", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        write(
+            "sslv2-hello",
+            &[
+                0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10,
+            ],
+        );
+        write("empty", b"");
+        write(
+            "too-large-header",
+            &[22, 3, 3, 0x40, 0x00, 1, 0, 0x40, 0x01],
+        );
+    }
 }
