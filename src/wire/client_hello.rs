@@ -110,12 +110,16 @@ impl Hello {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
     /// More bytes are needed. `at_least` is the total input length below
-    /// which trying again cannot succeed: always more than the input given,
-    /// from the record and handshake headers read so far, assuming the
-    /// rest comes in as few records as it can. It is the client's word,
-    /// bounded only by the limits here (at most [`MAX_HELLO`] plus record
-    /// headers ahead): size reads with it, never allocate by it beyond the
-    /// connection's own budget.
+    /// which trying again cannot succeed (an error may still show
+    /// earlier): always more than the input given, from the record and
+    /// handshake headers read so far, assuming the rest comes in as few
+    /// records as it can. It is the client's word, bounded only by the
+    /// limits here (less than 33 KiB past the input: the rest of one
+    /// record, then [`MAX_HELLO`] and its headers), and a client sending
+    /// tiny records raises it a little at a time, so the whole can take
+    /// far more than [`MAX_HELLO`] (5 bytes of header per record). Size
+    /// reads with it; bound what is buffered by the connection's own
+    /// budget, never by this.
     Incomplete {
         /// Total input length needed, at least, before calling again.
         at_least: usize,
