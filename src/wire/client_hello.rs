@@ -11,6 +11,20 @@
 //! them; the other extensions' contents are left to whoever completes the
 //! handshake (rustls, or the TLS server the bytes are passed to).
 //!
+//! # Framing
+//!
+//! The hello may span several handshake records (and any number of
+//! reads). Each record: content type 22, version 0x03xx, length 1 to
+//! 2^14. The first record of another type is [`Error::NotClientHello`]
+//! (that includes SSLv2-format hellos, first byte 0x80, which rustls
+//! answers itself); a record of another type *between* the hello's
+//! records is [`Error::Malformed`], as the client did start a ClientHello
+//! and RFC 8446 5.1 forbids interleaving (`unexpected_message`, which
+//! rustls sends too). So is a record holding more than the end of the
+//! hello (5.1 again: a message before a key change ends on a record
+//! boundary; rustls checks it too). What follows the hello's last record
+//! is not read: the caller keeps it for whoever goes on.
+//!
 //! # Where it differs from rustls 0.23
 //!
 //! The fields read follow rustls' own decoding (`msgs/handshake.rs`): the
