@@ -398,29 +398,17 @@ async fn handshake_here(
                 // Not a ClientHello (another handshake message first):
                 // rustls answers it with the alert it picks.
                 Ok(Err(client_hello::Error::NotClientHello)) => {}
-                Ok(Err(client_hello::Error::TooLarge)) => {
-                    let why = format!("a ClientHello over {} KiB", client_hello::MAX_HELLO / 1024);
-                    return Err(Stop::Alert(
-                        stream.into_raw().0,
-                        AlertDescription::DecodeError,
-                        why,
-                    ));
-                }
-                Ok(Err(client_hello::Error::Malformed(why))) => {
-                    let why = format!("malformed ClientHello: {why}");
-                    return Err(Stop::Alert(
-                        stream.into_raw().0,
-                        AlertDescription::DecodeError,
-                        why,
-                    ));
-                }
-                Ok(Err(client_hello::Error::Incomplete { .. })) => {
-                    let why = "ClientHello cut short".to_string();
-                    return Err(Stop::Alert(
-                        stream.into_raw().0,
-                        AlertDescription::DecodeError,
-                        why,
-                    ));
+                // Too large or malformed: the alert the reader names for it.
+                Ok(Err(error)) => {
+                    let why = match error {
+                        client_hello::Error::TooLarge => format!(
+                            "a ClientHello over {} KiB, or in a record over 16 KiB",
+                            client_hello::MAX_HELLO / 1024
+                        ),
+                        other => other.to_string(),
+                    };
+                    let alert = error.alert().unwrap_or(AlertDescription::DecodeError);
+                    return Err(Stop::Alert(stream.into_raw().0, alert, why));
                 }
             }
         }

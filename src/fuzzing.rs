@@ -132,10 +132,9 @@ impl Fixture {
 
 /// The first bytes of a connection: a client sends `data` then FIN, and the
 /// server does what `connection::handshake_here` does with them (classify; answer
-/// plain HTTP; start a TLS handshake). Also reads `data` for an SNI.
+/// plain HTTP; start a TLS handshake).
 /// Property: no panic, and the server finishes without needing a timeout.
 pub fn first_bytes(data: &[u8]) {
-    let _ = sniff::client_hello_sni(data);
     let fixture = fixture();
     let client = async {
         let mut tcp = fixture.connect().await;
@@ -631,6 +630,88 @@ pub fn proxy_header(data: &[u8]) {
 
 /// The harnesses must reach what they are meant to test: a harness that
 /// never got past its handshake would fuzz nothing and still pass.
+/// The ClientHello reader (`wire::client_hello`) on arbitrary bytes,
+/// checked against rustls' own reading of the same bytes (its `Acceptor`,
+/// as a server would run it).
+///
+/// Properties: no panic; an `Incomplete` asks for more than it was given;
+/// a hello read `Ok` reads the same from just its records, and every
+/// shorter prefix of those is `Incomplete` with an `at_least` no further
+/// than where the records end; and when rustls accepts the bytes as a
+/// ClientHello, the reader does too (unless one of its documented limits
+/// says `TooLarge`) and agrees on the server name and the ALPN protocols.
+pub fn client_hello(data: &[u8]) {
+    use crate::wire::client_hello::{Error, parse};
+
+    let ours = parse(data);
+    match &ours {
+        Err(Error::Incomplete { at_least }) => assert!(
+            *at_least > data.len(),
+            "Incomplete asks for {at_least} bytes with {} given",
+            data.len()
+        ),
+        Ok(hello) => {
+            let end = hello.records_len;
+            assert!(end <= data.len(), "records_len {end} past the input");
+            assert_eq!(parse(&data[..end]), ours, "the same from its records alone");
+            // Every prefix when the input is small, some otherwise: all
+            // would make the fuzzer quadratic.
+            let step = (end / 64).max(1);
+            let cuts = (0..end).step_by(step).chain([end / 2, end - 1]);
+            for cut in cuts {
+                match parse(&data[..cut]) {
+                    Err(Error::Incomplete { at_least }) => assert!(
+                        cut < at_least && at_least <= end,
+                        "prefix {cut} of {end}: at_least {at_least}"
+                    ),
+                    other => panic!("prefix {cut} of a hello of {end} bytes: {other:?}"),
+                }
+            }
+        }
+        Err(_) => {}
+    }
+    let Some((server_name, alpn)) = rustls_accepts(data) else {
+        return;
+    };
+    let hello = match ours {
+        Ok(hello) => hello,
+        // Records past 2^14 bytes, or a hello past MAX_HELLO: rustls is
+        // more lenient (see the module's notes).
+        Err(Error::TooLarge) => return,
+        Err(e) => panic!("rustls accepts this ClientHello, the reader says {e:?}"),
+    };
+    assert_eq!(
+        hello.server_name, server_name,
+        "server name, rustls' vs ours"
+    );
+    assert_eq!(hello.alpn, alpn, "ALPN, rustls' vs ours");
+}
+
+/// What rustls makes of `data` as the first bytes of a connection: the
+/// server name and ALPN protocols of the ClientHello when its `Acceptor`
+/// accepts one, `None` when it refuses or waits for more.
+pub fn rustls_accepts(data: &[u8]) -> Option<(Option<String>, Vec<Vec<u8>>)> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = data;
+    loop {
+        // It takes a limited amount per call: feed it until it decides.
+        let read = acceptor.read_tls(&mut rest).unwrap_or(0);
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let hello = accepted.client_hello();
+                let name = hello.server_name().map(str::to_string);
+                let alpn = hello
+                    .alpn()
+                    .map(|names| names.map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default();
+                return Some((name, alpn));
+            }
+            Ok(None) if read > 0 && !rest.is_empty() => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

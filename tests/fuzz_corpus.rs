@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 type Harness = fn(&[u8]);
 
 /// The harness of each fuzz target, by the target's name.
-const TARGETS: [(&str, Harness); 4] = [
+const TARGETS: [(&str, Harness); 5] = [
     ("first_bytes", wssify::fuzzing::first_bytes),
     ("tls_stream", wssify::fuzzing::tls_stream),
     ("tls_records", wssify::fuzzing::tls_records),
     ("proxy_header", wssify::fuzzing::proxy_header),
+    ("client_hello", wssify::fuzzing::client_hello),
 ];
 
 /// Findings reported and not fixed yet, by a piece of their panic message,

@@ -367,7 +367,7 @@ async fn oversized_stalled_and_malformed_hellos_get_the_right_end() {
         tcp.write_all(&big).await.unwrap();
         let mut answer = Vec::new();
         let _ = tcp.read_to_end(&mut answer).await;
-        assert_eq!(answer, [0x15, 3, 3, 0, 2, 2, 50], "decode_error alert");
+        assert_eq!(answer, [0x15, 3, 3, 0, 2, 2, 22], "record_overflow alert");
         w.wait_for_log("a ClientHello over 16 KiB").await;
 
         // Malformed: a whole record whose hello is cut inside.
