@@ -21,7 +21,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::backend::{self, Lease, Pool};
 use crate::budget::Budget;
-use crate::conn_id::Who;
+use crate::conn_id::{Peer, Who};
 use crate::listener::Held;
 use crate::logsafe;
 use crate::proxy::{self, End, Timeouts};
@@ -29,6 +29,7 @@ use crate::ratelog::{Kind, info_limited};
 use crate::settings::{TlsMin, format_duration};
 use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
+use crate::socket::Socket;
 use crate::tls;
 use crate::tls_stream::{Negotiated, Refused, TlsStream};
 use crate::wire::proxy_header::{self, Version as ProxyVersion};
@@ -112,7 +113,7 @@ struct Session {
     reason = "an async fn stores its parameters twice"
 )]
 pub fn serve(
-    tcp: TcpStream,
+    tcp: Socket,
     who: Who,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
@@ -145,7 +146,7 @@ pub fn serve(
 /// second shutdown request cut it, and that was logged. `phase` is a view
 /// of its own, so that the task keeps none while the connection is open.
 async fn opening(
-    tcp: TcpStream,
+    tcp: Socket,
     who: Who,
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
@@ -197,7 +198,7 @@ async fn opening(
 /// each runtime's event queue watches only the sockets it registered.
 async fn handshake_on(
     pool: &Handle,
-    tcp: TcpStream,
+    tcp: Socket,
     who: Who,
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
@@ -212,7 +213,7 @@ async fn handshake_on(
     };
     let shared = shared.clone();
     let task = pool.spawn(async move {
-        let tcp = match TcpStream::from_std(moved) {
+        let tcp = match Socket::from_std(moved) {
             Ok(tcp) => tcp,
             Err(e) => {
                 debug!("{who} end=\"cannot watch the socket on the handshake threads: {e}\"");
@@ -239,7 +240,7 @@ async fn handshake_on(
 /// polled on; every way it can fail is logged here (`None`). The
 /// handshake permit is given back as soon as it ends.
 async fn handshake_here(
-    mut tcp: TcpStream,
+    mut tcp: Socket,
     who: Who,
     shared: &Shared,
     slots: Arc<Semaphore>,
@@ -251,7 +252,9 @@ async fn handshake_here(
     // clients that send nothing, trickle or stall before that cost only
     // their bytes (and --handshake-timeout ends them), so a flood of them
     // cannot keep real clients from their handshakes.
-    tune(&tcp, who);
+    if let Some(tcp) = tcp.tcp() {
+        tune(tcp, who);
+    }
     let deadline = started + shared.handshake_timeout;
 
     // `Some`: neither TLS nor HTTP; rustls is given the bytes read so far
@@ -367,19 +370,20 @@ async fn open(
 ) -> Option<Box<Session>> {
     let facts = facts_of(client.negotiated());
 
-    let (mut backend, lease) = match backend::connect(&shared.backends, who.peer.ip()).await {
-        Ok(connected) => connected,
-        Err(e) => {
-            // Every backend and why: this client gets a prompt close.
-            warn!(
-                "{who} {} duration={} end=\"{e}\"",
-                facts.describe(),
-                elapsed(started)
-            );
-            let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
-            return None;
-        }
-    };
+    let (mut backend, lease) =
+        match backend::connect(&shared.backends, who.peer.balance_key()).await {
+            Ok(connected) => connected,
+            Err(e) => {
+                // Every backend and why: this client gets a prompt close.
+                warn!(
+                    "{who} {} duration={} end=\"{e}\"",
+                    facts.describe(),
+                    elapsed(started)
+                );
+                let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+                return None;
+            }
+        };
     if let Some(tcp) = backend.tcp() {
         tune(tcp, who);
     }
@@ -448,7 +452,7 @@ fn relay<'a>(
         let reset: [Option<&TcpStream>; 2] = match outcome.end {
             End::ClientError(_) => [backend.tcp(), None],
             End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => {
-                [backend.tcp(), Some(client.tcp())]
+                [backend.tcp(), client.tcp()]
             }
             _ => [None, None],
         };
@@ -550,13 +554,17 @@ fn facts_of(negotiated: Negotiated) -> Facts {
 async fn send_proxy_header(
     backend: &mut backend::Stream,
     version: ProxyVersion,
-    peer: std::net::SocketAddr,
+    peer: Peer,
     client: &TlsStream,
     facts: &Facts,
     shared: &Shared,
 ) -> io::Result<()> {
     // The peer is known from the accept; only the local end is asked for.
-    let addrs = client.tcp().local_addr().ok().map(|local| (peer, local));
+    // A UNIX client has no addresses: v1 says UNKNOWN, v2 LOCAL (see
+    // `proxy_header::encode`).
+    let addrs = peer
+        .addr()
+        .zip(client.tcp().and_then(|tcp| tcp.local_addr().ok()));
     let cn = match version {
         ProxyVersion::V2 => client.peer_leaf().and_then(crate::certs::common_name_of),
         ProxyVersion::V1 => None,

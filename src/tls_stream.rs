@@ -13,13 +13,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use crate::socket::Socket;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
 };
 use rustls::{ServerConfig, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::budget::{Budget, MIN_GRANT, Waiting};
 use crate::conn_id::{self, ConnId};
@@ -46,7 +46,8 @@ const MAX_WRITE: usize = 4 * MAX_RECORD_PLAINTEXT;
 
 /// A TLS connection to one client, after or during its handshake.
 pub struct TlsStream {
-    tcp: TcpStream,
+    /// The client's socket, TCP or UNIX (`--listen unix:`).
+    tcp: Socket,
     conn: UnbufferedServerConnection,
     /// Ciphertext read from the socket and not yet processed.
     incoming: Incoming,
@@ -179,13 +180,16 @@ pub struct Refused {
     /// Why the handshake failed.
     pub error: io::Error,
     /// The client's socket.
-    pub tcp: TcpStream,
+    pub tcp: Socket,
 }
 
 impl TlsStream {
     /// Performs the server handshake on `tcp` with no memory budget (for
     /// tests and the fuzzer). Bound it with a timeout.
-    pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+    pub async fn accept(
+        tcp: impl Into<Socket>,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<TlsStream> {
         let unlimited = Arc::new(Budget::new(usize::MAX / 2));
         TlsStream::accept_with_prefix(tcp, config, &[], unlimited)
             .await
@@ -196,7 +200,7 @@ impl TlsStream {
     /// from it first: the bytes a sniff has already consumed. rustls then
     /// judges them and sends its own alert when they are not TLS.
     pub async fn accept_with_prefix(
-        tcp: TcpStream,
+        tcp: impl Into<Socket>,
         config: Arc<ServerConfig>,
         prefix: &[u8],
         budget: Arc<Budget>,
@@ -209,7 +213,7 @@ impl TlsStream {
     /// A stream whose handshake has not begun; `prefix` is what a sniff
     /// already read from `tcp`.
     pub fn start(
-        tcp: TcpStream,
+        tcp: impl Into<Socket>,
         config: Arc<ServerConfig>,
         prefix: &[u8],
         budget: Arc<Budget>,
@@ -274,10 +278,11 @@ impl TlsStream {
 
     /// A stream before its handshake.
     fn new(
-        tcp: TcpStream,
+        tcp: impl Into<Socket>,
         config: Arc<ServerConfig>,
         budget: Arc<Budget>,
-    ) -> Result<TlsStream, (io::Error, TcpStream)> {
+    ) -> Result<TlsStream, (io::Error, Socket)> {
+        let tcp = tcp.into();
         let conn = match UnbufferedServerConnection::new(config) {
             Ok(conn) => conn,
             Err(e) => return Err((io::Error::other(e), tcp)),
@@ -319,8 +324,9 @@ impl TlsStream {
 
     /// The TCP socket under the stream, for socket options (a reset on
     /// close); reading or writing it directly would break the session.
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+    /// `None` for a UNIX client, which has no TCP options.
+    pub fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.tcp.tcp()
     }
 
     /// Moves the socket's registration to the runtime this is called on
@@ -329,9 +335,7 @@ impl TlsStream {
     /// is closed: the connection itself is untouched, and whatever the
     /// client sent meanwhile is reported by the new registration.
     pub fn rebind(&mut self) -> io::Result<()> {
-        let duplicate = socket2::SockRef::from(&self.tcp).try_clone()?;
-        let tcp = TcpStream::from_std(std::net::TcpStream::from(duplicate))?;
-        self.tcp = tcp;
+        self.tcp = self.tcp.duplicate()?;
         Ok(())
     }
 
@@ -1172,7 +1176,7 @@ impl crate::proxy::Peer for TlsStream {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     fn config() -> Arc<ServerConfig> {
         let provider = crate::tls::provider();
