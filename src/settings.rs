@@ -889,6 +889,22 @@ mod tests {
                 .contains("not a port")
         );
         assert!(parse_listen("").is_err());
+        assert_eq!(
+            parse_listen("unix:/run/wssify/tls.sock"),
+            Ok(ListenAddr::Unix {
+                path: PathBuf::from("/run/wssify/tls.sock"),
+                mode: DEFAULT_UNIX_MODE,
+            })
+        );
+        assert_eq!(
+            parse_listen("unix:/run/wssify/tls.sock")
+                .unwrap()
+                .to_string(),
+            "unix:/run/wssify/tls.sock"
+        );
+        assert!(parse_listen("unix:").unwrap_err().contains("no path"));
+        let long = format!("unix:/{}", "a".repeat(200));
+        assert!(parse_listen(&long).unwrap_err().contains("at most 107"));
     }
 
     #[test]
@@ -1018,6 +1034,11 @@ mod tests {
                 "[::] already listens on every IPv6 address",
             ),
         ];
+        let twice = listen(&["unix:/run/a.sock", "9300", "unix:/run/a.sock"]);
+        assert_eq!(
+            listen_overlap(&twice).as_deref(),
+            Some("--listen unix:/run/a.sock is given twice; give each socket once")
+        );
         for (texts, why) in cases {
             let found = listen_overlap(&listen(texts)).unwrap_or_default();
             assert!(found.contains(why), "{texts:?}: {found}");
@@ -1028,6 +1049,8 @@ mod tests {
             &["0.0.0.0:9300", "[::1]:9300"],
             &["127.0.0.1:0", "127.0.0.1:0"],
             &["0", "0"],
+            &["unix:/run/a.sock", "unix:/run/b.sock"],
+            &["9300", "unix:/run/a.sock"],
         ] {
             assert_eq!(listen_overlap(&listen(texts)), None, "{texts:?}");
         }
