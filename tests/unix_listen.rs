@@ -537,3 +537,48 @@ async fn max_conns_per_ip_does_not_count_unix_clients() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_socket_a_running_wssify_serves_is_named_and_only_warned_about_by_check() {
+    bounded(WAIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tls.sock");
+        let backend = echo_backend().await.to_string();
+        let w = Wssify::start(&["--listen", &listen(&path), "--to", &backend]).await;
+        let socket = listen(&path);
+        let pid = w.pid();
+        let (code, line, check_code, check) = tokio::task::spawn_blocking(move || {
+            let (code, line) =
+                refused_start(&["--listen", &socket, "--to", &backend, "--self-signed"]);
+            let (check_code, check) = run_to_exit(&[
+                "--check",
+                "--listen",
+                &socket,
+                "--to",
+                &backend,
+                "--self-signed",
+            ]);
+            (code, line, check_code, check)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 1, "{line}");
+        assert!(
+            line.ends_with(&format!(
+                "{} is in use: wssify (pid {pid}) accepts connections on it; stop it or choose another path",
+                path.display()
+            )),
+            "{line}"
+        );
+        // --check: most likely the wssify these flags replace.
+        assert!(
+            check.contains("a start succeeds once it has stopped"),
+            "{check}"
+        );
+        assert_eq!(check_code, 0, "{check}");
+        // The running one keeps its socket.
+        assert!(path.exists());
+        drop(w);
+    })
+    .await;
+}
