@@ -72,10 +72,12 @@ impl Peer {
         }
     }
 
-    /// What `--balance ip-hash` keeps one client on: its IP address. UNIX
-    /// clients have none and are all local: they share one key (`::`), so
-    /// ip-hash sends them to one backend.
-    pub fn balance_key(&self) -> IpAddr {
+    /// The client's IP address, what `--balance ip-hash` keeps one client
+    /// on. A UNIX client has none: the unspecified address (`::`) stands
+    /// for it, so UNIX clients, all local, share one ip-hash key. (Per-IP
+    /// limits and the PROXY header ask [`Peer::addr`] instead, and leave
+    /// UNIX clients out.)
+    pub fn ip(&self) -> IpAddr {
         match self {
             Peer::Tcp(addr) => addr.ip(),
             Peer::Unix(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

@@ -370,20 +370,19 @@ async fn open(
 ) -> Option<Box<Session>> {
     let facts = facts_of(client.negotiated());
 
-    let (mut backend, lease) =
-        match backend::connect(&shared.backends, who.peer.balance_key()).await {
-            Ok(connected) => connected,
-            Err(e) => {
-                // Every backend and why: this client gets a prompt close.
-                warn!(
-                    "{who} {} duration={} end=\"{e}\"",
-                    facts.describe(),
-                    elapsed(started)
-                );
-                let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
-                return None;
-            }
-        };
+    let (mut backend, lease) = match backend::connect(&shared.backends, who.peer.ip()).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            // Every backend and why: this client gets a prompt close.
+            warn!(
+                "{who} {} duration={} end=\"{e}\"",
+                facts.describe(),
+                elapsed(started)
+            );
+            let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            return None;
+        }
+    };
     if let Some(tcp) = backend.tcp() {
         tune(tcp, who);
     }

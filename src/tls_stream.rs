@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use crate::socket::Socket;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
@@ -23,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use crate::budget::{Budget, MIN_GRANT, Waiting};
 use crate::conn_id::{self, ConnId};
+use crate::socket::Socket;
 
 /// How much ciphertext is read from the socket at a time: two full TLS
 /// records (16 KiB of plaintext plus header and tag each), so bulk
