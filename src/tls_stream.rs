@@ -1,5 +1,5 @@
-//! A server-side TLS stream over TCP that owns every buffer it uses, so an
-//! idle connection holds none.
+//! A server-side TLS stream over TCP (or a UNIX socket, `--listen unix:`)
+//! that owns every buffer it uses, so an idle connection holds none.
 //!
 //! It drives rustls' unbuffered API. rustls' buffered `ServerConnection`
 //! (what tokio-rustls wraps) keeps a 4 KiB incoming record buffer for the
