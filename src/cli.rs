@@ -28,10 +28,16 @@ use crate::wire::proxy_header::Version as ProxyVersion;
     note = "Durations read like 90s, 5m, 1h30m, 1d, 250ms or plain seconds, at most 365d.\nSizes read like 64MiB or 1GiB. Counts go up to 10000000, --threads to 1024.\nRUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open\nconnection touched; SIGHUP re-reads them too. SIGTERM or SIGINT drains open\nconnections for --drain-timeout; a second signal exits at once."
 )]
 pub struct Args {
-    /// where to accept TLS: a port (all interfaces, IPv4 and IPv6), IP:PORT
-    /// or [IPv6]:PORT; repeatable; required
+    /// where to accept TLS: a port (all interfaces, IPv4 and IPv6), IP:PORT,
+    /// [IPv6]:PORT or unix:/path (a local socket, made at start, removed at
+    /// exit); repeatable; required
     #[argh(option, short = 'l', arg_name = "ADDR")]
     pub listen: Vec<String>,
+
+    /// permissions of each --listen unix: socket, in octal as for chmod;
+    /// connecting takes write permission (default: 660, owner and group)
+    #[argh(option, arg_name = "MODE")]
+    pub unix_mode: Option<String>,
 
     /// the plain backend, HOST:PORT (a bare PORT means 127.0.0.1:PORT) or
     /// unix:/path/to.sock; repeatable: several backends share the clients (--balance), and a
@@ -220,8 +226,9 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 29] = [
+const VALUE_FLAGS: [(&str, &str); 30] = [
     ("--listen", "ADDR"),
+    ("--unix-mode", "MODE"),
     ("--to", "HOST:PORT"),
     ("--route", "NAME=HOST:PORT"),
     ("--passthrough", "NAME=HOST:PORT"),
@@ -375,11 +382,31 @@ impl Args {
                 "--listen is required: give the port to accept TLS on, e.g. --listen 9300",
             ));
         }
-        let listen = self
+        let mut listen = self
             .listen
             .iter()
             .map(|text| parse_listen(text).map_err(|why| flag_error("--listen", text, &why)))
             .collect::<Result<Vec<ListenAddr>, _>>()?;
+        if let Some(text) = &self.unix_mode {
+            let mode =
+                parse_unix_mode(text).map_err(|why| flag_error("--unix-mode", text, &why))?;
+            let mut unix = listen.iter_mut().filter_map(|addr| match addr {
+                ListenAddr::Unix { mode, .. } => Some(mode),
+                _ => None,
+            });
+            let mut any = false;
+            for each in &mut unix {
+                *each = mode;
+                any = true;
+            }
+            if !any {
+                return Err(flag_error(
+                    "--unix-mode",
+                    text,
+                    "it sets the mode of --listen unix: sockets, and none is given",
+                ));
+            }
+        }
         if let Some(why) = listen_overlap(&listen) {
             return Err(StartupError::new(why));
         }
@@ -746,6 +773,17 @@ pub fn version_line() -> String {
     format!("wssify {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// A `--unix-mode` value: octal permission bits as chmod takes them
+/// (`660`, `0660`, `666`); no setuid, setgid or sticky bits.
+fn parse_unix_mode(text: &str) -> Result<u32, String> {
+    const EXPECTED: &str = "expected octal permissions as for chmod, e.g. 660 (owner and group may connect) or 666 (everyone)";
+    let text = text.trim();
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if !digits.is_empty() && mode <= 0o777 => Ok(mode),
+        _ => Err(EXPECTED.to_string()),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One connection's id: `conn=` and a few hex digits in the log.
@@ -41,13 +41,57 @@ impl fmt::Display for ConnId {
 }
 
 /// What every line about a connection starts with: its id and its peer,
-/// `conn=1f peer=203.0.113.7:51234`.
+/// `conn=1f peer=203.0.113.7:51234` (or `peer=unix:/run/wssify.sock`).
 #[derive(Debug, Clone, Copy)]
 pub struct Who {
     /// The connection's id.
     pub id: ConnId,
     /// The client's address.
-    pub peer: SocketAddr,
+    pub peer: Peer,
+}
+
+/// Where a client came from. A client of `--listen unix:/path` has no
+/// address (its end of the socket is unnamed), so it is named by the
+/// socket it came through, as nginx's `$remote_addr` says `unix:`.
+/// The same size as a `SocketAddr` (tested below): TCP clients pay nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP client's address and port.
+    Tcp(SocketAddr),
+    /// A UNIX client: the listener's `unix:/path`, made once per listener
+    /// and kept for the process's life (see `listener::bind`).
+    Unix(&'static str),
+}
+
+impl Peer {
+    /// The client's TCP address, `None` for a UNIX client.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(*addr),
+            Peer::Unix(_) => None,
+        }
+    }
+
+    /// The client's IP address, what `--balance ip-hash` keeps one client
+    /// on. A UNIX client has none: the unspecified address (`::`) stands
+    /// for it, so UNIX clients, all local, share one ip-hash key. (Per-IP
+    /// limits and the PROXY header ask [`Peer::addr`] instead, and leave
+    /// UNIX clients out.)
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            Peer::Tcp(addr) => addr.ip(),
+            Peer::Unix(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "{addr}"),
+            Peer::Unix(path) => f.write_str(path),
+        }
+    }
 }
 
 impl fmt::Display for Who {
@@ -126,9 +170,24 @@ mod tests {
         assert_eq!(ConnId(31).to_string(), "conn=1f");
         let who = Who {
             id: ConnId(255),
-            peer: "127.0.0.1:9".parse().unwrap(),
+            peer: Peer::Tcp("127.0.0.1:9".parse().unwrap()),
         };
         assert_eq!(who.to_string(), "conn=ff peer=127.0.0.1:9");
+        let who = Who {
+            id: ConnId(255),
+            peer: Peer::Unix("unix:/run/wssify.sock"),
+        };
+        assert_eq!(who.to_string(), "conn=ff peer=unix:/run/wssify.sock");
+        assert_eq!(who.peer.addr(), None);
+    }
+
+    /// Every connection's task holds one: UNIX clients must not make it larger.
+    #[test]
+    fn a_peer_is_the_size_of_a_socket_address() {
+        assert_eq!(
+            std::mem::size_of::<Peer>(),
+            std::mem::size_of::<SocketAddr>()
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::backend::{self, Lease, Pool};
 use crate::budget::Budget;
 use crate::certs::CertAlgs;
-use crate::conn_id::Who;
+use crate::conn_id::{Peer, Who};
 use crate::listener::Held;
 use crate::logsafe;
 use crate::proxy::{self, End, Timeouts};
@@ -32,6 +32,7 @@ use crate::settings::Way;
 use crate::settings::{TlsMin, format_duration};
 use crate::shutdown::{Phase, reached};
 use crate::sniff::{self, FirstBytes};
+use crate::socket::Socket;
 use crate::tls;
 use crate::tls_stream::{Negotiated, Refused, TlsStream};
 use crate::wire::client_hello::{self, AlertDescription};
@@ -104,7 +105,7 @@ struct Session {
 /// A client passed through untouched, and its connected backend (TLS is
 /// between them).
 struct Passed {
-    client: TcpStream,
+    client: Socket,
     backend: backend::Stream,
     lease: Lease,
     /// The server name its ClientHello asked for, as read (not verified:
@@ -135,7 +136,7 @@ enum Admitted {
     Tls { client: TlsStream, route: usize },
     /// To be passed through: the socket and every byte read from it.
     Raw {
-        tcp: TcpStream,
+        tcp: Socket,
         hello: Vec<u8>,
         sni: Option<String>,
         route: usize,
@@ -159,7 +160,7 @@ enum Admitted {
     reason = "an async fn stores its parameters twice"
 )]
 pub fn serve(
-    tcp: TcpStream,
+    tcp: Socket,
     who: Who,
     shared: Arc<Shared>,
     phase: watch::Receiver<Phase>,
@@ -194,7 +195,7 @@ pub fn serve(
 /// second shutdown request cut it, and that was logged. `phase` is a view
 /// of its own, so that the task keeps none while the connection is open.
 async fn opening(
-    tcp: TcpStream,
+    tcp: Socket,
     who: Who,
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
@@ -258,7 +259,7 @@ async fn opening(
 /// each runtime's event queue watches only the sockets it registered.
 async fn handshake_on(
     pool: &Handle,
-    tcp: TcpStream,
+    tcp: Socket,
     who: Who,
     shared: &Arc<Shared>,
     slots: Arc<Semaphore>,
@@ -273,7 +274,7 @@ async fn handshake_on(
     };
     let shared = shared.clone();
     let task = pool.spawn(async move {
-        let tcp = match TcpStream::from_std(moved) {
+        let tcp = match Socket::from_std(moved) {
             Ok(tcp) => tcp,
             Err(e) => {
                 debug!("{who} end=\"cannot watch the socket on the handshake threads: {e}\"");
@@ -291,7 +292,7 @@ async fn handshake_on(
     };
     let rebound = match &mut admitted {
         Admitted::Tls { client, .. } => client.rebind(),
-        Admitted::Raw { tcp, .. } => rebind(tcp),
+        Admitted::Raw { tcp, .. } => tcp.duplicate().map(|moved| *tcp = moved),
     };
     if let Err(e) = rebound {
         debug!("{who} end=\"cannot take the socket back from the handshake threads: {e}\"");
@@ -300,19 +301,11 @@ async fn handshake_on(
     Some(admitted)
 }
 
-/// Moves a socket's registration to the runtime this is called on, as
-/// [`TlsStream::rebind`] does.
-fn rebind(tcp: &mut TcpStream) -> io::Result<()> {
-    let duplicate = SockRef::from(&*tcp).try_clone()?;
-    *tcp = TcpStream::from_std(std::net::TcpStream::from(duplicate))?;
-    Ok(())
-}
-
 /// The first-bytes sniff and the TLS handshake, on the runtime it is
 /// polled on; every way it can fail is logged here (`None`). The
 /// handshake permit is given back as soon as it ends.
 async fn handshake_here(
-    mut tcp: TcpStream,
+    mut tcp: Socket,
     who: Who,
     shared: &Shared,
     slots: Arc<Semaphore>,
@@ -324,7 +317,9 @@ async fn handshake_here(
     // clients that send nothing, trickle or stall before that cost only
     // their bytes (and --handshake-timeout ends them), so a flood of them
     // cannot keep real clients from their handshakes.
-    tune(&tcp, who);
+    if let Some(tcp) = tcp.tcp() {
+        tune(tcp, who);
+    }
     let deadline = started + shared.handshake_timeout;
 
     // `Some`: neither TLS nor HTTP; rustls is given the bytes read so far
@@ -522,7 +517,7 @@ enum Stop {
     Refused(Refused),
     /// By the ClientHello reader: the socket, the alert to send on it,
     /// and why, for the log.
-    Alert(TcpStream, AlertDescription, String),
+    Alert(Socket, AlertDescription, String),
 }
 
 /// What follows the handshake before bytes flow: the backend connect.
@@ -588,7 +583,7 @@ async fn open(
 /// has sent so far, its ClientHello first, as it sent them. `None`: it
 /// failed, and that was logged.
 async fn open_passed(
-    mut client: TcpStream,
+    mut client: Socket,
     hello: Vec<u8>,
     sni: Option<String>,
     route: usize,
@@ -627,9 +622,16 @@ async fn open_passed(
     };
     let sent = async {
         if let Some(version) = shared.proxy_protocol {
-            send_proxy_header(&mut backend, version, who.peer, &client, &facts, shared)
-                .await
-                .map_err(|e| format!("cannot send the PROXY protocol header: {e}"))?;
+            send_proxy_header(
+                &mut backend,
+                version,
+                who.peer,
+                client.tcp(),
+                &facts,
+                shared,
+            )
+            .await
+            .map_err(|e| format!("cannot send the PROXY protocol header: {e}"))?;
         }
         match timeout(shared.connect_timeout, backend.write_all(&hello)).await {
             Ok(Ok(())) => Ok(()),
@@ -702,7 +704,7 @@ fn relay<'a>(
         let reset: [Option<&TcpStream>; 2] = match outcome.end {
             End::ClientError(_) => [backend.tcp(), None],
             End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => {
-                [backend.tcp(), Some(client.tcp())]
+                [backend.tcp(), client.tcp()]
             }
             _ => [None, None],
         };
@@ -773,9 +775,9 @@ fn relay_passed<'a>(
         // terminated connection (see `relay`).
         let reset: [Option<&TcpStream>; 2] = match outcome.end {
             End::ClientError(_) => [backend.tcp(), None],
-            End::BackendError(_) => [Some(&*client), None],
+            End::BackendError(_) => [client.tcp(), None],
             End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => {
-                [backend.tcp(), Some(&*client)]
+                [backend.tcp(), client.tcp()]
             }
             _ => [None, None],
         };
@@ -890,13 +892,17 @@ fn tls_facts<'a>(
 async fn send_proxy_header(
     backend: &mut backend::Stream,
     version: ProxyVersion,
-    peer: std::net::SocketAddr,
-    client: &TcpStream,
+    peer: Peer,
+    client: Option<&TcpStream>,
     tls: &TlsFacts<'_>,
     shared: &Shared,
 ) -> io::Result<()> {
     // The peer is known from the accept; only the local end is asked for.
-    let addrs = client.local_addr().ok().map(|local| (peer, local));
+    // A UNIX client has no addresses: v1 says UNKNOWN, v2 LOCAL (see
+    // `proxy_header::encode`).
+    let addrs = peer
+        .addr()
+        .zip(client.and_then(|tcp| tcp.local_addr().ok()));
     let header = proxy_header::encode(version, addrs, tls);
     match timeout(shared.connect_timeout, backend.write_all(&header)).await {
         Ok(written) => written,

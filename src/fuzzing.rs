@@ -143,7 +143,8 @@ pub fn first_bytes(data: &[u8]) {
         let _ = tcp.shutdown().await;
         let _ = tcp.read_to_end(&mut Vec::new()).await;
     };
-    fixture.run(client, |mut tcp| async move {
+    fixture.run(client, |tcp| async move {
+        let mut tcp = crate::socket::Socket::from(tcp);
         let deadline = Instant::now() + SERVER_DEADLINE;
         let prefix = match sniff::classify(&mut tcp, deadline).await {
             Ok(Some(FirstBytes::Tls)) => Vec::new(),

@@ -34,8 +34,10 @@ pub mod settings;
 pub mod shutdown;
 pub mod sni;
 pub mod sniff;
+pub mod socket;
 pub mod tls;
 pub mod tls_stream;
+pub mod unix_listen;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -137,7 +139,10 @@ impl Server {
             .map(listener::bind)
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(development) = development {
-            let port = bound.first().map(|b| b.local_addr.port());
+            let port = bound
+                .iter()
+                .find_map(|b| b.local_addr.tcp())
+                .map(|addr| addr.port());
             for (level, line) in development.lines(port) {
                 log::log!(level, "{line}");
             }
@@ -248,9 +253,13 @@ impl Server {
         })
     }
 
-    /// The addresses actually bound, in `--listen` order.
+    /// The TCP addresses actually bound, in `--listen` order (UNIX
+    /// sockets are where `--listen unix:` said).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.bound.iter().map(|b| b.local_addr).collect()
+        self.bound
+            .iter()
+            .filter_map(|b| b.local_addr.tcp())
+            .collect()
     }
 
     /// Serves until the first message on `shutdown`, then drains; a second

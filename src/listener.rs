@@ -6,6 +6,10 @@
 //! accept queue; over `--max-conns-per-ip` a new connection is closed at
 //! once; an accept error that concerns one connection is skipped, and
 //! running out of descriptors or memory backs off instead of spinning.
+//!
+//! A listener is TCP or a UNIX socket (`--listen unix:/path`, made by
+//! `unix_listen`); what is accepted is a [`Socket`] either way. A UNIX
+//! client has no address, so `--max-conns-per-ip` does not count it.
 
 use std::collections::HashMap;
 use std::io;
@@ -14,17 +18,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Type};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::conn_id::{ConnId, Who};
+use crate::conn_id::{ConnId, Peer, Who};
 use crate::connection::{self, Shared};
 use crate::error::StartupError;
 use crate::port_holder;
 use crate::ratelog::{Kind, info_limited};
 use crate::settings::{ListenAddr, format_duration};
 use crate::shutdown::{ConnectionGuard, Coordinator, Phase, reached};
+use crate::socket::Socket;
+use crate::unix_listen;
 
 /// Pending connections the kernel may queue for us.
 const BACKLOG: i32 = 1024;
@@ -38,11 +44,67 @@ const LIMIT_REPORT_QUIET: Duration = Duration::from_secs(10);
 /// A bound listening socket and how to describe it.
 pub struct Bound {
     /// The socket, ready to accept.
-    pub listener: TcpListener,
+    pub listener: Listener,
     /// The address it is bound to (with the real port when 0 was asked).
-    pub local_addr: SocketAddr,
+    pub local_addr: Local,
     /// `(IPv4 and IPv6)` or similar, for the startup line.
     pub scope: &'static str,
+}
+
+/// A listening socket: TCP, or UNIX with the file it made (removed when
+/// the listener is dropped).
+pub enum Listener {
+    /// `--listen PORT`, `IP:PORT`.
+    Tcp(TcpListener),
+    /// `--listen unix:/path`, and its name (as in [`Local::Unix`]).
+    Unix(unix_listen::Bound, &'static str),
+}
+
+/// Where a listener listens, as its log lines name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// `unix:/path`, made once per listener and kept for the process's
+    /// life: each of its clients' log lines names it (`conn_id::Peer`).
+    Unix(&'static str),
+}
+
+impl Local {
+    /// The TCP address, `None` for a UNIX socket.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Local::Tcp(addr) => Some(*addr),
+            Local::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Local::Tcp(addr) => write!(f, "{addr}"),
+            Local::Unix(name) => f.write_str(name),
+        }
+    }
+}
+
+impl Listener {
+    /// The next client, and who it is. IPv4 clients of a dual-stack socket
+    /// are shown as plain IPv4; a UNIX client by the socket's `name`.
+    async fn accept(&self) -> io::Result<(Socket, Peer)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (tcp, peer) = listener.accept().await?;
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                Ok((Socket::Tcp(tcp), Peer::Tcp(peer)))
+            }
+            Listener::Unix(bound, name) => {
+                let (unix, _) = bound.listener.accept().await?;
+                Ok((Socket::from(unix), Peer::Unix(name)))
+            }
+        }
+    }
 }
 
 /// Binds one `--listen` value. A bare port binds `[::]` for IPv4 and IPv6
@@ -63,8 +125,30 @@ pub struct BindError {
 /// [`bind`], telling `--check` who holds a port in use. `--check` binds
 /// through here so that it and a start say the same thing.
 pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
+    if let ListenAddr::Unix { path, mode } = addr {
+        return match unix_listen::bind(path, *mode, BACKLOG) {
+            Ok(bound) => {
+                // Leaked once per listener: its clients' `Who` is `Copy`.
+                let name: &'static str = Box::leak(
+                    crate::logsafe::bare(addr.to_string().as_bytes())
+                        .to_string()
+                        .into_boxed_str(),
+                );
+                Ok(Bound {
+                    listener: Listener::Unix(bound, name),
+                    local_addr: Local::Unix(name),
+                    scope: "",
+                })
+            }
+            Err(failure) => Err(BindError {
+                message: StartupError::new(format!("--listen {addr}: {}", failure.why)),
+                held_by_wssify: failure.held_by_wssify,
+            }),
+        };
+    }
     let result = match *addr {
         ListenAddr::Addr(socket_addr) => bind_one(socket_addr, false).map(|b| (b, "")),
+        ListenAddr::Unix { .. } => unreachable!("bound above"),
         ListenAddr::AllInterfaces(port) => {
             let dual = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
             match bind_one(dual, true) {
@@ -80,14 +164,15 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
     let (listener, scope) = result.map_err(|e| bind_error(addr, &e))?;
     let local_addr = listener.local_addr().map_err(|e| bind_error(addr, &e))?;
     Ok(Bound {
-        listener,
-        local_addr,
+        listener: Listener::Tcp(listener),
+        local_addr: Local::Tcp(local_addr),
         scope,
     })
 }
 
 fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket =
+        socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if dual_stack {
         socket.set_only_v6(false)?;
     }
@@ -120,6 +205,7 @@ fn bind_error(addr: &ListenAddr, e: &io::Error) -> BindError {
     let (port, ip) = match addr {
         ListenAddr::AllInterfaces(port) => (*port, None),
         ListenAddr::Addr(a) => (a.port(), Some(a.ip())),
+        ListenAddr::Unix { .. } => (0, None),
     };
     let mut held_by_wssify = false;
     let why = match e.kind() {
@@ -244,8 +330,6 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                // Show IPv4 clients of a dual-stack socket as plain IPv4.
-                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                 let who = Who {
                     id: ConnId::next(),
                     peer,
@@ -258,15 +342,16 @@ pub async fn accept_loop(
                     );
                 }
                 backoff = BACKOFF_MIN;
-                let per_ip = match &gates.per_ip {
-                    None => None,
-                    Some(per_ip) => match per_ip.admit(peer.ip()) {
+                // A UNIX client has no address to count.
+                let per_ip = match (&gates.per_ip, peer.addr()) {
+                    (Some(per_ip), Some(addr)) => match per_ip.admit(addr.ip()) {
                         Ok(slot) => Some(slot),
                         Err(open) => {
-                            refuse(tcp, who, open, per_ip.limit);
+                            refuse(tcp, who, addr.ip(), open, per_ip.limit);
                             continue;
                         }
                     },
+                    _ => None,
                 };
                 let held = Held {
                     permit,
@@ -355,15 +440,14 @@ async fn take(
 /// Closes a connection over `--max-conns-per-ip` at once, before any TLS,
 /// with a reset: the client learns at once, and no TIME_WAIT is left here
 /// for each refusal of a flood.
-fn refuse(tcp: TcpStream, who: Who, open: usize, limit: usize) {
+fn refuse(tcp: Socket, who: Who, ip: IpAddr, open: usize, limit: usize) {
     if let Err(e) = SockRef::from(&tcp).set_linger(Some(Duration::ZERO)) {
         debug!("{who}: cannot set SO_LINGER for the refusal: {e}");
     }
     drop(tcp);
     info_limited!(
         Kind::PerIpRefused,
-        "{who} end=\"refused: {open} connections already open from {} (--max-conns-per-ip {limit})\"",
-        who.peer.ip()
+        "{who} end=\"refused: {open} connections already open from {ip} (--max-conns-per-ip {limit})\""
     );
 }
 

@@ -277,28 +277,50 @@ impl fmt::Display for TlsMin {
 }
 
 /// One `--listen` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     /// A bare port: every interface, IPv4 and IPv6 where the host has it.
     AllInterfaces(u16),
     /// One address.
     Addr(SocketAddr),
+    /// A UNIX stream socket (`--listen unix:/path`), for local clients.
+    Unix {
+        /// Where the socket file is made.
+        path: PathBuf,
+        /// Its permission bits (`--unix-mode`); connecting takes write
+        /// permission on it.
+        mode: u32,
+    },
 }
+
+/// A `--listen unix:` socket's mode unless `--unix-mode` says otherwise:
+/// its owner and group may connect (HAProxy's documented `mode 660`), set
+/// after bind whatever the umask, so that what may connect does not depend
+/// on the environment wssify was started from.
+pub const DEFAULT_UNIX_MODE: u32 = 0o660;
 
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ListenAddr::AllInterfaces(port) => write!(f, "{port}"),
             ListenAddr::Addr(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix { path, .. } => write!(f, "unix:{}", path.display()),
         }
     }
 }
 
-/// Reads `PORT`, `:PORT`, `IP:PORT` or `[IPv6]:PORT`.
+/// Reads `PORT`, `:PORT`, `IP:PORT`, `[IPv6]:PORT` or `unix:/path`.
 pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
-    const EXPECTED: &str =
-        "expected a port (9300), IP:PORT (127.0.0.1:9300) or [IPv6]:PORT ([::1]:9300)";
+    const EXPECTED: &str = "expected a port (9300), IP:PORT (127.0.0.1:9300), [IPv6]:PORT ([::1]:9300) or unix:/path/to.sock";
     let text = text.trim();
+    if let Some(path) = text.strip_prefix("unix:") {
+        return unix_path(path, "--listen unix:/run/wssify/tls.sock").map(|path| {
+            ListenAddr::Unix {
+                path,
+                mode: DEFAULT_UNIX_MODE,
+            }
+        });
+    }
     let bare = text.strip_prefix(':').unwrap_or(text);
     if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
         return parse_port(bare).map(ListenAddr::AllInterfaces);
@@ -325,18 +347,27 @@ pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
 /// IPv6 one. Port 0 asks the kernel for a free port each time: no overlap.
 pub fn listen_overlap(listen: &[ListenAddr]) -> Option<String> {
     let port = |addr: &ListenAddr| match addr {
-        ListenAddr::AllInterfaces(port) => *port,
-        ListenAddr::Addr(addr) => addr.port(),
+        ListenAddr::AllInterfaces(port) => Some(*port),
+        ListenAddr::Addr(addr) => Some(addr.port()),
+        ListenAddr::Unix { .. } => None,
     };
     let canonical = |addr: &ListenAddr| match addr {
         ListenAddr::Addr(addr) => {
             ListenAddr::Addr(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
         }
-        other => *other,
+        other => other.clone(),
     };
     for (i, later) in listen.iter().enumerate() {
         for earlier in &listen[..i] {
-            if port(earlier) != port(later) || port(later) == 0 {
+            if let (ListenAddr::Unix { path: a, .. }, ListenAddr::Unix { path: b, .. }) =
+                (earlier, later)
+                && a == b
+            {
+                return Some(format!(
+                    "--listen {later} is given twice; give each socket once"
+                ));
+            }
+            if port(earlier) != port(later) || matches!(port(later), None | Some(0)) {
                 continue;
             }
             let (a, b) = (canonical(earlier), canonical(later));
@@ -349,6 +380,7 @@ pub fn listen_overlap(listen: &[ListenAddr]) -> Option<String> {
                 (ListenAddr::AllInterfaces(_), _) | (_, ListenAddr::AllInterfaces(_)) => {
                     "a bare port already listens on every address, IPv4 and IPv6"
                 }
+                (ListenAddr::Unix { .. }, _) | (_, ListenAddr::Unix { .. }) => continue,
                 (ListenAddr::Addr(x), ListenAddr::Addr(y)) => {
                     let wide = |w: SocketAddr, o: SocketAddr| {
                         w.ip().is_unspecified() && w.is_ipv4() == o.is_ipv4()
@@ -595,6 +627,24 @@ pub fn parse_route(text: &str, way: Way) -> Result<(String, Backend), String> {
 /// bytes with its terminating NUL).
 const MAX_UNIX_PATH: usize = 107;
 
+/// The path of a `unix:` value (`--to`, `--listen`), checked as the kernel
+/// will take it; `example` is the flag as it should look.
+fn unix_path(path: &str, example: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err(format!("no path after unix:; e.g. {example}"));
+    }
+    if path.len() > MAX_UNIX_PATH {
+        return Err(format!(
+            "the socket path is {} bytes, and the kernel takes at most {MAX_UNIX_PATH}; use a shorter path (or a symlink to its directory)",
+            path.len()
+        ));
+    }
+    if path.contains('\0') {
+        return Err("a socket path cannot hold a NUL byte".to_string());
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// Reads `HOST:PORT`, `[IPv6]:PORT`, a bare `PORT` meaning 127.0.0.1, or
 /// `unix:/path/to.sock`.
 pub fn parse_backend(text: &str) -> Result<Backend, String> {
@@ -602,19 +652,7 @@ pub fn parse_backend(text: &str) -> Result<Backend, String> {
         "expected HOST:PORT (127.0.0.1:9200, ws-server:9200, [::1]:9200) or unix:/path/to.sock";
     let text = text.trim();
     if let Some(path) = text.strip_prefix("unix:") {
-        if path.is_empty() {
-            return Err("no path after unix:; e.g. --to unix:/run/app/ws.sock".to_string());
-        }
-        if path.len() > MAX_UNIX_PATH {
-            return Err(format!(
-                "the socket path is {} bytes, and the kernel takes at most {MAX_UNIX_PATH}; use a shorter path (or a symlink to its directory)",
-                path.len()
-            ));
-        }
-        if path.contains('\0') {
-            return Err("a socket path cannot hold a NUL byte".to_string());
-        }
-        return Ok(Backend::Unix(PathBuf::from(path)));
+        return unix_path(path, "--to unix:/run/app/ws.sock").map(Backend::Unix);
     }
     if let Some(why) = drop_scheme(text) {
         return Err(why);
@@ -956,6 +994,22 @@ mod tests {
                 .contains("not a port")
         );
         assert!(parse_listen("").is_err());
+        assert_eq!(
+            parse_listen("unix:/run/wssify/tls.sock"),
+            Ok(ListenAddr::Unix {
+                path: PathBuf::from("/run/wssify/tls.sock"),
+                mode: DEFAULT_UNIX_MODE,
+            })
+        );
+        assert_eq!(
+            parse_listen("unix:/run/wssify/tls.sock")
+                .unwrap()
+                .to_string(),
+            "unix:/run/wssify/tls.sock"
+        );
+        assert!(parse_listen("unix:").unwrap_err().contains("no path"));
+        let long = format!("unix:/{}", "a".repeat(200));
+        assert!(parse_listen(&long).unwrap_err().contains("at most 107"));
     }
 
     #[test]
@@ -1085,6 +1139,11 @@ mod tests {
                 "[::] already listens on every IPv6 address",
             ),
         ];
+        let twice = listen(&["unix:/run/a.sock", "9300", "unix:/run/a.sock"]);
+        assert_eq!(
+            listen_overlap(&twice).as_deref(),
+            Some("--listen unix:/run/a.sock is given twice; give each socket once")
+        );
         for (texts, why) in cases {
             let found = listen_overlap(&listen(texts)).unwrap_or_default();
             assert!(found.contains(why), "{texts:?}: {found}");
@@ -1095,6 +1154,8 @@ mod tests {
             &["0.0.0.0:9300", "[::1]:9300"],
             &["127.0.0.1:0", "127.0.0.1:0"],
             &["0", "0"],
+            &["unix:/run/a.sock", "unix:/run/b.sock"],
+            &["9300", "unix:/run/a.sock"],
         ] {
             assert_eq!(listen_overlap(&listen(texts)), None, "{texts:?}");
         }

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use crate::socket::Socket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 /// The first byte of every TLS record that starts a handshake.
@@ -68,10 +68,7 @@ impl Head {
 
 /// Looks at the first byte without consuming it; for non-TLS input, reads
 /// enough to recognise an HTTP method. Returns `None` on the deadline.
-pub async fn classify(
-    tcp: &mut TcpStream,
-    deadline: Instant,
-) -> std::io::Result<Option<FirstBytes>> {
+pub async fn classify(tcp: &mut Socket, deadline: Instant) -> std::io::Result<Option<FirstBytes>> {
     let mut first = [0u8; 1];
     let n = match timeout_at(deadline, tcp.peek(&mut first)).await {
         Ok(result) => result?,
@@ -121,7 +118,7 @@ fn is_http(head: &[u8]) -> bool {
 /// Answers a plain HTTP request with `400` and closes, reading (and
 /// discarding) what the client still sends for a moment so the kernel does
 /// not turn the close into a reset that would destroy the answer.
-pub async fn answer_plain_http(tcp: &mut TcpStream) -> std::io::Result<()> {
+pub async fn answer_plain_http(tcp: &mut Socket) -> std::io::Result<()> {
     let response = format!(
         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
         PLAIN_HTTP_BODY.len(),
@@ -137,7 +134,7 @@ pub async fn answer_plain_http(tcp: &mut TcpStream) -> std::io::Result<()> {
 
 /// Drains a little of what the peer still sends, for at most a second, so a
 /// close does not become a reset while our last bytes are in flight.
-pub async fn linger(tcp: &mut TcpStream) {
+pub async fn linger(tcp: &mut Socket) {
     let mut sink = [0u8; 1024];
     let mut budget: usize = 64 * 1024;
     let deadline = Instant::now() + Duration::from_secs(1);

@@ -1,5 +1,5 @@
-//! A server-side TLS stream over TCP that owns every buffer it uses, so an
-//! idle connection holds none.
+//! A server-side TLS stream over TCP (or a UNIX socket, `--listen unix:`)
+//! that owns every buffer it uses, so an idle connection holds none.
 //!
 //! It drives rustls' unbuffered API. rustls' buffered `ServerConnection`
 //! (what tokio-rustls wraps) keeps a 4 KiB incoming record buffer for the
@@ -19,10 +19,10 @@ use rustls::unbuffered::{
 };
 use rustls::{ServerConfig, SupportedCipherSuite};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::budget::{Budget, MIN_GRANT, Waiting};
 use crate::conn_id::{self, ConnId};
+use crate::socket::Socket;
 use crate::wire::client_hello;
 
 /// How much ciphertext is read from the socket at a time: two full TLS
@@ -51,7 +51,8 @@ const MAX_WRITE: usize = 4 * MAX_RECORD_PLAINTEXT;
 
 /// A TLS connection to one client, after or during its handshake.
 pub struct TlsStream {
-    tcp: TcpStream,
+    /// The client's socket, TCP or UNIX (`--listen unix:`).
+    tcp: Socket,
     conn: UnbufferedServerConnection,
     /// Ciphertext read from the socket and not yet processed.
     incoming: Incoming,
@@ -189,13 +190,16 @@ pub struct Refused {
     /// Why the handshake failed.
     pub error: io::Error,
     /// The client's socket.
-    pub tcp: TcpStream,
+    pub tcp: Socket,
 }
 
 impl TlsStream {
     /// Performs the server handshake on `tcp` with no memory budget (for
     /// tests and the fuzzer). Bound it with a timeout.
-    pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+    pub async fn accept(
+        tcp: impl Into<Socket>,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<TlsStream> {
         let unlimited = Arc::new(Budget::new(usize::MAX / 2));
         TlsStream::accept_with_prefix(tcp, config, &[], unlimited)
             .await
@@ -206,7 +210,7 @@ impl TlsStream {
     /// from it first: the bytes a sniff has already consumed. rustls then
     /// judges them and sends its own alert when they are not TLS.
     pub async fn accept_with_prefix(
-        tcp: TcpStream,
+        tcp: impl Into<Socket>,
         config: Arc<ServerConfig>,
         prefix: &[u8],
         budget: Arc<Budget>,
@@ -219,7 +223,7 @@ impl TlsStream {
     /// A stream whose handshake has not begun; `prefix` is what a sniff
     /// already read from `tcp`.
     pub fn start(
-        tcp: TcpStream,
+        tcp: impl Into<Socket>,
         config: Arc<ServerConfig>,
         prefix: &[u8],
         budget: Arc<Budget>,
@@ -271,7 +275,7 @@ impl TlsStream {
     /// Gives back the socket and every byte read from it, untouched, for a
     /// connection passed through instead of terminated. Only before the
     /// handshake: rustls has not seen the bytes.
-    pub fn into_raw(mut self) -> (TcpStream, Vec<u8>) {
+    pub fn into_raw(mut self) -> (Socket, Vec<u8>) {
         self.incoming.compact();
         let bytes = std::mem::take(&mut self.incoming.buf);
         (self.tcp, bytes)
@@ -301,10 +305,11 @@ impl TlsStream {
 
     /// A stream before its handshake.
     fn new(
-        tcp: TcpStream,
+        tcp: impl Into<Socket>,
         config: Arc<ServerConfig>,
         budget: Arc<Budget>,
-    ) -> Result<TlsStream, (io::Error, TcpStream)> {
+    ) -> Result<TlsStream, (io::Error, Socket)> {
+        let tcp = tcp.into();
         let conn = match UnbufferedServerConnection::new(config) {
             Ok(conn) => conn,
             Err(e) => return Err((io::Error::other(e), tcp)),
@@ -347,8 +352,9 @@ impl TlsStream {
 
     /// The TCP socket under the stream, for socket options (a reset on
     /// close); reading or writing it directly would break the session.
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+    /// `None` for a UNIX client, which has no TCP options.
+    pub fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.tcp.tcp()
     }
 
     /// Moves the socket's registration to the runtime this is called on
@@ -357,9 +363,7 @@ impl TlsStream {
     /// is closed: the connection itself is untouched, and whatever the
     /// client sent meanwhile is reported by the new registration.
     pub fn rebind(&mut self) -> io::Result<()> {
-        let duplicate = socket2::SockRef::from(&self.tcp).try_clone()?;
-        let tcp = TcpStream::from_std(std::net::TcpStream::from(duplicate))?;
-        self.tcp = tcp;
+        self.tcp = self.tcp.duplicate()?;
         Ok(())
     }
 
@@ -1208,7 +1212,7 @@ impl crate::proxy::Peer for TlsStream {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     fn config() -> Arc<ServerConfig> {
         let provider = crate::tls::provider();

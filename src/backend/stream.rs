@@ -2,18 +2,14 @@
 //! address type for the pool and one stream type for the connection, so
 //! balancing, failover and back-off never ask which it is.
 //!
-//! The stream is an enum of tokio's two streams, the size of the larger
-//! (both are one registration and one descriptor), so a session costs
-//! what it did with TCP alone.
+//! The stream is `crate::socket::Socket`, an enum of tokio's two streams
+//! the size of a `TcpStream`, so a session costs what it did with TCP alone.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// Where one backend listens.
@@ -67,7 +63,7 @@ impl Addr {
             Addr::Tcp(addr) => TcpStream::connect(addr).await.map(Stream::Tcp),
             Addr::Unix(path) => UnixStream::connect(path)
                 .await
-                .map(|s| Stream::Unix(Box::new(s)))
+                .map(Stream::from)
                 .map_err(|e| unix_error(path, e)),
         }
     }
@@ -101,109 +97,13 @@ pub fn unix_error(path: &std::path::Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), hint)
 }
 
-/// One connection's backend stream.
-#[derive(Debug)]
-pub enum Stream {
-    /// Over TCP.
-    Tcp(TcpStream),
-    /// Over a UNIX socket. Boxed so that the enum finds its tag in the TCP
-    /// stream's spare bits and stays the size of a `TcpStream`: TCP
-    /// connections, the common case, cost not a byte more, and a UNIX one
-    /// costs one small allocation.
-    Unix(Box<UnixStream>),
-}
-
-impl Stream {
-    /// The TCP socket, for what only TCP has (TCP_NODELAY, keepalive, a
-    /// reset by SO_LINGER 0). A UNIX stream has none of these: dropping it
-    /// is its close, and its peer cannot be sent a reset.
-    pub fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Stream::Tcp(s) => Some(s),
-            Stream::Unix(_) => None,
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Unix(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Unix(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl crate::proxy::Peer for Stream {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Stream::Tcp(s) => s.poll_read_ready(cx),
-            Stream::Unix(s) => s.poll_read_ready(cx),
-        }
-    }
-}
+/// One connection's backend stream: TCP or a UNIX socket, the size of a
+/// `TcpStream` (the same type a client's socket is, see `crate::socket`).
+pub use crate::socket::Socket as Stream;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every session holds one: it must cost a TCP connection nothing.
-    #[test]
-    fn a_stream_is_the_size_of_a_tcp_stream() {
-        assert_eq!(
-            std::mem::size_of::<Stream>(),
-            std::mem::size_of::<TcpStream>()
-        );
-    }
 
     /// A UNIX path is the operator's, but a space in it would still split
     /// the `backend=` field in two, and a newline start a line.
