@@ -383,6 +383,7 @@ async fn handshake_here(
         // them with its own alert, on the default route's configuration.
         let mut route = shared.routes.choose(None);
         let mut asked = None;
+        let mut answer_here = not_tls.is_some();
         if not_tls.is_none() {
             match stream.client_hello().await {
                 Err(error) => return Err(Stop::Refused(stream.refused(error))),
@@ -391,8 +392,10 @@ async fn handshake_here(
                     asked = hello.server_name;
                 }
                 // Not a ClientHello (another handshake message first):
-                // rustls answers it with the alert it picks.
-                Ok(Err(client_hello::Error::NotClientHello)) => {}
+                // rustls answers it with the alert it picks, whatever the
+                // routes say (nothing is passed through that did not start
+                // as TLS).
+                Ok(Err(client_hello::Error::NotClientHello)) => answer_here = true,
                 // Too large or malformed: the alert the reader names for it.
                 Ok(Err(error)) => {
                     let why = match error {
@@ -407,18 +410,20 @@ async fn handshake_here(
                 }
             }
         }
-        let Some(route) = route else {
-            let why = match &asked {
-                Some(name) => format!("no route for SNI {name} and no --to for other names"),
-                None => "no SNI, and no --to for clients without one".to_string(),
-            };
-            return Err(Stop::Alert(
-                stream.into_raw().0,
-                AlertDescription::UnrecognizedName,
-                why,
-            ));
+        let route = match route {
+            Some(route) => route,
+            // rustls refuses these before any route matters.
+            None if answer_here => 0,
+            None => {
+                let why = match &asked {
+                    Some(name) => format!("no route for SNI {name} and no --to for other names"),
+                    None => "no SNI, and no --to for clients without one".to_string(),
+                };
+                let alert = AlertDescription::UnrecognizedName;
+                return Err(Stop::Alert(stream.into_raw().0, alert, why));
+            }
         };
-        if shared.routes.target(route).way == Way::Passthrough {
+        if !answer_here && shared.routes.target(route).way == Way::Passthrough {
             return Ok(Admit::Pass(stream, asked, route));
         }
         let slot = match slots.acquire_owned().await {
@@ -427,7 +432,14 @@ async fn handshake_here(
         };
         let done = stream.handshake().await;
         drop(slot);
-        let client = done.map_err(Stop::Refused)?;
+        let mut client = done.map_err(Stop::Refused)?;
+        if answer_here {
+            // Unreachable: rustls completes no handshake without a
+            // ClientHello. Were it to, no route was chosen for it.
+            let error = io::Error::new(io::ErrorKind::InvalidData, "no ClientHello was read");
+            let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            return Err(Stop::Refused(client.refused(error)));
+        }
         // The route was chosen on the name this reader saw; rustls chose
         // the certificate on the name it validated. They are the same bytes,
         // so they agree; a client that makes them differ is refused.

@@ -349,9 +349,9 @@ async fn a_client_hello_in_pieces_is_passed_through_byte_for_byte() {
 }
 
 #[tokio::test]
-async fn oversized_stalled_and_malformed_hellos_get_the_right_end() {
+async fn oversized_stalled_malformed_and_garbage_hellos_get_the_right_end() {
     bounded(WAIT * 3, async {
-        let (backend, _got) = recording_backend().await;
+        let (backend, mut got) = recording_backend().await;
         let mut w = Wssify::start(&[
             "--passthrough",
             &format!("*={backend}"),
@@ -389,6 +389,28 @@ async fn oversized_stalled_and_malformed_hellos_get_the_right_end() {
         let _ = tcp.read_to_end(&mut answer).await;
         assert!(answer.is_empty(), "{answer:?}");
         w.wait_for_log("not finished within 1s").await;
+
+        // Garbage: a handshake record that holds no ClientHello, and bytes
+        // that are no TLS at all: rustls answers each with a fatal alert.
+        for garbage in [
+            &[0x16, 0x03, 0x01, 0x00, 0x05, 0x02, 0x00, 0x00, 0x01, 0x00][..],
+            &[0x47, 0x45, 0x54, 0x58, 0xff, 0x00, 0x13, 0x37, 0x42, 0x42][..],
+        ] {
+            let mut tcp = TcpStream::connect(w.addr).await.unwrap();
+            tcp.write_all(garbage).await.unwrap();
+            let mut answer = Vec::new();
+            let _ = tcp.read_to_end(&mut answer).await;
+            assert_eq!(
+                answer.first(),
+                Some(&0x15),
+                "an alert for {garbage:?}: {answer:?}"
+            );
+        }
+        // Nothing of it is left behind: a real client still goes through.
+        let mut tcp = TcpStream::connect(w.addr).await.unwrap();
+        tcp.write_all(&hello).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        assert_eq!(got.recv().await.unwrap(), hello);
     })
     .await;
 }
