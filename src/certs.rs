@@ -197,9 +197,28 @@ pub enum Development {
 /// The names the development certificate is valid for.
 pub const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
+/// The development names, then `extra` (without repeats).
+pub fn development_names(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|s| s.to_string()).collect();
+    for name in extra {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
 /// Makes the in-memory development certificate.
 pub fn self_signed(provider: &CryptoProvider) -> Result<LoadedCert, StartupError> {
-    let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|s| s.to_string()).collect();
+    self_signed_for(provider, &[])
+}
+
+/// Makes the in-memory development certificate, for `extra` names too.
+pub fn self_signed_for(
+    provider: &CryptoProvider,
+    extra: &[String],
+) -> Result<LoadedCert, StartupError> {
+    let names = development_names(extra);
     let generated = rcgen::generate_simple_self_signed(names).map_err(|e| {
         StartupError::new(format!(
             "could not generate the development certificate: {e}; pass --cert and --key instead"

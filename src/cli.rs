@@ -459,6 +459,12 @@ impl Args {
         }
 
         settings.certs = self.cert_settings()?;
+        settings.certs.dev_names = settings
+            .routes
+            .iter()
+            .filter(|r| r.way == Way::Terminate && r.name.ends_with(".localhost"))
+            .map(|r| r.name.clone())
+            .collect();
 
         if let Some(text) = &self.idle_timeout {
             settings.idle_timeout =

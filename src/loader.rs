@@ -145,7 +145,11 @@ impl Loader {
     ) -> Result<(Loader, Arc<ServerConfig>), StartupError> {
         let provider = options.provider.clone();
         let dev = if settings.development() {
-            Some(dev_ca::development(&settings.dev, &provider)?)
+            Some(dev_ca::development(
+                &settings.dev,
+                &settings.dev_names,
+                &provider,
+            )?)
         } else {
             None
         };

@@ -210,6 +210,11 @@ pub struct CertSettings {
     /// Where the development certificate comes from when no certificate
     /// is given.
     pub dev: DevCert,
+    /// Names the development certificate covers besides localhost,
+    /// 127.0.0.1 and ::1: the `--route` names under `.localhost`, the only
+    /// ones the development CA may sign, so that routing works on the
+    /// first day without a certificate of one's own.
+    pub dev_names: Vec<String>,
 }
 
 /// Where the development certificate comes from (no `--cert`, no
@@ -238,6 +243,7 @@ impl Default for CertSettings {
             crls: Vec::new(),
             reload_interval: Some(DEFAULT_RELOAD_INTERVAL),
             dev: DevCert::Ca(None),
+            dev_names: Vec::new(),
         }
     }
 }

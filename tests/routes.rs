@@ -13,6 +13,7 @@ use std::sync::Arc;
 use common::ca::Ca;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -565,6 +566,49 @@ async fn a_route_no_certificate_covers_is_warned_of_at_start_and_by_check() {
         assert!(
             out.contains("backend 127.0.0.1:9 (--passthrough *.down.localhost) is unreachable"),
             "{out}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn routed_localhost_names_are_in_the_development_certificate() {
+    bounded(WAIT, async {
+        let ws = ws_echo_backend().await;
+        let api = tagged_backend(b"api\n").await;
+        let mut w = Wssify::start(&[
+            "--route",
+            &format!("ws.localhost={ws}"),
+            "--route",
+            &format!("*.api.localhost={api}"),
+            "--route",
+            &format!("chat.example.com={ws}"),
+        ])
+        .await;
+        let ca_pem = std::fs::read(w.dev_ca_dir().join("ca.pem")).unwrap();
+        let ca = rustls::pki_types::CertificateDer::from_pem_slice(&ca_pem).unwrap();
+        let client = trusting_client(&[ca]);
+        // Verified against the development CA, for each routed name.
+        let tls = tls_connect(w.addr, client.clone(), "ws.localhost")
+            .await
+            .unwrap();
+        let url = format!("wss://ws.localhost:{}/", w.addr.port());
+        let (mut socket, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+        socket.send(Message::text("dev")).await.unwrap();
+        assert_eq!(socket.next().await.unwrap().unwrap(), Message::text("dev"));
+        let mut tls = tls_connect(w.addr, client, "v1.api.localhost")
+            .await
+            .unwrap();
+        let mut tag = [0u8; 4];
+        tls.read_exact(&mut tag).await.unwrap();
+        assert_eq!(&tag, b"api\n");
+        // A name the development CA may not sign is not added, and said so.
+        w.wait_for_log("--route chat.example.com: no certificate served covers this name")
+            .await;
+        assert!(
+            w.lines_with("--route ws.localhost:").is_empty(),
+            "{}",
+            w.log()
         );
     })
     .await;

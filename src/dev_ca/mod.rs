@@ -130,11 +130,17 @@ impl Report {
 }
 
 /// The development certificate `dev` asks for; see the module comment.
-pub fn development(dev: &DevCert, provider: &CryptoProvider) -> Result<Development, StartupError> {
+/// `extra`: names it covers besides the development names (`--route`
+/// names under `.localhost`, which the CA may sign).
+pub fn development(
+    dev: &DevCert,
+    extra: &[String],
+    provider: &CryptoProvider,
+) -> Result<Development, StartupError> {
     match dev {
-        DevCert::InMemory => in_memory(provider, Vec::new()),
+        DevCert::InMemory => in_memory(provider, extra, Vec::new()),
         DevCert::Ca(Some(dir)) => match store::open(&absolute(dir)) {
-            Ok((ca, opened)) => signed(ca, opened, true, provider),
+            Ok((ca, opened)) => signed(ca, opened, true, extra, provider),
             Err(OpenError::Unwritable(why)) => Err(StartupError::new(format!(
                 "--dev-ca-dir {}: {why}; give a directory wssify can write, or --self-signed for a certificate made in memory",
                 crate::logsafe::path(dir)
@@ -144,11 +150,13 @@ pub fn development(dev: &DevCert, provider: &CryptoProvider) -> Result<Developme
         DevCert::Ca(None) => {
             let dir = match default_dir() {
                 Ok(dir) => dir,
-                Err(why) => return in_memory(provider, vec![fallback_note(&why)]),
+                Err(why) => return in_memory(provider, extra, vec![fallback_note(&why)]),
             };
             match store::open(&dir) {
-                Ok((ca, opened)) => signed(ca, opened, false, provider),
-                Err(OpenError::Unwritable(why)) => in_memory(provider, vec![fallback_note(&why)]),
+                Ok((ca, opened)) => signed(ca, opened, false, extra, provider),
+                Err(OpenError::Unwritable(why)) => {
+                    in_memory(provider, extra, vec![fallback_note(&why)])
+                }
                 Err(OpenError::Refused(why)) => Err(StartupError::new(why)),
             }
         }
@@ -327,10 +335,11 @@ fn absolute(dir: &Path) -> PathBuf {
 
 fn in_memory(
     provider: &CryptoProvider,
+    extra: &[String],
     notes: Vec<(Level, String)>,
 ) -> Result<Development, StartupError> {
     Ok(Development {
-        loaded: certs::self_signed(provider)?,
+        loaded: certs::self_signed_for(provider, extra)?,
         ca: None,
         dir_given: false,
         notes,
@@ -343,6 +352,7 @@ fn signed(
     ca: DevCa,
     opened: Opened,
     dir_given: bool,
+    extra: &[String],
     provider: &CryptoProvider,
 ) -> Result<Development, StartupError> {
     let mut notes = Vec::new();
@@ -383,7 +393,7 @@ fn signed(
             ),
         ));
     }
-    let loaded = issue(&ca, provider).map_err(|e| {
+    let loaded = issue(&ca, extra, provider).map_err(|e| {
         StartupError::new(format!(
             "could not sign the development certificate with the CA in {} ({e}); run wssify --dev-ca remove to start afresh, or pass --self-signed",
             crate::logsafe::path(&ca.dir)
@@ -397,19 +407,21 @@ fn signed(
     })
 }
 
-/// This start's certificate: a new key, the development names, valid for
+/// This start's certificate: a new key, the development names and
+/// `extra`, valid for
 /// [`LEAF_VALIDITY`] (no longer than the CA), signed by `ca`. The chain
 /// served is the certificate and then the CA, so that Chrome's
 /// `--ignore-certificate-errors-spki-list` can name the CA's key, which
 /// does not change between starts (Chrome matches the keys the server
 /// sends).
-pub fn issue(ca: &DevCa, provider: &CryptoProvider) -> Result<LoadedCert, String> {
+pub fn issue(
+    ca: &DevCa,
+    extra: &[String],
+    provider: &CryptoProvider,
+) -> Result<LoadedCert, String> {
     let issuer =
         Issuer::from_ca_cert_der(&ca.cert_der, &ca.key).map_err(|e| format!("its CA: {e}"))?;
-    let names: Vec<String> = certs::SELF_SIGNED_NAMES
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let names = certs::development_names(extra);
     let mut params = CertificateParams::new(names).map_err(|e| e.to_string())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "wssify development");
@@ -446,7 +458,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ca, _) = store::open(&dir.path().join("ca")).unwrap();
         let provider = crate::tls::provider();
-        let loaded = issue(&ca, &provider).unwrap();
+        let loaded = issue(&ca, &[], &provider).unwrap();
         let chain = &loaded.certified_key.cert;
         assert_eq!(chain.len(), 2);
         assert_eq!(chain[1], ca.cert_der);
