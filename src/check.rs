@@ -190,6 +190,12 @@ pub async fn check(settings: &Settings) -> Findings {
 fn check_listen(found: &mut Findings, settings: &Settings) -> Vec<Bound> {
     let mut bound = Vec::new();
     for addr in &settings.listen {
+        if let crate::settings::ListenAddr::Systemd(_) = addr {
+            found.info(format!(
+                "--listen {addr}: the sockets systemd passes are taken at start; check the socket unit with systemd-analyze verify"
+            ));
+            continue;
+        }
         match listener::try_bind(addr) {
             Ok(b) => {
                 found.info(format!(

@@ -29,8 +29,9 @@ use crate::wire::proxy_header::Version as ProxyVersion;
 )]
 pub struct Args {
     /// where to accept TLS: a port (all interfaces, IPv4 and IPv6), IP:PORT,
-    /// [IPv6]:PORT or unix:/path (a local socket, made at start, removed at
-    /// exit); repeatable; required
+    /// [IPv6]:PORT, unix:/path (a local socket, made at start, removed at
+    /// exit) or systemd[:NAME] (the sockets a systemd socket unit passed);
+    /// repeatable; required unless started by a socket unit
     #[argh(option, short = 'l', arg_name = "ADDR")]
     pub listen: Vec<String>,
 
@@ -377,13 +378,19 @@ impl Args {
 
     /// Checks every flag and builds the settings, or says which flag is wrong.
     pub fn into_settings(self) -> Result<Settings, StartupError> {
-        if self.listen.is_empty() {
+        // Started by a socket unit without --listen: its sockets are where.
+        let activated = ["systemd".to_string()];
+        let listen_flags: &[String] = if self.listen.is_empty() && crate::systemd::has_passed() {
+            &activated
+        } else {
+            &self.listen
+        };
+        if listen_flags.is_empty() {
             return Err(StartupError::new(
                 "--listen is required: give the port to accept TLS on, e.g. --listen 9300",
             ));
         }
-        let mut listen = self
-            .listen
+        let mut listen = listen_flags
             .iter()
             .map(|text| parse_listen(text).map_err(|why| flag_error("--listen", text, &why)))
             .collect::<Result<Vec<ListenAddr>, _>>()?;

@@ -35,6 +35,7 @@ pub mod shutdown;
 pub mod sni;
 pub mod sniff;
 pub mod socket;
+pub mod systemd;
 pub mod tls;
 pub mod tls_stream;
 pub mod unix_listen;
@@ -136,8 +137,11 @@ impl Server {
         let bound = settings
             .listen
             .iter()
-            .map(listener::bind)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(listener::bind_all)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
         if let Some(development) = development {
             let port = bound
                 .iter()
@@ -295,8 +299,20 @@ impl Server {
                 coordinator.clone(),
             )));
         }
+        // Every listener accepts: a Type=notify unit is started.
+        systemd::ready();
+        let watchdog = systemd::watchdog_interval().map(|every| {
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    ticks.tick().await;
+                    systemd::watchdog();
+                }
+            })
+        });
         // Without a sender (closed channel) there is nothing to wait for.
         let _ = shutdown.recv().await;
+        systemd::stopping();
         // Listeners close as their loops end, refusing new clients at once.
         coordinator.stop_accepting();
         let drain = async {
@@ -328,6 +344,9 @@ impl Server {
         ratelog::flush();
         for resolver in resolvers {
             resolver.abort();
+        }
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
         }
         exit
     }

@@ -30,6 +30,7 @@ use crate::ratelog::{Kind, info_limited};
 use crate::settings::{ListenAddr, format_duration};
 use crate::shutdown::{ConnectionGuard, Coordinator, Phase, reached};
 use crate::socket::Socket;
+use crate::systemd;
 use crate::unix_listen;
 
 /// Pending connections the kernel may queue for us.
@@ -58,6 +59,9 @@ pub enum Listener {
     Tcp(TcpListener),
     /// `--listen unix:/path`, and its name (as in [`Local::Unix`]).
     Unix(unix_listen::Bound, &'static str),
+    /// A UNIX socket systemd passed (`--listen systemd`): its file is
+    /// systemd's, never removed here.
+    PassedUnix(tokio::net::UnixListener, &'static str),
 }
 
 /// Where a listener listens, as its log lines name it.
@@ -103,8 +107,88 @@ impl Listener {
                 let (unix, _) = bound.listener.accept().await?;
                 Ok((Socket::from(unix), Peer::Unix(name)))
             }
+            Listener::PassedUnix(listener, name) => {
+                let (unix, _) = listener.accept().await?;
+                Ok((Socket::from(unix), Peer::Unix(name)))
+            }
         }
     }
+}
+
+/// The listeners of one `--listen` value: the sockets systemd passed for
+/// `systemd[:NAME]` (one or more), else the one [`bind`] makes.
+pub fn bind_all(addr: &ListenAddr) -> Result<Vec<Bound>, StartupError> {
+    let ListenAddr::Systemd(name) = addr else {
+        return bind(addr).map(|bound| vec![bound]);
+    };
+    let passed = systemd::take(name.as_deref());
+    if passed.is_empty() {
+        let left = systemd::names_left();
+        return Err(StartupError::new(
+            match (name, systemd::has_passed() || !left.is_empty()) {
+                (_, false) => format!(
+                    "--listen {addr}: systemd passed no socket to this process (no LISTEN_FDS for it): start wssify from a socket unit (deploy/systemd/wssify.socket), or listen on a port (--listen 443)"
+                ),
+                (Some(name), true) => format!(
+                    "--listen {addr}: systemd passed no socket named {name} (FileDescriptorName=); the sockets left are named {}",
+                    left.join(", ")
+                ),
+                (None, true) => {
+                    format!("--listen {addr}: every socket systemd passed is taken already")
+                }
+            },
+        ));
+    }
+    passed
+        .into_iter()
+        .map(|(fd, name)| {
+            adopt(fd, &name).map_err(|e| {
+                StartupError::new(format!(
+                    "--listen {addr}: the socket systemd passed as {name} cannot be used: {e}"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A listening socket systemd passed, as a listener of ours: TCP or UNIX,
+/// as the socket unit made it.
+fn adopt(fd: std::os::fd::OwnedFd, name: &str) -> io::Result<Bound> {
+    let socket = socket2::Socket::from(fd);
+    if socket.r#type()? != Type::STREAM {
+        return Err(io::Error::other(
+            "it is not a stream socket (ListenStream= in the socket unit)",
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    let local = socket.local_addr()?;
+    if let Some(addr) = local.as_socket() {
+        let listener = TcpListener::from_std(socket.into())?;
+        return Ok(Bound {
+            listener: Listener::Tcp(listener),
+            local_addr: Local::Tcp(addr),
+            scope: " (from systemd)",
+        });
+    }
+    let path = local
+        .as_pathname()
+        .map_or(format!("unix:systemd:{name}"), |p| {
+            format!("unix:{}", p.display())
+        });
+    // Leaked once per listener, as for `--listen unix:`.
+    let shown: &'static str = Box::leak(
+        crate::logsafe::bare(path.as_bytes())
+            .to_string()
+            .into_boxed_str(),
+    );
+    let listener = tokio::net::UnixListener::from_std(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))?;
+    Ok(Bound {
+        listener: Listener::PassedUnix(listener, shown),
+        local_addr: Local::Unix(shown),
+        scope: " (from systemd)",
+    })
 }
 
 /// Binds one `--listen` value. A bare port binds `[::]` for IPv4 and IPv6
@@ -149,6 +233,14 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
     let result = match *addr {
         ListenAddr::Addr(socket_addr) => bind_one(socket_addr, false).map(|b| (b, "")),
         ListenAddr::Unix { .. } => unreachable!("bound above"),
+        ListenAddr::Systemd(_) => {
+            return Err(BindError {
+                message: StartupError::new(format!(
+                    "--listen {addr}: systemd's sockets are taken at start, not bound"
+                )),
+                held_by_wssify: false,
+            });
+        }
         ListenAddr::AllInterfaces(port) => {
             let dual = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
             match bind_one(dual, true) {
@@ -205,7 +297,7 @@ fn bind_error(addr: &ListenAddr, e: &io::Error) -> BindError {
     let (port, ip) = match addr {
         ListenAddr::AllInterfaces(port) => (*port, None),
         ListenAddr::Addr(a) => (a.port(), Some(a.ip())),
-        ListenAddr::Unix { .. } => (0, None),
+        ListenAddr::Unix { .. } | ListenAddr::Systemd(_) => (0, None),
     };
     let mut held_by_wssify = false;
     let why = match e.kind() {

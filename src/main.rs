@@ -9,6 +9,8 @@ use wssify::cli::{self, Args, CommandLine};
 use wssify::{Exit, limits};
 
 fn main() -> ExitCode {
+    // First, before anything opens a descriptor: 3, 4, ... are systemd's.
+    wssify::systemd::take_passed_at_start();
     let args = match parse_args() {
         Ok(args) => args,
         Err(code) => return code,

@@ -240,9 +240,18 @@ pub fn spawn(reloader: Arc<Reloader>, mut hangups: Signal, interval: Option<Dura
                 }
             };
             debug!("reloading certificates ({})", trigger.name());
+            // `systemctl reload` sends SIGHUP to a Type=notify-reload unit
+            // and waits for RELOADING=1, then READY=1.
+            let asked = matches!(trigger, Trigger::Signal);
+            if asked {
+                crate::systemd::reloading();
+            }
             let reloader = reloader.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || reloader.reload(trigger)).await {
                 error!("reload failed unexpectedly ({e}); still serving the previous certificates");
+            }
+            if asked {
+                crate::systemd::ready();
             }
         }
     });

@@ -297,6 +297,9 @@ pub enum ListenAddr {
         /// permission on it.
         mode: u32,
     },
+    /// The sockets systemd passed (socket activation): every one, or those
+    /// whose `FileDescriptorName=` is the name given (`systemd:NAME`).
+    Systemd(Option<String>),
 }
 
 /// A `--listen unix:` socket's mode unless `--unix-mode` says otherwise:
@@ -311,14 +314,32 @@ impl fmt::Display for ListenAddr {
             ListenAddr::AllInterfaces(port) => write!(f, "{port}"),
             ListenAddr::Addr(addr) => write!(f, "{addr}"),
             ListenAddr::Unix { path, .. } => write!(f, "unix:{}", path.display()),
+            ListenAddr::Systemd(None) => f.write_str("systemd"),
+            ListenAddr::Systemd(Some(name)) => write!(f, "systemd:{name}"),
         }
     }
 }
 
-/// Reads `PORT`, `:PORT`, `IP:PORT`, `[IPv6]:PORT` or `unix:/path`.
+/// Reads `PORT`, `:PORT`, `IP:PORT`, `[IPv6]:PORT`, `unix:/path`, or
+/// `systemd[:NAME]`.
 pub fn parse_listen(text: &str) -> Result<ListenAddr, String> {
-    const EXPECTED: &str = "expected a port (9300), IP:PORT (127.0.0.1:9300), [IPv6]:PORT ([::1]:9300) or unix:/path/to.sock";
+    const EXPECTED: &str = "expected a port (9300), IP:PORT (127.0.0.1:9300), [IPv6]:PORT ([::1]:9300), unix:/path/to.sock or systemd";
     let text = text.trim();
+    if text == "systemd" {
+        return Ok(ListenAddr::Systemd(None));
+    }
+    if let Some(name) = text.strip_prefix("systemd:") {
+        let valid = !name.is_empty()
+            && name.len() <= 255
+            && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !valid {
+            return Err(
+                "expected systemd or systemd:NAME, NAME as in the socket unit's FileDescriptorName= (printable, no ':')"
+                    .to_string(),
+            );
+        }
+        return Ok(ListenAddr::Systemd(Some(name.to_string())));
+    }
     if let Some(path) = text.strip_prefix("unix:") {
         return unix_path(path, "--listen unix:/run/wssify/tls.sock").map(|path| {
             ListenAddr::Unix {
@@ -355,7 +376,7 @@ pub fn listen_overlap(listen: &[ListenAddr]) -> Option<String> {
     let port = |addr: &ListenAddr| match addr {
         ListenAddr::AllInterfaces(port) => Some(*port),
         ListenAddr::Addr(addr) => Some(addr.port()),
-        ListenAddr::Unix { .. } => None,
+        ListenAddr::Unix { .. } | ListenAddr::Systemd(_) => None,
     };
     let canonical = |addr: &ListenAddr| match addr {
         ListenAddr::Addr(addr) => {
@@ -386,7 +407,8 @@ pub fn listen_overlap(listen: &[ListenAddr]) -> Option<String> {
                 (ListenAddr::AllInterfaces(_), _) | (_, ListenAddr::AllInterfaces(_)) => {
                     "a bare port already listens on every address, IPv4 and IPv6"
                 }
-                (ListenAddr::Unix { .. }, _) | (_, ListenAddr::Unix { .. }) => continue,
+                (ListenAddr::Unix { .. } | ListenAddr::Systemd(_), _)
+                | (_, ListenAddr::Unix { .. } | ListenAddr::Systemd(_)) => continue,
                 (ListenAddr::Addr(x), ListenAddr::Addr(y)) => {
                     let wide = |w: SocketAddr, o: SocketAddr| {
                         w.ip().is_unspecified() && w.is_ipv4() == o.is_ipv4()
