@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::acme;
 use crate::backend::{self, Lease, Pool};
 use crate::budget::Budget;
 use crate::conn_id::Who;
@@ -64,6 +65,9 @@ pub struct Shared {
     pub stall_timeout: Option<Duration>,
     /// The memory every connection's buffers draw from (`--max-memory`).
     pub budget: Arc<Budget>,
+    /// `--acme`: the challenges being validated and the names still
+    /// waiting for a certificate.
+    pub acme: Option<Arc<acme::Status>>,
 }
 
 /// The most a connection's task (the future [`serve`] returns) may take in
@@ -390,6 +394,19 @@ async fn handshake_here(
             match stream.client_hello().await {
                 Err(error) => return Err(Stop::Refused(stream.refused(error))),
                 Ok(Ok(hello)) => {
+                    if let Some(acme) = &shared.acme
+                        && let Some(name) = hello.server_name.as_deref()
+                    {
+                        if acme::challenge::is_validation(&hello.alpn)
+                            && acme.challenges.pending(name)
+                        {
+                            return Err(Stop::Validation(stream, acme.clone()));
+                        }
+                        if let Some(why) = acme.waiting(name) {
+                            let tcp = stream.into_raw().0;
+                            return Err(Stop::Alert(tcp, AlertDescription::InternalError, why));
+                        }
+                    }
                     route = shared.routes.choose(hello.server_name.as_deref());
                     asked = hello.server_name;
                 }
@@ -469,6 +486,15 @@ async fn handshake_here(
                 route,
             })
         }
+        Ok(Err(Stop::Validation(stream, acme))) => {
+            let done = acme::challenge::answer(stream, &acme, deadline).await;
+            debug!(
+                "{who} duration={} end=\"ACME TLS-ALPN-01 validation answered: {}\"",
+                elapsed(started),
+                logsafe::quoted(done.as_bytes())
+            );
+            None
+        }
         Ok(Err(Stop::Alert(mut tcp, alert, why))) => {
             // No TLS state to speak from: the one alert record, then close.
             let _ = timeout(
@@ -533,6 +559,9 @@ enum Stop {
     /// By the ClientHello reader: the socket, the alert to send on it,
     /// and why, for the log.
     Alert(TcpStream, AlertDescription, String),
+    /// An ACME CA's TLS-ALPN-01 validation: answered with the challenge
+    /// certificate and closed, never sent to a backend.
+    Validation(TlsStream, Arc<acme::Status>),
 }
 
 /// What follows the handshake before bytes flow: the backend connect.

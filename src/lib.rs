@@ -8,6 +8,7 @@
 //! [`tls`], [`listener`]) → [`connection`] → [`proxy`]; [`reload`] swaps
 //! what [`loader`] built while connections run.
 
+pub mod acme;
 pub mod backend;
 pub mod budget;
 pub mod certs;
@@ -88,6 +89,14 @@ impl Server {
         if !terminates && certs.development() {
             certs.dev = settings::DevCert::InMemory;
         }
+        // The ACME directory is made (and checked) before the loader reads
+        // what it holds and the reloader watches it.
+        let acme = match &settings.certs.acme {
+            Some(acme) => Some(
+                acme::prepare(acme, options.provider.clone()).map_err(StartupError::new)?,
+            ),
+            None => None,
+        };
         let (loader, config) = loader::Loader::start(&certs, options)?;
         // Logged once the ports are bound, so the example commands name one.
         let development = loader
@@ -136,6 +145,10 @@ impl Server {
             .iter()
             .map(listener::bind)
             .collect::<Result<Vec<_>, _>>()?;
+        // Once the port the CA validates on is bound.
+        if let (Some(status), Some(acme)) = (&acme, &settings.certs.acme) {
+            acme::spawn(acme, status.clone(), reloader.clone());
+        }
         if let Some(development) = development {
             let port = bound.first().map(|b| b.local_addr.port());
             for (level, line) in development.lines(port) {
@@ -237,6 +250,7 @@ impl Server {
             idle_timeout: settings.idle_timeout,
             stall_timeout: settings.stall_timeout,
             budget: Arc::new(budget::Budget::new(max_memory)),
+            acme,
         });
         Ok(Server {
             bound,

@@ -210,6 +210,8 @@ pub struct CertSettings {
     /// Where the development certificate comes from when no certificate
     /// is given.
     pub dev: DevCert,
+    /// `--acme`: certificates obtained from an ACME CA, kept in a directory.
+    pub acme: Option<crate::acme::AcmeSettings>,
 }
 
 /// Where the development certificate comes from (no `--cert`, no
@@ -238,6 +240,7 @@ impl Default for CertSettings {
             crls: Vec::new(),
             reload_interval: Some(DEFAULT_RELOAD_INTERVAL),
             dev: DevCert::Ca(None),
+            acme: None,
         }
     }
 }
@@ -245,7 +248,7 @@ impl Default for CertSettings {
 impl CertSettings {
     /// No certificate was given: serve a development one (see [`DevCert`]).
     pub fn development(&self) -> bool {
-        self.pairs.is_empty() && self.dirs.is_empty()
+        self.pairs.is_empty() && self.dirs.is_empty() && self.acme.is_none()
     }
 }
 

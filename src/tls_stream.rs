@@ -263,6 +263,35 @@ impl TlsStream {
         waited.map_err(|e| self.left(e))
     }
 
+    /// Runs the handshake on `config` instead of the one the stream was
+    /// started with: an ACME TLS-ALPN-01 validation (RFC 8737) must be
+    /// answered from a configuration of its own (ALPN `acme-tls/1`, the
+    /// challenge certificate), chosen once [`Self::client_hello`] has shown
+    /// what the client asks for.
+    ///
+    /// Valid only while rustls has seen no byte: the pre-read keeps the
+    /// hello pending without handing it over, so a connection made now from
+    /// `config` starts from the same bytes. Once rustls has processed a
+    /// record (it consumed bytes, queued a flight, resolved a name), the
+    /// stream is bound to its configuration and this is an error.
+    pub fn reconfigure(&mut self, config: Arc<ServerConfig>) -> io::Result<()> {
+        let untouched = self.incoming.start == 0
+            && self.outgoing.is_empty()
+            && self.flights == 0
+            && self.hello_version == 0
+            && self.sni.is_none()
+            && !self.failed
+            && self.conn.is_handshaking();
+        debug_assert!(untouched, "reconfigure after rustls processed a record");
+        if !untouched {
+            return Err(io::Error::other(
+                "the TLS configuration can only be replaced before the handshake begins",
+            ));
+        }
+        self.conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(())
+    }
+
     /// Gives back the socket and every byte read from it, untouched, for a
     /// connection passed through instead of terminated. Only before the
     /// handshake: rustls has not seen the bytes.
