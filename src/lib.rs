@@ -92,12 +92,15 @@ impl Server {
         // The ACME directory is made (and checked) before the loader reads
         // what it holds and the reloader watches it.
         let acme = match &settings.certs.acme {
-            Some(acme) => Some(
-                acme::prepare(acme, options.provider.clone()).map_err(StartupError::new)?,
-            ),
+            Some(acme) => {
+                Some(acme::prepare(acme, options.provider.clone()).map_err(StartupError::new)?)
+            }
             None => None,
         };
-        let (loader, config) = loader::Loader::start(&certs, options)?;
+        let (mut loader, config) = loader::Loader::start(&certs, options)?;
+        if let Some(status) = &acme {
+            loader.report_acme_to(status.clone());
+        }
         // Logged once the ports are bound, so the example commands name one.
         let development = loader
             .development()

@@ -48,6 +48,10 @@ struct AcmeSlot {
     files: Vec<(String, PathBuf)>,
     served: BTreeMap<String, Served>,
     refused: HashMap<String, u64>,
+    /// Told when a name's certificate is taken up, so that its handshakes
+    /// stop being refused at once (a replica's certificate is seen here
+    /// first, through the file watcher).
+    status: Option<Arc<crate::acme::Status>>,
 }
 
 /// What one reload did.
@@ -228,6 +232,7 @@ impl Loader {
                 files,
                 served: BTreeMap::new(),
                 refused: HashMap::new(),
+                status: None,
             };
             // A kept file that cannot be used is ordered again, not fatal.
             let mut report = Report::default();
@@ -251,6 +256,16 @@ impl Loader {
             log::warn!("{warning}");
         }
         Ok((loader, config))
+    }
+
+    /// Tells `status` of each ACME certificate taken up from now on.
+    pub fn report_acme_to(&mut self, status: Arc<crate::acme::Status>) {
+        if let Some(acme) = &mut self.acme {
+            for (name, served) in &acme.served {
+                status.served(name, served.loaded.summary.not_after);
+            }
+            acme.status = Some(status);
+        }
     }
 
     /// The development certificate, when no certificate was given.
@@ -618,10 +633,12 @@ impl AcmeSlot {
             }
             match certs::from_pem(&label, &bytes, &label, &bytes, provider) {
                 Ok(loaded) => {
-                    report.changes.push(format!(
-                        "--acme {name}: {}",
-                        loaded.summary.describe()
-                    ));
+                    report
+                        .changes
+                        .push(format!("--acme {name}: {}", loaded.summary.describe()));
+                    if let Some(status) = &self.status {
+                        status.served(name, loaded.summary.not_after);
+                    }
                     self.served.insert(
                         name.clone(),
                         Served {

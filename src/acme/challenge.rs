@@ -138,11 +138,7 @@ pub async fn answer(
     }
     match tokio::time::timeout_at(deadline, stream.handshake()).await {
         Ok(Ok(mut done)) => {
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                done.shutdown(),
-            )
-            .await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), done.shutdown()).await;
             "challenge certificate sent".to_string()
         }
         Ok(Err(refused)) => format!("handshake failed: {}", refused.error),
@@ -163,7 +159,8 @@ pub fn challenge_cert(
             digest.len()
         ));
     }
-    let failed = |e: rcgen::Error| format!("cannot make the ACME challenge certificate for {name}: {e}");
+    let failed =
+        |e: rcgen::Error| format!("cannot make the ACME challenge certificate for {name}: {e}");
     let mut params = CertificateParams::new(vec![name.to_string()]).map_err(failed)?;
     params
         .custom_extensions

@@ -43,7 +43,8 @@ pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt
 
 /// First wait after a failure; it doubles up to [`MAX_RETRY`]. Tests
 /// shorten it with `WSSIFY_ACME_RETRY_MS` (it also paces lock polling and
-/// the earliest renewal after a certificate is obtained).
+/// the earliest renewal after a certificate is obtained); neither that nor
+/// `WSSIFY_ACME_RENEW_AFTER_MS` is meant for operators.
 const FIRST_RETRY: Duration = Duration::from_secs(60);
 /// Longest wait between attempts.
 const MAX_RETRY: Duration = Duration::from_secs(6 * 3600);
@@ -141,6 +142,14 @@ impl Status {
         }
     }
 
+    /// The loader took up a certificate for `name` expiring at
+    /// `not_after` (Unix seconds): its handshakes are served from now on.
+    pub fn served(&self, name: &str, not_after: i64) {
+        if not_after > crate::dev_ca::store::now() {
+            self.set_ready(name);
+        }
+    }
+
     fn set_ready(&self, name: &str) {
         if let Ok(mut waiting) = self.waiting.lock() {
             waiting.remove(name);
@@ -200,6 +209,10 @@ pub fn spawn(settings: &AcmeSettings, status: Arc<Status>, reloader: Arc<Reloade
         reloader,
         account: tokio::sync::Mutex::new(None),
         first_retry,
+        renew_after: std::env::var("WSSIFY_ACME_RENEW_AFTER_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis),
     });
     info!(
         "ACME: certificates for {} from {}, kept in {}",
@@ -221,6 +234,10 @@ struct Manager {
     /// Made or read once, on first need.
     account: tokio::sync::Mutex<Option<Account>>,
     first_retry: Duration,
+    /// Tests only (`WSSIFY_ACME_RENEW_AFTER_MS`): renew this long after a
+    /// certificate's start, to see renewals with a CA whose certificates
+    /// last years (Pebble's).
+    renew_after: Option<Duration>,
 }
 
 /// A certificate kept for a name.
@@ -367,7 +384,9 @@ impl Manager {
                                 "ACME: renewing {name} failed: {}; the current certificate keeps serving (expires {}, in {}); next attempt at {}",
                                 failure.why,
                                 rfc3339(h.not_after),
-                                crate::settings::format_duration(Duration::from_secs(left.as_secs())),
+                                crate::settings::format_duration(Duration::from_secs(
+                                    left.as_secs()
+                                )),
                                 rfc3339(next)
                             );
                             if left < Duration::from_secs(7 * 86_400) {
@@ -410,6 +429,9 @@ impl Manager {
     /// renewal window (ARI, a random moment in it), else two thirds of its
     /// lifetime.
     async fn renewal_time(&self, name: &str, h: &Held) -> SystemTime {
+        if let Some(after) = self.renew_after {
+            return h.not_before + after;
+        }
         if let Some(before) = self.settings.renew_before {
             return h.not_after.checked_sub(before).unwrap_or(h.not_before);
         }
@@ -444,7 +466,9 @@ impl Manager {
             }
             Err(instant_acme::Error::Unsupported(_)) => two_thirds,
             Err(e) => {
-                debug!("ACME: no renewal information for {name} ({e}); renewing at two thirds of its lifetime");
+                debug!(
+                    "ACME: no renewal information for {name} ({e}); renewing at two thirds of its lifetime"
+                );
                 two_thirds
             }
         }
@@ -659,8 +683,13 @@ impl Manager {
                     not_before: until,
                 };
             }
-            "accountDoesNotExist" | "invalidContact" | "unsupportedContact" | "agreementRequired"
-            | "userActionRequired" | "externalAccountRequired" | "badPublicKey" => format!(
+            "accountDoesNotExist"
+            | "invalidContact"
+            | "unsupportedContact"
+            | "agreementRequired"
+            | "userActionRequired"
+            | "externalAccountRequired"
+            | "badPublicKey" => format!(
                 "the CA refused the account ({detail}): check --acme-email; to start over with a new account move {dir}/account.json away"
             ),
             "malformed" | "badCSR" | "serverInternal" | "orderNotReady" | "badNonce" => {
@@ -782,10 +811,7 @@ mod tests {
             ),
             Some(at)
         );
-        assert_eq!(
-            retry_after_in("Retry after 2026-01-02T03:04:05Z"),
-            Some(at)
-        );
+        assert_eq!(retry_after_in("Retry after 2026-01-02T03:04:05Z"), Some(at));
         assert_eq!(retry_after_in("slow down"), None);
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
     }

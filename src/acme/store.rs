@@ -100,8 +100,12 @@ impl Store {
     /// The account, if one was made for this server.
     pub fn read_account(&self) -> Result<Option<AccountCredentials>, String> {
         let path = self.ca_dir.join("account.json");
-        let Some((bytes, _)) = read_small(&path)
-            .map_err(|e| format!("cannot read the ACME account {} ({e})", logsafe::path(&path)))?
+        let Some((bytes, _)) = read_small(&path).map_err(|e| {
+            format!(
+                "cannot read the ACME account {} ({e})",
+                logsafe::path(&path)
+            )
+        })?
         else {
             return Ok(None);
         };
