@@ -400,7 +400,7 @@ async fn handshake_here(
                         if acme::challenge::is_validation(&hello.alpn)
                             && acme.challenges.pending(name)
                         {
-                            return Err(Stop::Validation(stream, acme.clone()));
+                            return Err(Stop::Validation(Box::new(stream)));
                         }
                         if let Some(why) = acme.waiting(name) {
                             let tcp = stream.into_raw().0;
@@ -486,8 +486,11 @@ async fn handshake_here(
                 route,
             })
         }
-        Ok(Err(Stop::Validation(stream, acme))) => {
-            let done = acme::challenge::answer(stream, &acme, deadline).await;
+        Ok(Err(Stop::Validation(stream))) => {
+            let done = match &shared.acme {
+                Some(acme) => acme::challenge::answer(*stream, acme, deadline).await,
+                None => "ACME is off".to_string(),
+            };
             debug!(
                 "{who} duration={} end=\"ACME TLS-ALPN-01 validation answered: {}\"",
                 elapsed(started),
@@ -560,8 +563,9 @@ enum Stop {
     /// and why, for the log.
     Alert(TcpStream, AlertDescription, String),
     /// An ACME CA's TLS-ALPN-01 validation: answered with the challenge
-    /// certificate and closed, never sent to a backend.
-    Validation(TlsStream, Arc<acme::Status>),
+    /// certificate and closed, never sent to a backend. Boxed: it is rare,
+    /// and the stream would make every refusal as large.
+    Validation(Box<TlsStream>),
 }
 
 /// What follows the handshake before bytes flow: the backend connect.

@@ -39,7 +39,12 @@ struct Pebble {
 
 impl Pebble {
     fn new(tls_port: u16) -> Pebble {
-        let program = debian_package("pebble", "pebble");
+        // Once per test binary: the tests run at once, and two apt-get
+        // runs at once would fight over dpkg's lock.
+        static PROGRAM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let program = PROGRAM
+            .get_or_init(|| debian_package("pebble", "pebble"))
+            .clone();
         let dir = tempfile::tempdir().unwrap();
         let https_ca = Ca::new("pebble https test CA");
         let leaf = https_ca.server(&["localhost", "127.0.0.1"]);
@@ -266,8 +271,31 @@ async fn obtains_a_certificate_for_localhost_serves_it_and_a_restart_reuses_it()
         assert_eq!(mode(&ca_dir.join("account.json")), 0o600);
         assert_eq!(mode(&ca_dir.join("certs/localhost.pem")), 0o600);
 
-        // A restart serves the kept certificate and orders nothing.
+        // --check judges the kept certificate as it judges files.
         drop(w);
+        let port_text = port.to_string();
+        let root_file = pebble.https_root().display().to_string();
+        let (_, checked) = common::run_to_exit(&[
+            "--check",
+            "--listen",
+            &port_text,
+            "--to",
+            &backend,
+            "--acme",
+            "localhost",
+            "--acme-ca",
+            &pebble.url(),
+            "--acme-ca-root",
+            &root_file,
+            "--acme-dir",
+            &state.path().display().to_string(),
+        ]);
+        assert!(
+            checked.contains("certificate --acme localhost: localhost"),
+            "{checked}"
+        );
+
+        // A restart serves the kept certificate and orders nothing.
         let mut again = wssify(&pebble, port, state.path(), &backend, &[]).await;
         let mut tls = tls_connect(local(port), browser(&root), "localhost")
             .await
