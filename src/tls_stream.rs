@@ -1259,6 +1259,92 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_reconfigured_after_its_hello_was_read_handshakes_on_the_new_configuration() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"x-test".to_vec()];
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = TlsStream::start(tcp, config(), &[], Arc::new(Budget::new(1 << 30)))
+            .map_err(|refused| refused.error)
+            .unwrap();
+        let hello = stream.client_hello().await.unwrap().unwrap();
+        assert_eq!(hello.alpn, vec![b"x-test".to_vec()]);
+        // The first configuration offers no ALPN; the new one does.
+        let mut other = (*config()).clone();
+        other.alpn_protocols = vec![b"x-test".to_vec()];
+        stream.reconfigure(Arc::new(other)).unwrap();
+        let done = stream.handshake().await.map_err(|r| r.error).unwrap();
+        assert_eq!(done.conn.alpn_protocol(), Some(&b"x-test"[..]));
+        assert_eq!(client.await.unwrap().as_deref(), Some(&b"x-test"[..]));
+    }
+
+    /// A client verifier that accepts any server certificate.
+    #[derive(Debug)]
+    struct AnyCert;
+
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &crate::tls::provider().signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &crate::tls::provider().signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            crate::tls::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    #[tokio::test]
     async fn a_hello_trickled_before_the_handshake_counts_only_its_bytes_in_the_budget() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap())

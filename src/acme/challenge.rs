@@ -43,6 +43,9 @@ pub struct Challenges {
     made: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     /// Where other replicas' challenges are found (`DIR/challenges`).
     shared_dir: PathBuf,
+    /// The `--acme` names: only these are ever looked up, so a client's
+    /// SNI never names a file to read.
+    names: Vec<String>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -55,11 +58,17 @@ impl std::fmt::Debug for Challenges {
 }
 
 impl Challenges {
-    /// No challenge yet; `shared_dir` is `DIR/challenges`.
-    pub fn new(shared_dir: PathBuf, provider: Arc<CryptoProvider>) -> Challenges {
+    /// No challenge yet for `names` (the `--acme` names, lower case);
+    /// `shared_dir` is `DIR/challenges`.
+    pub fn new(
+        names: Vec<String>,
+        shared_dir: PathBuf,
+        provider: Arc<CryptoProvider>,
+    ) -> Challenges {
         Challenges {
             made: Mutex::new(HashMap::new()),
             shared_dir,
+            names,
             provider,
         }
     }
@@ -107,6 +116,9 @@ impl Challenges {
     /// The challenge certificate for `name`, if it is being validated.
     pub fn certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if !self.names.contains(&name) {
+            return None;
+        }
         let mine = self.made.lock().ok()?.get(&name).cloned();
         if mine.is_some() {
             return mine;
@@ -207,5 +219,24 @@ mod tests {
         assert_eq!(&ext.value[..2], &[0x04, 32]);
         assert_eq!(&ext.value[2..], &digest);
         assert!(challenge_cert("a.test", &[1; 31], &provider).is_err());
+    }
+
+    #[test]
+    fn only_acme_names_are_answered_and_replicas_share_challenges() {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = crate::tls::provider();
+        let ours = Challenges::new(vec!["a.test".into()], dir.path().into(), provider.clone());
+        let replica = Challenges::new(vec!["a.test".into()], dir.path().into(), provider);
+        assert!(!ours.pending("a.test"));
+        ours.add("a.test", &[9; 32]).unwrap();
+        assert!(ours.pending("A.TEST."));
+        // Another process sharing the directory answers it too.
+        assert!(replica.pending("a.test"));
+        // A name that is not an --acme name is never looked up.
+        store::write_challenge(dir.path(), "b.test", &[9; 32]).unwrap();
+        assert!(!ours.pending("b.test"));
+        ours.remove("a.test");
+        assert!(!ours.pending("a.test"));
+        assert!(!replica.pending("a.test"));
     }
 }

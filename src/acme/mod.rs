@@ -179,7 +179,11 @@ pub fn prepare(
 ) -> Result<Arc<Status>, String> {
     let store = Store::new(&settings.dir, &settings.directory);
     store.prepare()?;
-    let challenges = Arc::new(Challenges::new(store.challenges_dir(), provider));
+    let challenges = Arc::new(Challenges::new(
+        settings.names.clone(),
+        store.challenges_dir(),
+        provider,
+    ));
     let challenge_config = challenges.config()?;
     let status = Arc::new(Status {
         challenges,
@@ -800,6 +804,59 @@ pub fn rfc3339(at: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_without_a_certificate_is_refused_saying_why_and_when() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AcmeSettings {
+            names: vec!["a.test".to_string()],
+            email: None,
+            directory: "https://ca.test/dir".to_string(),
+            ca_root: None,
+            dir: dir.path().join("acme"),
+            renew_before: None,
+        };
+        let status = prepare(&settings, crate::tls::provider()).unwrap();
+        let why = status.waiting("A.test.").unwrap();
+        assert!(why.contains("an order is under way"), "{why}");
+        assert_eq!(status.waiting("b.test"), None);
+        let next = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_323_045);
+        status.set_waiting(
+            "a.test",
+            Some("the CA cannot resolve the name".into()),
+            Some(next),
+        );
+        assert_eq!(
+            status.waiting("a.test").unwrap(),
+            "no certificate for a.test yet (--acme): the CA cannot resolve the name; next attempt at 2026-01-02T03:04:05Z"
+        );
+        // An expired certificate taken up does not end the wait; a valid one does.
+        status.served("a.test", 1);
+        assert!(status.waiting("a.test").is_some());
+        status.served("a.test", i64::MAX);
+        assert_eq!(status.waiting("a.test"), None);
+        // The directory is private.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("acme"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("acme");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let why = Store::new(&open, LETS_ENCRYPT).prepare().unwrap_err();
+        assert!(
+            why.contains("can be written by others") && why.contains("chmod 700"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn times_are_written_and_read_back() {
