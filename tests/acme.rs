@@ -499,6 +499,32 @@ async fn two_processes_sharing_the_directory_order_once() {
     .await;
 }
 
+#[tokio::test]
+async fn a_validation_that_cannot_reach_wssify_says_port_443_must() {
+    bounded(TEST_LIMIT, async {
+        // Pebble validates on a port nothing listens on, as the CA would
+        // when port 443 does not reach wssify.
+        let port = free_port();
+        let mut pebble = Pebble::new(free_port());
+        pebble.start().await;
+        let state = tempfile::tempdir().unwrap();
+        let backend = common::echo_backend().await.to_string();
+        let mut w = wssify(&pebble, port, state.path(), &backend, &[]).await;
+        let line = w
+            .wait_for_log("ACME: no certificate for localhost yet")
+            .await;
+        assert!(
+            line.contains("the CA could not validate the name over TLS")
+                && line
+                    .contains("port 443 of the name's address must reach wssify's --listen port")
+                && line.contains("next attempt at"),
+            "{line}"
+        );
+        assert_eq!(line.lines().count(), 1);
+    })
+    .await;
+}
+
 #[test]
 fn acme_flag_mistakes_get_one_line_each() {
     let cases: &[(&[&str], &str)] = &[
