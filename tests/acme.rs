@@ -561,4 +561,23 @@ fn acme_flag_mistakes_get_one_line_each() {
         assert!(stderr.contains(expected), "{flags:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{flags:?}: {stderr}");
     }
+    // A directory that cannot be made stops the start (exit 1), saying so.
+    let (code, stderr) = common::run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "127.0.0.1:9",
+        "--acme",
+        "a.example",
+        "--acme-dir",
+        "/proc/wssify-acme",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("--acme-dir: cannot create")
+                && l.contains("give a directory wssify can write with --acme-dir")),
+        "{stderr}"
+    );
 }

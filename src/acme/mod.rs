@@ -845,6 +845,12 @@ mod tests {
     }
 
     #[test]
+    fn the_default_https_client_builds_without_a_process_wide_provider() {
+        // Let's Encrypt's path: the system's roots, no --acme-ca-root.
+        assert!(Account::builder().is_ok());
+    }
+
+    #[test]
     fn a_directory_others_can_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
