@@ -394,18 +394,18 @@ async fn handshake_here(
             match stream.client_hello().await {
                 Err(error) => return Err(Stop::Refused(stream.refused(error))),
                 Ok(Ok(hello)) => {
-                    if let Some(acme) = &shared.acme
-                        && let Some(name) = hello.server_name.as_deref()
-                    {
-                        if acme::challenge::is_validation(&hello.alpn)
-                            && acme.challenges.pending(name)
-                        {
+                    // --acme: the CA's validation gets the challenge; a
+                    // name still without its certificate is refused (no
+                    // certificate could be the right one), saying why.
+                    match shared.acme.as_ref().map(|acme| acme.verdict(&hello)) {
+                        Some(acme::Verdict::Validation) => {
                             return Err(Stop::Validation(Box::new(stream)));
                         }
-                        if let Some(why) = acme.waiting(name) {
+                        Some(acme::Verdict::Waiting(why)) => {
                             let tcp = stream.into_raw().0;
                             return Err(Stop::Alert(tcp, AlertDescription::InternalError, why));
                         }
+                        Some(acme::Verdict::Serve) | None => {}
                     }
                     route = shared.routes.choose(hello.server_name.as_deref());
                     asked = hello.server_name;

@@ -119,7 +119,33 @@ struct Waiting {
     next: Option<SystemTime>,
 }
 
+/// What a connection becomes, by its ClientHello, as far as ACME cares.
+pub enum Verdict {
+    /// Served as usual.
+    Serve,
+    /// A TLS-ALPN-01 validation of a name being validated: answered with
+    /// the challenge certificate, never sent to a backend.
+    Validation,
+    /// An `--acme` name with no certificate yet: refused before the
+    /// handshake, for this reason.
+    Waiting(String),
+}
+
 impl Status {
+    /// What a connection whose ClientHello asked for this becomes.
+    pub fn verdict(&self, hello: &crate::wire::client_hello::Hello) -> Verdict {
+        let Some(name) = hello.server_name.as_deref() else {
+            return Verdict::Serve;
+        };
+        if challenge::is_validation(&hello.alpn) && self.challenges.pending(name) {
+            return Verdict::Validation;
+        }
+        match self.waiting(name) {
+            Some(why) => Verdict::Waiting(why),
+            None => Verdict::Serve,
+        }
+    }
+
     /// Why a handshake for `name` cannot be served yet (an `--acme` name
     /// with no certificate), with when the next attempt is; `None` when
     /// it can.
