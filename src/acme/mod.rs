@@ -455,51 +455,69 @@ impl Manager {
         }
     }
 
-    /// When `h` should be replaced: `--acme-renew-before`, else the CA's
-    /// renewal window (ARI, a random moment in it), else two thirds of its
-    /// lifetime.
+    /// When `h` should be replaced: see [`planned_renewal`]; the CA's
+    /// window is asked for (ARI) unless `--acme-renew-before` decides.
     async fn renewal_time(&self, name: &str, h: &Held) -> SystemTime {
         if let Some(after) = self.renew_after {
             return h.not_before + after;
         }
-        if let Some(before) = self.settings.renew_before {
-            return h.not_after.checked_sub(before).unwrap_or(h.not_before);
-        }
         let lifetime = h.not_after.duration_since(h.not_before).unwrap_or_default();
-        let two_thirds = h.not_before + lifetime * 2 / 3;
-        let Some(id) = &h.id else {
-            return two_thirds;
+        if let Some(before) = self.settings.renew_before
+            && before >= lifetime
+        {
+            warn!(
+                "ACME: --acme-renew-before {} is not shorter than {name}'s certificate's lifetime ({}); renewing at two thirds of it instead",
+                crate::settings::format_duration(before),
+                crate::settings::format_duration(Duration::from_secs(lifetime.as_secs()))
+            );
+        }
+        let window = match (&h.id, self.settings.renew_before) {
+            (Some(id), None) => self.renewal_window(name, id).await,
+            _ => None,
         };
+        let mut random = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut random);
+        let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
+        planned_renewal(
+            h.not_before,
+            h.not_after,
+            self.settings.renew_before,
+            window,
+            fraction,
+        )
+    }
+
+    /// The CA's suggested renewal window for a certificate (ARI), if it
+    /// has one and answers.
+    async fn renewal_window(
+        &self,
+        name: &str,
+        id: &CertificateIdentifier<'static>,
+    ) -> Option<(SystemTime, SystemTime)> {
         let account = match self.account().await {
             Ok(account) => account,
             Err(e) => {
                 debug!("ACME: no renewal information for {name}: {}", e.why);
-                return two_thirds;
+                return None;
             }
         };
         match account.renewal_info(id).await {
             Ok((info, _)) => {
                 let start = SystemTime::from(info.suggested_window.start);
                 let end = SystemTime::from(info.suggested_window.end);
-                let span = end.duration_since(start).unwrap_or_default();
-                let mut random = [0u8; 4];
-                let _ = aws_lc_rs::rand::fill(&mut random);
-                let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
-                let at = start + span.mul_f64(fraction);
                 debug!(
-                    "ACME: the CA suggests renewing {name} between {} and {}; at {}",
+                    "ACME: the CA suggests renewing {name} between {} and {}",
                     rfc3339(start),
-                    rfc3339(end),
-                    rfc3339(at)
+                    rfc3339(end)
                 );
-                at
+                Some((start, end))
             }
-            Err(instant_acme::Error::Unsupported(_)) => two_thirds,
+            Err(instant_acme::Error::Unsupported(_)) => None,
             Err(e) => {
                 debug!(
                     "ACME: no renewal information for {name} ({e}); renewing at two thirds of its lifetime"
                 );
-                two_thirds
+                None
             }
         }
     }
@@ -748,6 +766,29 @@ impl Status {
     }
 }
 
+/// When a certificate valid from `not_before` to `not_after` is renewed:
+/// `renew_before` ahead of its end (when that is within its lifetime), else
+/// at `fraction` (0 to 1, drawn at random) of the CA's suggested `window`
+/// (RFC 9773: a random moment spreads the CA's load), else at two thirds
+/// of its lifetime.
+fn planned_renewal(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    renew_before: Option<Duration>,
+    window: Option<(SystemTime, SystemTime)>,
+    fraction: f64,
+) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    if let Some(before) = renew_before.filter(|b| *b < lifetime) {
+        return not_after - before;
+    }
+    if let Some((start, end)) = window {
+        let span = end.duration_since(start).unwrap_or_default();
+        return start + span.mul_f64(fraction.clamp(0.0, 1.0));
+    }
+    not_before + lifetime * 2 / 3
+}
+
 /// An error with its sources, on one line.
 fn chain_of(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -887,6 +928,41 @@ mod tests {
         assert!(
             why.contains("can be written by others") && why.contains("chmod 700"),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn renewal_is_planned_by_the_flag_the_ca_or_two_thirds() {
+        let day = Duration::from_secs(86_400);
+        let start = SystemTime::UNIX_EPOCH + 1000 * day;
+        let end = start + 90 * day;
+        // Two thirds of 90 days, without a window or a flag.
+        assert_eq!(
+            planned_renewal(start, end, None, None, 0.5),
+            start + 60 * day
+        );
+        // A moment in the CA's window.
+        let window = Some((start + 70 * day, start + 72 * day));
+        assert_eq!(
+            planned_renewal(start, end, None, window, 0.0),
+            start + 70 * day
+        );
+        assert_eq!(
+            planned_renewal(start, end, None, window, 0.5),
+            start + 71 * day
+        );
+        assert_eq!(
+            planned_renewal(start, end, None, window, 1.0),
+            start + 72 * day
+        );
+        // The flag wins; one not shorter than the lifetime is not taken.
+        assert_eq!(
+            planned_renewal(start, end, Some(30 * day), window, 0.5),
+            start + 60 * day
+        );
+        assert_eq!(
+            planned_renewal(start, end, Some(90 * day), None, 0.5),
+            start + 60 * day
         );
     }
 
