@@ -500,6 +500,49 @@ async fn two_processes_sharing_the_directory_order_once() {
 }
 
 #[tokio::test]
+async fn the_replica_the_validation_reaches_answers_for_the_one_that_ordered() {
+    bounded(TEST_LIMIT, async {
+        // A is on the port Pebble validates on, but orders nothing (its CA
+        // is down); B orders from Pebble on another port. The validation
+        // reaches A, which answers from the challenge B shared in the
+        // directory, as replicas behind one load balancer must.
+        let port = free_port();
+        let other_port = free_port();
+        let mut pebble = Pebble::new(port);
+        pebble.start().await;
+        let down = Pebble::new(port);
+        let state = tempfile::tempdir().unwrap();
+        let backend = common::echo_backend().await.to_string();
+        let mut a = wssify(&down, port, state.path(), &backend, &[]).await;
+        a.wait_for_log("cannot talk to the ACME server").await;
+        let mut b = wssify(&pebble, other_port, state.path(), &backend, &[]).await;
+        b.wait_for_log_matching(|l| l.contains("certificate for localhost obtained"))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "B:\n{}\nA:\n{}\npebble:\n{}",
+                    b.log(),
+                    a.log(),
+                    pebble.log()
+                )
+            });
+        a.wait_for_log("ACME TLS-ALPN-01 validation answered: challenge certificate sent")
+            .await;
+        assert!(
+            a.lines_with("ordering a certificate").is_empty(),
+            "{}",
+            a.log()
+        );
+        assert!(
+            b.lines_with("validation answered").is_empty(),
+            "{}",
+            b.log()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_validation_that_cannot_reach_wssify_says_port_443_must() {
     bounded(TEST_LIMIT, async {
         // Pebble validates on a port nothing listens on, as the CA would

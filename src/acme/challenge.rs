@@ -153,6 +153,17 @@ pub async fn answer(
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), done.shutdown()).await;
             "challenge certificate sent".to_string()
         }
+        // A validator has what it came for once the certificate is out,
+        // and may close without finishing the handshake.
+        Ok(Err(refused))
+            if refused
+                .error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<crate::tls_stream::ClientLeft>())
+                .is_some_and(|left| left.after_certificate) =>
+        {
+            "challenge certificate sent (the validator closed after reading it)".to_string()
+        }
         Ok(Err(refused)) => format!("handshake failed: {}", refused.error),
         Err(_) => "handshake not finished in time".to_string(),
     }
