@@ -626,7 +626,7 @@ impl Manager {
                 .challenge(ChallengeType::TlsAlpn01)
                 .ok_or_else(|| {
                     Failure::from(format!(
-                        "the CA offers no tls-alpn-01 challenge for {name}, the only one wssify answers; use a CA that does (Let's Encrypt, ZeroSSL, step-ca, Pebble)"
+                        "the CA offers no tls-alpn-01 challenge for {name}, the only one wssify answers; use a CA that does (Let's Encrypt, step-ca, Pebble)"
                     ))
                 })?;
             let digest = challenge.key_authorization().digest();
