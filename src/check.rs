@@ -121,6 +121,25 @@ pub async fn check(settings: &Settings) -> Findings {
             ));
         }
     }
+    if let Some(acme) = &certs.acme {
+        let (_, files) = crate::acme::served_files(acme);
+        for (name, path) in files {
+            let origin = format!("--acme {name}");
+            if !path.exists() {
+                found.info(format!(
+                    "{origin}: no certificate kept yet ({}); a start orders one from {} with the TLS-ALPN-01 challenge, so the CA must reach this --listen port as port 443 of {name}",
+                    path.display(),
+                    acme.directory
+                ));
+                names.insert(name, origin);
+                continue;
+            }
+            let label = format!("{origin}: {}", path.display());
+            let loaded = certs::read(&label, &path, "a PEM file with the chain and its key")
+                .and_then(|bytes| certs::from_pem(&label, &bytes, &label, &bytes, &provider));
+            judge(&mut found, &origin, loaded, now, &mut names);
+        }
+    }
     for route in settings.routes.iter().filter(|r| r.way == Way::Terminate) {
         if !certs.development() && !names.keys().any(|name| route::covers(name, &route.name)) {
             found.warn(format!(

@@ -135,6 +135,44 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub reload_interval: Option<String>,
 
+    /// obtain and renew a trusted certificate for NAME from an ACME CA
+    /// (Let's Encrypt by default), proving control of it with TLS-ALPN-01 on
+    /// the listening port (which must be reachable as port 443); one
+    /// certificate per name; repeatable
+    #[argh(option, arg_name = "NAME")]
+    pub acme: Vec<String>,
+
+    /// with --acme: the contact the CA writes to about the account
+    #[argh(option, arg_name = "EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// with --acme: the ACME server's directory URL (default: Let's
+    /// Encrypt, https://acme-v02.api.letsencrypt.org/directory)
+    #[argh(option, arg_name = "URL")]
+    pub acme_ca: Option<String>,
+
+    /// with --acme: use Let's Encrypt's staging CA (untrusted certificates,
+    /// generous rate limits) to try a setup out
+    #[argh(switch)]
+    pub acme_staging: bool,
+
+    /// with --acme: trust this PEM certificate for the ACME server's HTTPS
+    /// instead of the system's roots (Pebble, step-ca, a company CA)
+    #[argh(option, arg_name = "FILE")]
+    pub acme_ca_root: Option<PathBuf>,
+
+    /// with --acme: keep the account, keys and certificates in DIR
+    /// (default: $STATE_DIRECTORY/acme under systemd, else
+    /// $XDG_STATE_HOME/wssify/acme or ~/.local/state/wssify/acme)
+    #[argh(option, arg_name = "DIR")]
+    pub acme_dir: Option<PathBuf>,
+
+    /// with --acme: renew once less than this is left, whatever the CA
+    /// suggests (default: the CA's renewal window, else at two thirds of
+    /// the lifetime)
+    #[argh(option, arg_name = "DURATION")]
+    pub acme_renew_before: Option<String>,
+
     /// load and validate every file, key and chain, bind each --listen for
     /// a moment, and connect to the backend once; print a summary and exit
     /// 0 if all is well, 1 if not; serves nothing
@@ -227,7 +265,7 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 30] = [
+const VALUE_FLAGS: [(&str, &str); 36] = [
     ("--listen", "ADDR"),
     ("--unix-mode", "MODE"),
     ("--to", "HOST:PORT"),
@@ -244,6 +282,12 @@ const VALUE_FLAGS: [(&str, &str); 30] = [
     ("--client-ca", "FILE"),
     ("--crl", "FILE"),
     ("--reload-interval", "DURATION"),
+    ("--acme", "NAME"),
+    ("--acme-email", "EMAIL"),
+    ("--acme-ca", "URL"),
+    ("--acme-ca-root", "FILE"),
+    ("--acme-dir", "DIR"),
+    ("--acme-renew-before", "DURATION"),
     ("--idle-timeout", "DURATION"),
     ("--stall-timeout", "DURATION"),
     ("--handshake-timeout", "DURATION"),
@@ -262,8 +306,9 @@ const VALUE_FLAGS: [(&str, &str); 30] = [
 /// The short names of flags that take a value.
 const SHORT_VALUE_FLAGS: [&str; 2] = ["-l", "-t"];
 /// The flags that take no value.
-const SWITCHES: [&str; 7] = [
+const SWITCHES: [&str; 8] = [
     "--self-signed",
+    "--acme-staging",
     "--strict-sni",
     "--client-ca-optional",
     "--check",
@@ -645,6 +690,7 @@ impl Args {
             })
             .collect();
         certs.dirs = self.cert_dir.clone();
+        certs.acme = self.acme_settings()?;
         if !certs.development() {
             let dev_flag = if self.self_signed {
                 Some("--self-signed")
@@ -654,10 +700,12 @@ impl Args {
                 None
             };
             if let Some(flag) = dev_flag {
-                let given = if certs.pairs.is_empty() {
+                let given = if !certs.pairs.is_empty() {
+                    "--cert"
+                } else if !certs.dirs.is_empty() {
                     "--cert-dir"
                 } else {
-                    "--cert"
+                    "--acme"
                 };
                 return Err(StartupError::new(format!(
                     "{flag} is for the development certificate, served only without --cert and --cert-dir: drop {flag} or {given}"
@@ -705,6 +753,131 @@ impl Args {
         }
         Ok(certs)
     }
+}
+
+impl Args {
+    /// `--acme` and its flags, checked; `None` without `--acme`.
+    fn acme_settings(&self) -> Result<Option<crate::acme::AcmeSettings>, StartupError> {
+        if self.acme.is_empty() {
+            let given = [
+                (self.acme_email.is_some(), "--acme-email"),
+                (self.acme_ca.is_some(), "--acme-ca"),
+                (self.acme_staging, "--acme-staging"),
+                (self.acme_ca_root.is_some(), "--acme-ca-root"),
+                (self.acme_dir.is_some(), "--acme-dir"),
+                (self.acme_renew_before.is_some(), "--acme-renew-before"),
+            ];
+            if let Some((_, flag)) = given.iter().find(|(given, _)| *given) {
+                return Err(StartupError::new(format!(
+                    "{flag} needs --acme NAME: give the name to obtain a certificate for"
+                )));
+            }
+            return Ok(None);
+        }
+        let mut names: Vec<String> = Vec::new();
+        for name in &self.acme {
+            let name = acme_name(name)?;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let directory = match (&self.acme_ca, self.acme_staging) {
+            (Some(_), true) => {
+                return Err(StartupError::new(
+                    "--acme-staging and --acme-ca both name the ACME server: keep one",
+                ));
+            }
+            (Some(url), false) => {
+                if !url.starts_with("https://") || url.len() <= "https://".len() {
+                    return Err(flag_error(
+                        "--acme-ca",
+                        url,
+                        "expected the ACME directory's https:// URL, e.g. https://acme-v02.api.letsencrypt.org/directory",
+                    ));
+                }
+                url.clone()
+            }
+            (None, true) => crate::acme::LETS_ENCRYPT_STAGING.to_string(),
+            (None, false) => crate::acme::LETS_ENCRYPT.to_string(),
+        };
+        if let Some(email) = &self.acme_email
+            && (!email.contains('@') || email.contains(char::is_whitespace) || email.contains(','))
+        {
+            return Err(flag_error(
+                "--acme-email",
+                email,
+                "expected one e-mail address, e.g. ops@example.com",
+            ));
+        }
+        if let Some(root) = &self.acme_ca_root
+            && !root.is_file()
+        {
+            return Err(StartupError::new(format!(
+                "--acme-ca-root {}: no such file; give the PEM certificate the ACME server's HTTPS chains to",
+                crate::logsafe::path(root)
+            )));
+        }
+        let dir = match &self.acme_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(StartupError::new(
+                    "--acme-dir '': give the directory to keep the ACME account and certificates in",
+                ));
+            }
+            Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            None => crate::acme::default_dir().map_err(|why| {
+                StartupError::new(format!(
+                    "no place for the ACME account and certificates: {why}; give --acme-dir DIR"
+                ))
+            })?,
+        };
+        let renew_before = match &self.acme_renew_before {
+            Some(text) => Some(positive_duration_flag("--acme-renew-before", text)?),
+            None => None,
+        };
+        Ok(Some(crate::acme::AcmeSettings {
+            names,
+            email: self.acme_email.clone(),
+            directory,
+            ca_root: self.acme_ca_root.clone(),
+            dir,
+            renew_before,
+        }))
+    }
+}
+
+/// An `--acme` name, checked and in lower case: a DNS name (TLS-ALPN-01
+/// cannot prove a wildcard or an IP address here).
+fn acme_name(text: &str) -> Result<String, StartupError> {
+    let name = text.trim_end_matches('.').to_ascii_lowercase();
+    if name.starts_with("*.") {
+        return Err(flag_error(
+            "--acme",
+            text,
+            "a wildcard can only be proven with the DNS-01 challenge, which wssify does not do; give each name (--acme a.example.com --acme b.example.com)",
+        ));
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Err(flag_error(
+            "--acme",
+            text,
+            "an IP address; give the DNS name clients connect to",
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(flag_error(
+            "--acme",
+            text,
+            "not a DNS name (letters, digits, '-' and '.'; internationalized names in their xn-- form)",
+        ));
+    }
+    Ok(name)
 }
 
 fn flag_error(flag: &str, value: &str, why: &str) -> StartupError {

@@ -19,6 +19,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::acme;
 use crate::backend::{self, Lease, Pool};
 use crate::budget::Budget;
 use crate::certs::CertAlgs;
@@ -66,6 +67,9 @@ pub struct Shared {
     pub stall_timeout: Option<Duration>,
     /// The memory every connection's buffers draw from (`--max-memory`).
     pub budget: Arc<Budget>,
+    /// `--acme`: the challenges being validated and the names still
+    /// waiting for a certificate.
+    pub acme: Option<Arc<acme::Status>>,
 }
 
 /// The most a connection's task (the future [`serve`] returns) may take in
@@ -388,6 +392,19 @@ async fn handshake_here(
             match stream.client_hello().await {
                 Err(error) => return Err(Stop::Refused(stream.refused(error))),
                 Ok(Ok(hello)) => {
+                    // --acme: the CA's validation gets the challenge; a
+                    // name still without its certificate is refused (no
+                    // certificate could be the right one), saying why.
+                    match shared.acme.as_ref().map(|acme| acme.verdict(&hello)) {
+                        Some(acme::Verdict::Validation) => {
+                            return Err(Stop::Validation(Box::new(stream)));
+                        }
+                        Some(acme::Verdict::Waiting(why)) => {
+                            let tcp = stream.into_raw().0;
+                            return Err(Stop::Alert(tcp, AlertDescription::InternalError, why));
+                        }
+                        Some(acme::Verdict::Serve) | None => {}
+                    }
                     route = shared.routes.choose(hello.server_name.as_deref());
                     asked = hello.server_name;
                 }
@@ -466,6 +483,18 @@ async fn handshake_here(
                 route,
             })
         }
+        Ok(Err(Stop::Validation(stream))) => {
+            let done = match &shared.acme {
+                Some(acme) => acme::challenge::answer(*stream, acme, deadline).await,
+                None => "ACME is off".to_string(),
+            };
+            debug!(
+                "{who} duration={} end=\"ACME TLS-ALPN-01 validation answered: {}\"",
+                elapsed(started),
+                logsafe::quoted(done.as_bytes())
+            );
+            None
+        }
         Ok(Err(Stop::Alert(mut tcp, alert, why))) => {
             // No TLS state to speak from: the one alert record, then close.
             let _ = timeout(
@@ -530,6 +559,10 @@ enum Stop {
     /// By the ClientHello reader: the socket, the alert to send on it,
     /// and why, for the log.
     Alert(Socket, AlertDescription, String),
+    /// An ACME CA's TLS-ALPN-01 validation: answered with the challenge
+    /// certificate and closed, never sent to a backend. Boxed: it is rare,
+    /// and the stream would make every refusal as large.
+    Validation(Box<TlsStream>),
 }
 
 /// What follows the handshake before bytes flow: the backend connect.

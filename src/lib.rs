@@ -8,6 +8,7 @@
 //! [`tls`], [`listener`]) → [`connection`] → [`proxy`]; [`reload`] swaps
 //! what [`loader`] built while connections run.
 
+pub mod acme;
 pub mod backend;
 pub mod budget;
 pub mod certs;
@@ -91,7 +92,18 @@ impl Server {
         if !terminates && certs.development() {
             certs.dev = settings::DevCert::InMemory;
         }
-        let (loader, config) = loader::Loader::start(&certs, options)?;
+        // The ACME directory is made (and checked) before the loader reads
+        // what it holds and the reloader watches it.
+        let acme = match &settings.certs.acme {
+            Some(acme) => {
+                Some(acme::prepare(acme, options.provider.clone()).map_err(StartupError::new)?)
+            }
+            None => None,
+        };
+        let (mut loader, config) = loader::Loader::start(&certs, options)?;
+        if let Some(status) = &acme {
+            loader.report_acme_to(status.clone());
+        }
         // Logged once the ports are bound, so the example commands name one.
         let development = loader
             .development()
@@ -142,6 +154,10 @@ impl Server {
             .into_iter()
             .flatten()
             .collect::<Vec<_>>();
+        // Once the port the CA validates on is bound.
+        if let (Some(status), Some(acme)) = (&acme, &settings.certs.acme) {
+            acme::spawn(acme, status.clone(), reloader.clone());
+        }
         if let Some(development) = development {
             let port = bound
                 .iter()
@@ -246,6 +262,7 @@ impl Server {
             idle_timeout: settings.idle_timeout,
             stall_timeout: settings.stall_timeout,
             budget: Arc::new(budget::Budget::new(max_memory)),
+            acme,
         });
         Ok(Server {
             bound,

@@ -34,7 +34,24 @@ pub struct Loader {
     pairs: Vec<PairSlot>,
     dirs: Vec<DirSlot>,
     client: Option<ClientSlot>,
+    acme: Option<AcmeSlot>,
     resumption: Resumption,
+}
+
+/// The certificates ACME keeps (`--acme`), one file per name: served once
+/// there, under the same rules as files. A name whose file is not there
+/// yet is not an error: its first certificate is on the way.
+struct AcmeSlot {
+    /// `DIR/CA/certs`, watched.
+    dir: PathBuf,
+    /// Each name and its `NAME.pem`.
+    files: Vec<(String, PathBuf)>,
+    served: BTreeMap<String, Served>,
+    refused: HashMap<String, u64>,
+    /// Told when a name's certificate is taken up, so that its handshakes
+    /// stop being refused at once (a replica's certificate is seen here
+    /// first, through the file watcher).
+    status: Option<Arc<crate::acme::Status>>,
 }
 
 /// What one reload did.
@@ -212,6 +229,21 @@ impl Loader {
                 .map_err(StartupError::new)?,
             ),
         };
+        let acme = settings.acme.as_ref().map(|acme| {
+            let (dir, files) = crate::acme::served_files(acme);
+            let mut slot = AcmeSlot {
+                dir,
+                files,
+                served: BTreeMap::new(),
+                refused: HashMap::new(),
+                status: None,
+            };
+            // A kept file that cannot be used is ordered again, not fatal.
+            let mut report = Report::default();
+            slot.reload(&provider, false, &mut report);
+            warnings.extend(report.refusals);
+            slot
+        });
         let resumption = Resumption::new().map_err(StartupError::new)?;
         let loader = Loader {
             options,
@@ -220,6 +252,7 @@ impl Loader {
             pairs,
             dirs,
             client,
+            acme,
             resumption,
         };
         let config = loader.build()?;
@@ -227,6 +260,16 @@ impl Loader {
             log::warn!("{warning}");
         }
         Ok((loader, config))
+    }
+
+    /// Tells `status` of each ACME certificate taken up from now on.
+    pub fn report_acme_to(&mut self, status: Arc<crate::acme::Status>) {
+        if let Some(acme) = &mut self.acme {
+            for (name, served) in &acme.served {
+                status.served(name, served.loaded.summary.not_after);
+            }
+            acme.status = Some(status);
+        }
     }
 
     /// The development certificate, when no certificate was given.
@@ -246,13 +289,19 @@ impl Loader {
             .iter()
             .flat_map(|d| d.served.values())
             .map(|s| (s.origin.as_str(), &s.loaded.summary));
-        dev.chain(pairs).chain(dirs).collect()
+        let acme = self
+            .acme
+            .iter()
+            .flat_map(|a| a.served.values())
+            .map(|s| (s.origin.as_str(), &s.loaded.summary));
+        dev.chain(pairs).chain(dirs).chain(acme).collect()
     }
 
     /// How the startup line describes what is served.
     pub fn describe(&self) -> String {
         let served = self.served();
         match served.as_slice() {
+            [] => "none yet (ACME is obtaining the first certificates)".to_string(),
             [(_, only)] => only.to_string(),
             many => format!(
                 "{} certificates by SNI, default {}",
@@ -295,6 +344,7 @@ impl Loader {
     /// `..data` link) and, for a symbolic link, its target's directory.
     pub fn watch_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = self.dirs.iter().map(|d| d.dir.clone()).collect();
+        dirs.extend(self.acme.iter().map(|a| a.dir.clone()));
         for file in self.input_files() {
             dirs.push(parent_dir(file));
             if let Ok(real) = std::fs::canonicalize(file) {
@@ -323,6 +373,9 @@ impl Loader {
             // What stays served if this directory empties.
             let elsewhere = self.served().len() - self.dirs[i].served.len();
             self.dirs[i].reload(&provider, elsewhere, force, &mut report);
+        }
+        if let Some(acme) = &mut self.acme {
+            acme.reload(&provider, force, &mut report);
         }
         let mut client_changed = false;
         if let Some(client) = &mut self.client {
@@ -360,6 +413,11 @@ impl Loader {
             self.dirs
                 .iter()
                 .flat_map(|d| d.served.values().map(|s| &s.loaded)),
+        );
+        entries.extend(
+            self.acme
+                .iter()
+                .flat_map(|a| a.served.values().map(|s| &s.loaded)),
         );
         let table = SniTable::with_algs(
             entries
@@ -542,6 +600,79 @@ impl DirSlot {
                 ));
             }
             self.refused.remove(&name);
+        }
+    }
+}
+
+impl AcmeSlot {
+    /// Takes up each name's file when it is new or changed and whole.
+    fn reload(
+        &mut self,
+        provider: &rustls::crypto::CryptoProvider,
+        force: bool,
+        report: &mut Report,
+    ) {
+        for (name, path) in &self.files {
+            let label = format!("--acme {name}: {}", path.display());
+            let mut last = self.refused.get(name).copied();
+            let current = self.served.get(name);
+            if !path.exists() {
+                if current.is_some() {
+                    let why = format!(
+                        "{label} was removed; still serving the certificate read before (a new one is ordered at the next renewal)"
+                    );
+                    refuse(&mut last, why, &[], force, report);
+                    self.refused.insert(name.clone(), last.unwrap_or_default());
+                }
+                continue;
+            }
+            let bytes = match certs::read(&label, path, "a PEM file with the chain and its key") {
+                Ok(bytes) => bytes,
+                Err(why) => {
+                    refuse(&mut last, why, &[], force, report);
+                    self.refused.insert(name.clone(), last.unwrap_or_default());
+                    continue;
+                }
+            };
+            if current.is_some_and(|s| s.cert_bytes == bytes) {
+                self.refused.remove(name);
+                continue;
+            }
+            match certs::from_pem(&label, &bytes, &label, &bytes, provider) {
+                Ok(loaded) => {
+                    report
+                        .changes
+                        .push(format!("--acme {name}: {}", loaded.summary.describe()));
+                    if let Some(status) = &self.status {
+                        status.served(name, loaded.summary.not_after);
+                    }
+                    self.served.insert(
+                        name.clone(),
+                        Served {
+                            origin: format!("--acme {name}"),
+                            cert_bytes: bytes.clone(),
+                            key_bytes: bytes,
+                            loaded,
+                        },
+                    );
+                    self.refused.remove(name);
+                }
+                Err(why) => {
+                    let kept = if current.is_some() {
+                        "still serving the previous certificate"
+                    } else {
+                        "it is ordered again"
+                    };
+                    refuse(
+                        &mut last,
+                        format!("{why}; {kept}"),
+                        &[&bytes],
+                        force,
+                        report,
+                    );
+                    self.refused.insert(name.clone(), last.unwrap_or_default());
+                }
+            }
         }
     }
 }

@@ -43,6 +43,8 @@ pub enum Trigger {
     FileChange,
     /// `--reload-interval` passed.
     Timer,
+    /// ACME obtained or renewed a certificate (or saw one a replica did).
+    Acme,
 }
 
 impl Trigger {
@@ -51,6 +53,7 @@ impl Trigger {
             Trigger::Signal => "SIGHUP",
             Trigger::FileChange => "file change",
             Trigger::Timer => "timer",
+            Trigger::Acme => "ACME",
         }
     }
 }

@@ -122,7 +122,16 @@ impl Routes {
 /// get the default certificate, which browsers refuse for that name.
 /// `served`: every certificate with where it came from.
 pub fn warn_uncovered(settings: &Settings, served: &[(&str, &crate::certs::CertSummary)]) {
+    let acme = settings
+        .certs
+        .acme
+        .as_ref()
+        .map_or(&[][..], |a| &a.names[..]);
     for route in settings.routes.iter().filter(|r| r.way == Way::Terminate) {
+        // An --acme name is covered once its certificate arrives.
+        if acme.iter().any(|name| covers(name, &route.name)) {
+            continue;
+        }
         let covered = served
             .iter()
             .any(|(_, cert)| cert.dns_names.iter().any(|name| covers(name, &route.name)));

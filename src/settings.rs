@@ -215,6 +215,8 @@ pub struct CertSettings {
     /// ones the development CA may sign, so that routing works on the
     /// first day without a certificate of one's own.
     pub dev_names: Vec<String>,
+    /// `--acme`: certificates obtained from an ACME CA, kept in a directory.
+    pub acme: Option<crate::acme::AcmeSettings>,
 }
 
 /// Where the development certificate comes from (no `--cert`, no
@@ -244,6 +246,7 @@ impl Default for CertSettings {
             reload_interval: Some(DEFAULT_RELOAD_INTERVAL),
             dev: DevCert::Ca(None),
             dev_names: Vec::new(),
+            acme: None,
         }
     }
 }
@@ -251,7 +254,7 @@ impl Default for CertSettings {
 impl CertSettings {
     /// No certificate was given: serve a development one (see [`DevCert`]).
     pub fn development(&self) -> bool {
-        self.pairs.is_empty() && self.dirs.is_empty()
+        self.pairs.is_empty() && self.dirs.is_empty() && self.acme.is_none()
     }
 }
 

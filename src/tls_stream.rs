@@ -272,6 +272,35 @@ impl TlsStream {
         waited.map_err(|e| self.left(e))
     }
 
+    /// Runs the handshake on `config` instead of the one the stream was
+    /// started with: an ACME TLS-ALPN-01 validation (RFC 8737) must be
+    /// answered from a configuration of its own (ALPN `acme-tls/1`, the
+    /// challenge certificate), chosen once [`Self::client_hello`] has shown
+    /// what the client asks for.
+    ///
+    /// Valid only while rustls has seen no byte: the pre-read keeps the
+    /// hello pending without handing it over, so a connection made now from
+    /// `config` starts from the same bytes. Once rustls has processed a
+    /// record (it consumed bytes, queued a flight, resolved a name), the
+    /// stream is bound to its configuration and this is an error.
+    pub fn reconfigure(&mut self, config: Arc<ServerConfig>) -> io::Result<()> {
+        let untouched = self.incoming.start == 0
+            && self.outgoing.is_empty()
+            && self.flights == 0
+            && self.hello_version == 0
+            && self.sni.is_none()
+            && !self.failed
+            && self.conn.is_handshaking();
+        debug_assert!(untouched, "reconfigure after rustls processed a record");
+        if !untouched {
+            return Err(io::Error::other(
+                "the TLS configuration can only be replaced before the handshake begins",
+            ));
+        }
+        self.conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(())
+    }
+
     /// Gives back the socket and every byte read from it, untouched, for a
     /// connection passed through instead of terminated. Only before the
     /// handshake: rustls has not seen the bytes.
@@ -1239,6 +1268,92 @@ mod tests {
         let mut out = Vec::new();
         conn.write_tls(&mut out).unwrap();
         out
+    }
+
+    #[tokio::test]
+    async fn a_stream_reconfigured_after_its_hello_was_read_handshakes_on_the_new_configuration() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCert))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"x-test".to_vec()];
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = TlsStream::start(tcp, config(), &[], Arc::new(Budget::new(1 << 30)))
+            .map_err(|refused| refused.error)
+            .unwrap();
+        let hello = stream.client_hello().await.unwrap().unwrap();
+        assert_eq!(hello.alpn, vec![b"x-test".to_vec()]);
+        // The first configuration offers no ALPN; the new one does.
+        let mut other = (*config()).clone();
+        other.alpn_protocols = vec![b"x-test".to_vec()];
+        stream.reconfigure(Arc::new(other)).unwrap();
+        let done = stream.handshake().await.map_err(|r| r.error).unwrap();
+        assert_eq!(done.conn.alpn_protocol(), Some(&b"x-test"[..]));
+        assert_eq!(client.await.unwrap().as_deref(), Some(&b"x-test"[..]));
+    }
+
+    /// A client verifier that accepts any server certificate.
+    #[derive(Debug)]
+    struct AnyCert;
+
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &crate::tls::provider().signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &crate::tls::provider().signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            crate::tls::provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
     }
 
     #[tokio::test]

@@ -323,7 +323,7 @@ pub fn allow_sudo_user() {
 }
 
 /// Whether `uid` may own the CA's directory and files.
-fn owner_allowed(uid: u32) -> bool {
+pub(crate) fn owner_allowed(uid: u32) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if uid == euid {
@@ -366,7 +366,7 @@ fn orphan_key_refusal(key_path: &Path) -> String {
 /// Opens `path` for reading without following a symbolic link, and reads
 /// it if it is a regular file of at most [`MAX_FILE`] bytes: `None` when
 /// there is no such file; the metadata is the open handle's.
-fn read_small(path: &Path) -> io::Result<Option<(Vec<u8>, fs::Metadata)>> {
+pub(crate) fn read_small(path: &Path) -> io::Result<Option<(Vec<u8>, fs::Metadata)>> {
     use std::io::Read;
     let file = match OpenOptions::new()
         .read(true)
@@ -495,7 +495,7 @@ fn recognise(der: &[u8]) -> Result<(), &'static str> {
 }
 
 /// Creates `dir` (mode 0700) and its parents, unless it exists.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn ensure_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -551,40 +551,19 @@ fn is_cannot_write(e: &io::Error) -> bool {
 }
 
 /// The exclusive lock on `DIR/.lock`, released when dropped (closing the
-/// file releases a flock, also when the process dies).
-struct Lock {
+/// file releases a flock, also when the process dies). ACME's per-name
+/// locks are the same kind ([`Lock::try_file`]).
+pub(crate) struct Lock {
     _held: File,
 }
 
 impl Lock {
     fn take(dir: &Path) -> io::Result<Lock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            // Never a link put there to make us create or lock another file.
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dir.join(LOCK_FILE))?;
-        if !file.metadata()?.is_file() {
-            return Err(io::Error::other(format!(
-                "{LOCK_FILE} is not a regular file"
-            )));
-        }
+        let file = Lock::open(&dir.join(LOCK_FILE))?;
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
-            // SAFETY: flock only reads the descriptor number, which `file`
-            // keeps open for the whole call. Needed because std's
-            // `File::try_lock` is newer (Rust 1.89) than the Rust 1.88
-            // wssify supports.
-            let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if result == 0 {
+            if Lock::flock(&file)? {
                 return Ok(Lock { _held: file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
             }
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
@@ -596,6 +575,49 @@ impl Lock {
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The lock on `path` (created with mode 0600) if no other process
+    /// holds it, without waiting: `None` when one does.
+    pub(crate) fn try_file(path: &Path) -> io::Result<Option<Lock>> {
+        let file = Lock::open(path)?;
+        Ok(Lock::flock(&file)?.then_some(Lock { _held: file }))
+    }
+
+    fn open(path: &Path) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            // Never a link put there to make us create or lock another file.
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other(format!(
+                "{} is not a regular file",
+                crate::logsafe::path(path)
+            )));
+        }
+        Ok(file)
+    }
+
+    /// One non-blocking attempt: whether the lock was taken.
+    fn flock(file: &File) -> io::Result<bool> {
+        // SAFETY: flock only reads the descriptor number, which `file`
+        // keeps open for the whole call. Needed because std's
+        // `File::try_lock` is newer (Rust 1.89) than the Rust 1.88
+        // wssify supports.
+        let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if result == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+            _ => Err(e),
         }
     }
 }
@@ -892,7 +914,7 @@ pub(crate) fn random_serial() -> SerialNumber {
 
 /// Writes `bytes` to `dir/name` atomically: a temporary file created with
 /// `mode` (never changed afterwards), synced, then renamed into place.
-fn write_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_file(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let result = (|| {
