@@ -148,6 +148,26 @@ pub async fn check(settings: &Settings) -> Findings {
             ));
         }
     }
+    if let Some(path) = &certs.ticket_keys {
+        let label = format!("--ticket-keys {}", path.display());
+        let read = certs::read(&label, path, "the session ticket keys file").and_then(|bytes| {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("{label}: not text; each line is one base64 key"))?;
+            crate::tickets::parse(&label, &text)
+        });
+        match read {
+            Ok(keys) if keys.len() < 3 => found.warn(format!(
+                "{label}: {} keys; keep three (previous, current, next) so that a rotation never seals with a key another replica lacks",
+                keys.len()
+            )),
+            Ok(keys) => found.info(format!(
+                "{label}: {} keys, sealing with key {}",
+                keys.len(),
+                keys.len() - 1
+            )),
+            Err(why) => found.error(why),
+        }
+    }
     if let Some(version) = settings.proxy_protocol {
         found.info(format!(
             "--proxy-protocol {version}: each connection to the backend starts with a PROXY protocol {version} header; the backend must expect it"

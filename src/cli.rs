@@ -130,6 +130,13 @@ pub struct Args {
     #[argh(option, arg_name = "FILE")]
     pub crl: Vec<PathBuf>,
 
+    /// seal TLS session tickets with the keys in FILE, which every replica
+    /// shares, so clients resume on any of them: one key per line, 80 random
+    /// bytes in base64 (openssl rand 80 | openssl base64 -A), the second to
+    /// last seals (HAProxy's tls-ticket-keys layout); re-read like certificates
+    #[argh(option, arg_name = "FILE")]
+    pub ticket_keys: Option<PathBuf>,
+
     /// certificate files are re-read on change (directories are watched),
     /// on SIGHUP, and at this interval; 0 = only on SIGHUP (default: 30s)
     #[argh(option, arg_name = "DURATION")]
@@ -265,7 +272,7 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 36] = [
+const VALUE_FLAGS: [(&str, &str); 37] = [
     ("--listen", "ADDR"),
     ("--unix-mode", "MODE"),
     ("--to", "HOST:PORT"),
@@ -281,6 +288,7 @@ const VALUE_FLAGS: [(&str, &str); 36] = [
     ("--dev-ca", "ACTION"),
     ("--client-ca", "FILE"),
     ("--crl", "FILE"),
+    ("--ticket-keys", "FILE"),
     ("--reload-interval", "DURATION"),
     ("--acme", "NAME"),
     ("--acme-email", "EMAIL"),
@@ -735,6 +743,7 @@ impl Args {
         certs.client_ca = self.client_ca.clone();
         certs.client_ca_optional = self.client_ca_optional;
         certs.crls = self.crl.clone();
+        certs.ticket_keys = self.ticket_keys.clone();
         if certs.client_ca.is_none() {
             if self.client_ca_optional {
                 return Err(StartupError::new(

@@ -37,6 +37,7 @@ pub mod sni;
 pub mod sniff;
 pub mod socket;
 pub mod systemd;
+pub mod tickets;
 pub mod tls;
 pub mod tls_stream;
 pub mod unix_listen;

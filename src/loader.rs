@@ -24,6 +24,7 @@ use crate::dev_ca::{self, Development};
 use crate::error::StartupError;
 use crate::settings::{CertPair, CertSettings};
 use crate::sni::SniTable;
+use crate::tickets;
 use crate::tls::{self, Resumption, TlsOptions};
 
 /// Everything loaded, and the bytes it was loaded from (to see changes).
@@ -35,7 +36,56 @@ pub struct Loader {
     dirs: Vec<DirSlot>,
     client: Option<ClientSlot>,
     acme: Option<AcmeSlot>,
+    /// `--ticket-keys`: the file and what it held when last read.
+    tickets: Option<TicketSlot>,
     resumption: Resumption,
+}
+
+/// `--ticket-keys`: the shared session ticket keys file.
+struct TicketSlot {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    keys: Vec<[u8; tickets::KEY_BYTES]>,
+}
+
+impl TicketSlot {
+    fn label(path: &Path) -> String {
+        format!("--ticket-keys {}", path.display())
+    }
+
+    /// Reads and parses the file.
+    fn load(path: &Path) -> Result<TicketSlot, String> {
+        let label = Self::label(path);
+        let bytes = certs::read(&label, path, "the session ticket keys file")?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| format!("{label}: not text; each line is one base64 key"))?;
+        let keys = tickets::parse(&label, text)?;
+        Ok(TicketSlot {
+            path: path.to_path_buf(),
+            bytes,
+            keys,
+        })
+    }
+}
+
+/// The session tickets for `keys` (a `--ticket-keys` file) bound to the
+/// client certificate checks of `client`, or this process's own.
+fn resumption_for(
+    keys: Option<&TicketSlot>,
+    client: Option<&ClientSlot>,
+) -> Result<Resumption, String> {
+    let Some(slot) = keys else {
+        return Resumption::new();
+    };
+    let mut binding = Vec::new();
+    if let Some(client) = client {
+        binding.extend_from_slice(&client.ca_bytes);
+        for (_, bytes, _) in &client.crls {
+            binding.extend_from_slice(bytes);
+        }
+    }
+    let ticketer = tickets::ticketer(&slot.keys, &binding)?;
+    Ok(Resumption::shared(Arc::new(ticketer)))
 }
 
 /// The certificates ACME keeps (`--acme`), one file per name: served once
@@ -244,7 +294,12 @@ impl Loader {
             warnings.extend(report.refusals);
             slot
         });
-        let resumption = Resumption::new().map_err(StartupError::new)?;
+        let tickets = match &settings.ticket_keys {
+            Some(path) => Some(TicketSlot::load(path).map_err(StartupError::new)?),
+            None => None,
+        };
+        let resumption =
+            resumption_for(tickets.as_ref(), client.as_ref()).map_err(StartupError::new)?;
         let loader = Loader {
             options,
             strict_sni: settings.strict_sni,
@@ -253,6 +308,7 @@ impl Loader {
             dirs,
             client,
             acme,
+            tickets,
             resumption,
         };
         let config = loader.build()?;
@@ -322,6 +378,7 @@ impl Loader {
             files.push(&client.ca_path);
             files.extend(client.crls.iter().map(|(p, _, _)| p.as_path()));
         }
+        files.extend(self.tickets.iter().map(|t| t.path.as_path()));
         files
     }
 
@@ -381,12 +438,39 @@ impl Loader {
         if let Some(client) = &mut self.client {
             client_changed = client.reload(&provider, force, &mut report);
         }
-        if client_changed {
+        let mut keys_changed = false;
+        if let Some(slot) = &mut self.tickets {
+            match std::fs::read(&slot.path) {
+                Ok(bytes) if bytes == slot.bytes && !force => {}
+                _ => match TicketSlot::load(&slot.path) {
+                    Ok(fresh) if fresh.bytes == slot.bytes => {}
+                    Ok(fresh) => {
+                        *slot = fresh;
+                        keys_changed = true;
+                    }
+                    Err(e) => report.refusals.push(format!(
+                        "{e}; still sealing tickets with the keys read before"
+                    )),
+                },
+            }
+        }
+        if client_changed || keys_changed {
             // Sessions resumed from tickets skip the client certificate
             // check: with a new CA or revocation list, old tickets must not
-            // resume, so their keys are dropped.
-            match Resumption::new() {
-                Ok(fresh) => self.resumption = fresh,
+            // resume, so their keys are dropped (or, with --ticket-keys,
+            // derived anew from the file and the new checks).
+            match resumption_for(self.tickets.as_ref(), self.client.as_ref()) {
+                Ok(fresh) => {
+                    self.resumption = fresh;
+                    if let Some(slot) = self.tickets.as_ref().filter(|_| keys_changed) {
+                        report.changes.push(format!(
+                            "{}: {} keys, sealing with key {} (the second to last)",
+                            TicketSlot::label(&slot.path),
+                            slot.keys.len(),
+                            slot.keys.len().saturating_sub(2) + 1
+                        ));
+                    }
+                }
                 Err(e) => report.refusals.push(format!(
                     "{e}; session tickets issued before this reload stay valid"
                 )),

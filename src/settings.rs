@@ -217,6 +217,8 @@ pub struct CertSettings {
     pub dev_names: Vec<String>,
     /// `--acme`: certificates obtained from an ACME CA, kept in a directory.
     pub acme: Option<crate::acme::AcmeSettings>,
+    /// `--ticket-keys`: session ticket keys shared by every replica.
+    pub ticket_keys: Option<PathBuf>,
 }
 
 /// Where the development certificate comes from (no `--cert`, no
@@ -247,6 +249,7 @@ impl Default for CertSettings {
             dev: DevCert::Ca(None),
             dev_names: Vec::new(),
             acme: None,
+            ticket_keys: None,
         }
     }
 }

@@ -52,6 +52,16 @@ impl Resumption {
             sessions: ServerSessionMemoryCache::new(256),
         })
     }
+
+    /// Tickets sealed with the keys of a `--ticket-keys` file, which every
+    /// replica shares (see `tickets`); the session cache (TLS 1.2 session
+    /// ids) stays this process's own.
+    pub fn shared(ticketer: Arc<crate::tickets::SharedTicketer>) -> Resumption {
+        Resumption {
+            ticketer,
+            sessions: ServerSessionMemoryCache::new(256),
+        }
+    }
 }
 
 /// Builds a server configuration around a certificate table and, for
