@@ -235,7 +235,7 @@ fn check_listen(found: &mut Findings, settings: &Settings) -> Vec<Bound> {
             ));
             continue;
         }
-        match listener::try_bind(addr) {
+        match listener::try_bind(addr, false) {
             Ok(b) => {
                 found.info(format!(
                     "--listen {addr}: free; a start listens on {}{}",

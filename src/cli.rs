@@ -263,6 +263,12 @@ pub struct Args {
     #[argh(switch)]
     pub low_priority_handshakes: bool,
 
+    /// let a newer wssify started with this flag bind the same TCP port
+    /// while this one runs: new clients go to the newer one at once, and
+    /// this one, sent SIGTERM, drains; an upgrade refuses no client
+    #[argh(switch)]
+    pub reuse_port: bool,
+
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
@@ -314,8 +320,9 @@ const VALUE_FLAGS: [(&str, &str); 37] = [
 /// The short names of flags that take a value.
 const SHORT_VALUE_FLAGS: [&str; 2] = ["-l", "-t"];
 /// The flags that take no value.
-const SWITCHES: [&str; 8] = [
+const SWITCHES: [&str; 9] = [
     "--self-signed",
+    "--reuse-port",
     "--acme-staging",
     "--strict-sni",
     "--client-ca-optional",
@@ -578,6 +585,7 @@ impl Args {
             settings.threads = count_flag("--threads", text, MAX_THREADS, &why)?;
         }
         settings.low_priority_handshakes = self.low_priority_handshakes;
+        settings.reuse_port = self.reuse_port;
         if let Some(text) = &self.busy_poll {
             let too_long = || {
                 let why = format!(

@@ -150,7 +150,7 @@ impl Server {
         let bound = settings
             .listen
             .iter()
-            .map(listener::bind_all)
+            .map(|addr| listener::bind_all(addr, settings.reuse_port))
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
             .flatten()

@@ -94,6 +94,39 @@ impl std::fmt::Display for Local {
 }
 
 impl Listener {
+    /// A client already waiting in the kernel's accept queue, without
+    /// waiting for one (`None`: the queue is empty), for the last sweep
+    /// before the socket closes.
+    fn accept_queued(&self) -> io::Result<Option<(Socket, Peer)>> {
+        let accepted = match self {
+            Listener::Tcp(listener) => SockRef::from(listener).accept(),
+            Listener::Unix(bound, _) => SockRef::from(&bound.listener).accept(),
+            Listener::PassedUnix(listener, _) => SockRef::from(listener).accept(),
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        socket.set_nonblocking(true)?;
+        match self {
+            Listener::Tcp(_) => {
+                let tcp = tokio::net::TcpStream::from_std(socket.into())?;
+                let Some(peer) = peer.as_socket() else {
+                    return Err(io::Error::other("a TCP client without an address"));
+                };
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                Ok(Some((Socket::Tcp(tcp), Peer::Tcp(peer))))
+            }
+            Listener::Unix(_, name) | Listener::PassedUnix(_, name) => {
+                let unix = tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(
+                    std::os::fd::OwnedFd::from(socket),
+                ))?;
+                Ok(Some((Socket::from(unix), Peer::Unix(name))))
+            }
+        }
+    }
+
     /// The next client, and who it is. IPv4 clients of a dual-stack socket
     /// are shown as plain IPv4; a UNIX client by the socket's `name`.
     async fn accept(&self) -> io::Result<(Socket, Peer)> {
@@ -117,9 +150,10 @@ impl Listener {
 
 /// The listeners of one `--listen` value: the sockets systemd passed for
 /// `systemd[:NAME]` (one or more), else the one [`bind`] makes.
-pub fn bind_all(addr: &ListenAddr) -> Result<Vec<Bound>, StartupError> {
+/// `reuse_port`: see [`bind`].
+pub fn bind_all(addr: &ListenAddr, reuse_port: bool) -> Result<Vec<Bound>, StartupError> {
     let ListenAddr::Systemd(name) = addr else {
-        return bind(addr).map(|bound| vec![bound]);
+        return bind(addr, reuse_port).map(|bound| vec![bound]);
     };
     let passed = systemd::take(name.as_deref());
     if passed.is_empty() {
@@ -193,8 +227,13 @@ fn adopt(fd: std::os::fd::OwnedFd, name: &str) -> io::Result<Bound> {
 
 /// Binds one `--listen` value. A bare port binds `[::]` for IPv4 and IPv6
 /// together, or `0.0.0.0` on hosts without IPv6.
-pub fn bind(addr: &ListenAddr) -> Result<Bound, StartupError> {
-    try_bind(addr).map_err(|failure| failure.message)
+///
+/// `reuse_port` (`--reuse-port`): the TCP port may be bound by another
+/// wssify that also asked for it, and new clients go to the newest (see
+/// [`steer_to_newest`]): how one wssify replaces another without a
+/// refused connection.
+pub fn bind(addr: &ListenAddr, reuse_port: bool) -> Result<Bound, StartupError> {
+    try_bind(addr, reuse_port).map_err(|failure| failure.message)
 }
 
 /// Why a `--listen` value could not be bound.
@@ -208,7 +247,7 @@ pub struct BindError {
 
 /// [`bind`], telling `--check` who holds a port in use. `--check` binds
 /// through here so that it and a start say the same thing.
-pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
+pub fn try_bind(addr: &ListenAddr, reuse_port: bool) -> Result<Bound, BindError> {
     if let ListenAddr::Unix { path, mode } = addr {
         return match unix_listen::bind(path, *mode, BACKLOG) {
             Ok(bound) => {
@@ -231,7 +270,7 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
         };
     }
     let result = match *addr {
-        ListenAddr::Addr(socket_addr) => bind_one(socket_addr, false).map(|b| (b, "")),
+        ListenAddr::Addr(socket_addr) => bind_one(socket_addr, false, reuse_port).map(|b| (b, "")),
         ListenAddr::Unix { .. } => unreachable!("bound above"),
         ListenAddr::Systemd(_) => {
             return Err(BindError {
@@ -243,10 +282,10 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
         }
         ListenAddr::AllInterfaces(port) => {
             let dual = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-            match bind_one(dual, true) {
+            match bind_one(dual, true, reuse_port) {
                 Ok(listener) => Ok((listener, " (IPv4 and IPv6)")),
                 Err(e) if no_ipv6(&e) => {
-                    bind_one(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), false)
+                    bind_one(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), false, reuse_port)
                         .map(|b| (b, " (IPv4 only: this host has no IPv6)"))
                 }
                 Err(e) => Err(e),
@@ -262,7 +301,7 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
     })
 }
 
-fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+fn bind_one(addr: SocketAddr, dual_stack: bool, reuse_port: bool) -> io::Result<TcpListener> {
     let socket =
         socket2::Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if dual_stack {
@@ -270,10 +309,59 @@ fn bind_one(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     }
     // Lets a restarted wssify bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
+    // After listen: attached before, the program makes the port's group
+    // refuse the next bind (EADDRINUSE, seen on Linux 6.18).
+    if reuse_port {
+        steer_to_newest(&socket)?;
+    }
     TcpListener::from_std(socket.into())
+}
+
+/// With `--reuse-port`, the sockets bound to one port form a group, and the
+/// kernel spreads new connections over them by a hash: an old wssify would
+/// keep getting its share until it closes, and closing resets whatever
+/// waits in its queue. A one-instruction classic BPF program on the group
+/// ("the socket at place 1") sends every new connection to the second
+/// socket, the newer wssify, from the moment it listens; alone in the
+/// group, place 1 does not exist and the kernel picks the only socket. The
+/// old one then accepts what its queue still holds and closes
+/// (`accept_queued`), and no client is refused or reset.
+fn steer_to_newest(socket: &socket2::Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // BPF_RET | BPF_K: return the constant 1.
+    let program = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 1,
+    }];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: setsockopt reads `fprog` (and the one instruction it points
+    // to, which outlives the call) during the call only; the descriptor is
+    // this socket's own. No safe wrapper exists for this option (socket2
+    // has none, and rustix would be a new dependency for one call).
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            std::ptr::from_ref(&fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if done != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn no_ipv6(e: &io::Error) -> bool {
@@ -389,6 +477,7 @@ pub async fn accept_loop(
     let mut failing: Option<(tokio::time::Instant, u64)> = None;
     let mut conns_full = None;
     let mut handshakes_full = None;
+    let mut sweeping = false;
     loop {
         let Some(permit) = take(&gates.conns, &mut phase, &mut conns_full, || {
             warn!(
@@ -416,9 +505,25 @@ pub async fn accept_loop(
             break;
         };
         drop(room);
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = reached(&mut phase, Phase::Draining) => break,
+        let accepted = if sweeping {
+            // Draining: only the clients already in the queue.
+            match listener.accept_queued() {
+                Ok(Some(accepted)) => Ok(accepted),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            }
+        } else {
+            tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = reached(&mut phase, Phase::Draining) => {
+                    // Clients whose connections the kernel has already
+                    // completed would get a reset when the socket closes:
+                    // they are accepted and served first (with
+                    // --reuse-port, a new wssify takes everyone else).
+                    sweeping = true;
+                    continue;
+                }
+            }
         };
         match accepted {
             Ok((tcp, peer)) => {
@@ -467,6 +572,7 @@ pub async fn accept_loop(
                 );
                 tokio::spawn(task);
             }
+            Err(_) if sweeping => break,
             Err(e) => match classify(&e) {
                 AcceptError::PerConnection => {
                     debug!("{local_addr}: a connection failed while being accepted: {e}");

@@ -85,6 +85,9 @@ pub struct Settings {
     /// Handshakes run on threads of their own at a lower CPU priority (see
     /// `runtime::build_handshakes`).
     pub low_priority_handshakes: bool,
+    /// TCP listeners may share their port with a newer wssify, which then
+    /// takes every new client (`--reuse-port`, for upgrades).
+    pub reuse_port: bool,
 }
 
 impl Settings {
@@ -125,6 +128,7 @@ impl Settings {
             threads: default_threads(),
             busy_poll: None,
             low_priority_handshakes: false,
+            reuse_port: false,
         }
     }
 }
