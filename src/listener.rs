@@ -284,10 +284,12 @@ pub fn try_bind(addr: &ListenAddr, reuse_port: bool) -> Result<Bound, BindError>
             let dual = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
             match bind_one(dual, true, reuse_port) {
                 Ok(listener) => Ok((listener, " (IPv4 and IPv6)")),
-                Err(e) if no_ipv6(&e) => {
-                    bind_one(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), false, reuse_port)
-                        .map(|b| (b, " (IPv4 only: this host has no IPv6)"))
-                }
+                Err(e) if no_ipv6(&e) => bind_one(
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                    false,
+                    reuse_port,
+                )
+                .map(|b| (b, " (IPv4 only: this host has no IPv6)")),
                 Err(e) => Err(e),
             }
         }

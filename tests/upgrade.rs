@@ -42,7 +42,9 @@ async fn a_new_wssify_takes_over_the_port_and_the_old_one_drains_with_no_client_
 
         // One long-lived connection on the old process: it must outlive
         // the switch and keep moving bytes while the old one drains.
-        let mut long = tls_connect(addr, config.clone(), "localhost").await.unwrap();
+        let mut long = tls_connect(addr, config.clone(), "localhost")
+            .await
+            .unwrap();
 
         // Clients back to back, each a handshake and an echo, throughout.
         let stop = Arc::new(AtomicBool::new(false));
