@@ -507,7 +507,10 @@ fn port_443_is_refused_without_net_bind_service() {
         "--self-signed",
     ]);
     assert!(!ran, "wssify bound 443 without the capability: {out}");
-    assert!(out.contains("443"), "{out}");
+    assert!(
+        out.contains("--listen 443: permission denied for port 443"),
+        "{out}"
+    );
     let code = podman(&["inspect", "--format", "{{.State.ExitCode}}", &container]);
     assert_ne!(code, "0");
 }
