@@ -251,8 +251,7 @@ fn root_mount_options(pid: &str) -> String {
     // mount on "/" is the one in effect.
     mountinfo
         .lines()
-        .filter(|l| l.split_whitespace().nth(4) == Some("/"))
-        .last()
+        .rfind(|l| l.split_whitespace().nth(4) == Some("/"))
         .and_then(|l| l.split_whitespace().nth(5))
         .unwrap_or_else(|| panic!("no / in /proc/{pid}/mountinfo"))
         .to_string()
