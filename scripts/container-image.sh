@@ -95,7 +95,17 @@ setup_podman
 cargo build --release --bin wssify --example ws_echo
 stage "$TARGET/release/wssify" wssify "$STAGE/wssify/rootfs"
 stage "$TARGET/release/examples/ws_echo" ws_echo "$STAGE/ws-echo/rootfs"
-podman build -q -t "localhost/wssify:$TAG" -f deploy/container/Containerfile "$STAGE/wssify" >/dev/null
-podman build -q -t "localhost/ws-echo:$TAG" -f deploy/container/ws-echo.Containerfile "$STAGE/ws-echo" >/dev/null
-podman image prune -f >/dev/null 2>&1 || true
+# Builds IMAGE from CONTAINERFILE and CONTEXT, then removes the image the
+# tag named before, if it changed and nothing uses it (only that one: other
+# untagged images on the machine are not this script's to prune).
+build() {
+  local image=$1 containerfile=$2 context=$3 old
+  old=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
+  podman build -q -t "$image" -f "$containerfile" "$context" >/dev/null
+  if [ -n "$old" ] && [ "$old" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+  fi
+}
+build "localhost/wssify:$TAG" deploy/container/Containerfile "$STAGE/wssify"
+build "localhost/ws-echo:$TAG" deploy/container/ws-echo.Containerfile "$STAGE/ws-echo"
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' --filter "reference=localhost/wssify:$TAG" --filter "reference=localhost/ws-echo:$TAG"

@@ -65,12 +65,19 @@ fn podman(args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run podman: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The two host problems containers.conf fixes (README, Container).
+    let hint = if stderr.contains("setrlimit") || stderr.contains("hybrid mode") {
+        "\n/etc/containers/containers.conf needs default_ulimits within `ulimit -Hn`/`-Hu` \
+         and runtime = \"runc\": see the README's Container section"
+    } else {
+        ""
+    };
     assert!(
         out.status.success(),
-        "podman {} failed: {}{}",
+        "podman {} failed: {}{stderr}{hint}",
         args.join(" "),
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
