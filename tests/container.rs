@@ -757,15 +757,22 @@ async fn the_sidecar_pod_serves_wss_and_takes_a_renewed_secret_without_a_restart
         while let Some(Ok(_)) = ws.next().await {}
         drop(ws);
 
-        // `kube down` stops both: wssify and the ws server exit on SIGTERM.
+        // Stopping the pod sends both containers SIGTERM (what the kubelet
+        // does after preStop): each is PID 1 in its container, handles it
+        // and exits 0 at once, long before the grace period's SIGKILL.
         let stopping = Instant::now();
-        let (down, out) = podman_status(&["kube", "down", play.to_str().unwrap()]);
-        assert!(down, "podman kube down: {out}");
+        podman(&["pod", "stop", "-t", "40", &pod]);
         assert!(
             stopping.elapsed() < Duration::from_secs(15),
-            "kube down took {:?}: SIGTERM not handled?",
+            "the pod took {:?} to stop: SIGTERM not handled?",
             stopping.elapsed()
         );
+        for container in [&wssify, &server] {
+            let code = podman(&["inspect", "--format", "{{.State.ExitCode}}", container]);
+            assert_eq!(code, "0", "{container}: {}", podman_status(&["logs", container]).1);
+        }
+        let (down, out) = podman_status(&["kube", "down", play.to_str().unwrap()]);
+        assert!(down, "podman kube down: {out}");
     })
     .await;
 }
