@@ -735,6 +735,18 @@ async fn the_sidecar_pod_serves_wss_and_takes_a_renewed_secret_without_a_restart
         let net = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
         assert_eq!(net(pid(&wssify)), net(pid(&server)));
 
+        // From outside the pod, wssify is the one way in: its port answers
+        // on the pod's address, the ws server's does not.
+        let pod_ip = podman(&[
+            "inspect", "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &wssify,
+        ]);
+        let at = |port: u16| format!("{pod_ip}:{port}").parse::<SocketAddr>().unwrap();
+        TcpStream::connect(at(8443)).await.expect("wssify on the pod's address");
+        let refused = TcpStream::connect(at(9200)).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut ws = wss_client(addr, &ca, "ws-echo.default.svc").await;
         echoes(&mut ws, "hello through the sidecar").await;
