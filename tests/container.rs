@@ -82,6 +82,12 @@ fn podman(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// [`podman`] with its arguments written as one command line (split at
+/// whitespace: no argument here holds any), as the README writes them.
+fn podman_line(line: &str) -> String {
+    podman(&line.split_whitespace().collect::<Vec<_>>())
+}
+
 /// Removes, when dropped (a test's end or its panic), the containers, pods
 /// and networks it was given.
 #[derive(Default)]
@@ -346,19 +352,10 @@ async fn read_only_non_root_on_443_to_a_backend_by_name_and_sigterm_drains() {
         podman(&["network", "create", &network]);
         let backend = name("ws-server");
         guard.containers.push(backend.clone());
-        podman(&[
-            "run",
-            "-d",
-            "--name",
-            &backend,
-            "--network",
-            &network,
-            "--read-only",
-            "--cap-drop",
-            "ALL",
-            ECHO_IMAGE,
-            "0.0.0.0:9200",
-        ]);
+        podman_line(&format!(
+            "run -d --name {backend} --network {network} --read-only --cap-drop ALL \
+             {ECHO_IMAGE} 0.0.0.0:9200"
+        ));
         wait_for_podman_log(&backend, "ws echo listening on").await;
 
         let certs = tempfile::tempdir().unwrap();
@@ -367,38 +364,14 @@ async fn read_only_non_root_on_443_to_a_backend_by_name_and_sigterm_drains() {
         let port = free_port();
         let wssify = name("wssify");
         guard.containers.push(wssify.clone());
-        let to = format!("--to={backend}:9200");
-        let publish = format!("127.0.0.1:{port}:443");
-        let volume = format!("{}:/etc/wssify/tls:ro", certs.path().display());
-        podman(&[
-            "run",
-            "-d",
-            "--name",
-            &wssify,
-            "--network",
-            &network,
-            "--read-only",
-            "--user",
-            "65534:65534",
-            "--cap-drop",
-            "ALL",
-            "--cap-add",
-            "NET_BIND_SERVICE",
-            "-p",
-            &publish,
-            "-v",
-            &volume,
-            WSSIFY_IMAGE,
-            "--listen",
-            "443",
-            &to,
-            "--cert",
-            "/etc/wssify/tls/tls.crt",
-            "--key",
-            "/etc/wssify/tls/tls.key",
-            "--drain-timeout",
-            "20s",
-        ]);
+        podman_line(&format!(
+            "run -d --name {wssify} --network {network} \
+             --read-only --user 65534:65534 --cap-drop ALL --cap-add NET_BIND_SERVICE \
+             -p 127.0.0.1:{port}:443 -v {}:/etc/wssify/tls:ro {WSSIFY_IMAGE} \
+             --listen 443 --to {backend}:9200 \
+             --cert /etc/wssify/tls/tls.crt --key /etc/wssify/tls/tls.key --drain-timeout 20s",
+            certs.path().display()
+        ));
         let log = wait_for_podman_log(&wssify, "listening on").await;
         assert!(
             !log.contains("cannot connect to backend"),
@@ -496,22 +469,12 @@ fn port_443_is_refused_without_net_bind_service() {
     let mut guard = Cleanup::default();
     let container = name("nocap");
     guard.containers.push(container.clone());
-    let (ran, out) = podman_status(&[
-        "run",
-        "--name",
-        &container,
-        "--read-only",
-        "--user",
-        "65534:65534",
-        "--cap-drop",
-        "ALL",
-        WSSIFY_IMAGE,
-        "--listen",
-        "443",
-        "--to",
-        "127.0.0.1:9200",
-        "--self-signed",
-    ]);
+    // The same as the container that serves, less the capability.
+    let line = format!(
+        "run --name {container} --read-only --user 65534:65534 --cap-drop ALL \
+         {WSSIFY_IMAGE} --listen 443 --to 127.0.0.1:9200 --self-signed"
+    );
+    let (ran, out) = podman_status(&line.split_whitespace().collect::<Vec<_>>());
     assert!(!ran, "wssify bound 443 without the capability: {out}");
     assert!(
         out.contains("--listen 443: permission denied for port 443"),
