@@ -43,8 +43,25 @@ async fn main() -> ExitCode {
     };
     println!("ws echo listening on {local}");
 
+    // As PID 1 in a container (deploy/kubernetes/) no signal has a default
+    // action, so SIGTERM must be handled here or `podman stop` and a pod's
+    // termination wait out their timeout and kill it.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            eprintln!("ws_echo: cannot listen for SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = term.recv() => {
+                println!("ws echo: SIGTERM, exiting");
+                return ExitCode::SUCCESS;
+            }
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 tokio::spawn(echo(stream, peer));
             }
