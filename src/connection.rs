@@ -740,24 +740,9 @@ fn relay<'a>(
             let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
             let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
         }
-        // The client's stream broke (a truncated or forged record, a reset),
-        // a peer stopped taking bytes, or a second shutdown request cut the
-        // connection: bytes were lost on the way, so the other side must not
-        // take the end for a complete exchange. It gets a reset, not a FIN,
-        // when the socket is dropped. A UNIX backend cannot be reset: dropping
-        // its stream is its close.
-        let reset: [Option<&TcpStream>; 2] = match outcome.end {
-            End::ClientError(_) => [backend.tcp(), None],
-            End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => {
-                [backend.tcp(), client.tcp()]
-            }
-            _ => [None, None],
-        };
-        for socket in reset.into_iter().flatten() {
-            if let Err(e) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
-                debug!("{who}: cannot set SO_LINGER to reset a connection: {e}");
-            }
-        }
+        // A backend error ends in close_notify to the client: its TLS
+        // stream is whole, and the log says what broke.
+        reset_where_lost(&outcome.end, client.tcp(), backend.tcp(), false, who);
         // A client that ended first by closing TCP without close_notify (many
         // browsers do) is said so: the stream ended cleanly at a record
         // boundary, but nothing proves the client meant to stop there. (Once
@@ -816,21 +801,9 @@ fn relay_passed<'a>(
             let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
             let _ = timeout(GOODBYE_TIMEOUT, backend.shutdown()).await;
         }
-        // Bytes lost on the way: the other side gets a reset, as for a
-        // terminated connection (see `relay`).
-        let reset: [Option<&TcpStream>; 2] = match outcome.end {
-            End::ClientError(_) => [backend.tcp(), None],
-            End::BackendError(_) => [client.tcp(), None],
-            End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => {
-                [backend.tcp(), client.tcp()]
-            }
-            _ => [None, None],
-        };
-        for socket in reset.into_iter().flatten() {
-            if let Err(e) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
-                debug!("{who}: cannot set SO_LINGER to reset a connection: {e}");
-            }
-        }
+        // No TLS of ours to close on a backend error: the client's TLS
+        // peer must see the loss too, so it gets a reset.
+        reset_where_lost(&outcome.end, client.tcp(), backend.tcp(), true, who);
         info!(
             "{who} mode=passthrough sni={} backend={} to_backend={}B to_client={}B duration={} end=\"{}\"",
             passed
@@ -843,6 +816,32 @@ fn relay_passed<'a>(
             elapsed(passed.started),
             outcome.end
         );
+    }
+}
+
+/// Marks the sockets to be reset when dropped where bytes were lost on the
+/// way, so that the other side does not take the end for a complete
+/// exchange: the client's stream broke (a truncated or forged record, a
+/// reset), a peer stopped taking bytes, or a second shutdown request cut
+/// the connection (and, with `backend_error_resets_client`, the backend
+/// failed). A UNIX socket cannot be reset: dropping it is its close.
+fn reset_where_lost(
+    end: &End,
+    client: Option<&TcpStream>,
+    backend: Option<&TcpStream>,
+    backend_error_resets_client: bool,
+    who: &Who,
+) {
+    let reset: [Option<&TcpStream>; 2] = match end {
+        End::ClientError(_) => [backend, None],
+        End::BackendError(_) if backend_error_resets_client => [client, None],
+        End::ClientStalled(_) | End::BackendStalled(_) | End::Cut => [backend, client],
+        _ => [None, None],
+    };
+    for socket in reset.into_iter().flatten() {
+        if let Err(e) = SockRef::from(socket).set_linger(Some(Duration::ZERO)) {
+            debug!("{who}: cannot set SO_LINGER to reset a connection: {e}");
+        }
     }
 }
 

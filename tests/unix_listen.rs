@@ -46,27 +46,6 @@ async fn unix_tls_with(config: Arc<rustls::ClientConfig>, path: &Path) -> TlsStr
         .expect("TLS handshake over the UNIX socket")
 }
 
-/// A plain ws:// echo server, the kind of backend wssify is put in front of.
-async fn ws_echo_backend() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A WebSocket session over TLS over the socket at `path`: a text message,
 /// 1 MiB of binary, and a clean close.
 async fn wss_round_trip(w: &mut Wssify, path: &Path) {
