@@ -217,6 +217,15 @@ pub struct Args {
     #[argh(switch)]
     pub low_priority_handshakes: bool,
 
+    /// serve plain-HTTP /metrics (Prometheus), /healthz and /readyz on this
+    /// address; a bare port means 127.0.0.1 (default: off)
+    #[argh(option, arg_name = "ADDR")]
+    pub admin: Option<String>,
+
+    /// log lines as text or json, one object per line (default: text)
+    #[argh(option, arg_name = "FORMAT")]
+    pub log_format: Option<String>,
+
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
@@ -226,7 +235,7 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 30] = [
+const VALUE_FLAGS: [(&str, &str); 32] = [
     ("--listen", "ADDR"),
     ("--unix-mode", "MODE"),
     ("--to", "HOST:PORT"),
@@ -257,6 +266,8 @@ const VALUE_FLAGS: [(&str, &str); 30] = [
     ("--proxy-protocol", "VERSION"),
     ("--threads", "N"),
     ("--busy-poll", "DURATION"),
+    ("--admin", "ADDR"),
+    ("--log-format", "FORMAT"),
 ];
 /// The short names of flags that take a value.
 const SHORT_VALUE_FLAGS: [&str; 2] = ["-l", "-t"];
@@ -512,6 +523,19 @@ impl Args {
             settings.threads = count_flag("--threads", text, MAX_THREADS, &why)?;
         }
         settings.low_priority_handshakes = self.low_priority_handshakes;
+        if let Some(text) = &self.admin {
+            settings.admin = Some(
+                crate::settings::parse_admin(text)
+                    .map_err(|why| flag_error("--admin", text, &why))?,
+            );
+        }
+        if let Some(text) = &self.log_format {
+            settings.log_format = match text.trim() {
+                "text" => crate::settings::LogFormat::Text,
+                "json" => crate::settings::LogFormat::Json,
+                _ => return Err(flag_error("--log-format", text, "expected text or json")),
+            };
+        }
         if let Some(text) = &self.busy_poll {
             let too_long = || {
                 let why = format!(

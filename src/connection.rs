@@ -25,6 +25,7 @@ use crate::certs::CertAlgs;
 use crate::conn_id::{Peer, Who};
 use crate::listener::Held;
 use crate::logsafe;
+use crate::observe::metrics::{self, Ended, Failure};
 use crate::proxy::{self, End, Timeouts};
 use crate::ratelog::{Kind, info_limited};
 use crate::route::Routes;
@@ -237,6 +238,7 @@ async fn opening(
         if !registered || changed.has_changed().unwrap_or(true) {
             registered = true;
             if cut.as_mut().poll(cx).is_ready() {
+                metrics::ended(Ended::Cut);
                 // Rate-limited like any other line about a handshake: a
                 // client can hold thousands of them open (the count left
                 // over is logged before the process exits).
@@ -269,6 +271,7 @@ async fn handshake_on(
         Ok(moved) => moved,
         Err(e) => {
             debug!("{who} end=\"cannot hand the socket to the handshake threads: {e}\"");
+            metrics::handshake_failed(Failure::Other);
             return None;
         }
     };
@@ -278,6 +281,7 @@ async fn handshake_on(
             Ok(tcp) => tcp,
             Err(e) => {
                 debug!("{who} end=\"cannot watch the socket on the handshake threads: {e}\"");
+                metrics::handshake_failed(Failure::Other);
                 return None;
             }
         };
@@ -287,6 +291,7 @@ async fn handshake_on(
         Ok(admitted) => admitted?,
         Err(e) => {
             debug!("{who} end=\"the handshake task ended without a result: {e}\"");
+            metrics::handshake_failed(Failure::Other);
             return None;
         }
     };
@@ -296,6 +301,7 @@ async fn handshake_on(
     };
     if let Err(e) = rebound {
         debug!("{who} end=\"cannot take the socket back from the handshake threads: {e}\"");
+        metrics::handshake_failed(Failure::Other);
         return None;
     }
     Some(admitted)
@@ -328,11 +334,13 @@ async fn handshake_here(
         Ok(Some(FirstBytes::Tls)) => None,
         Ok(Some(FirstBytes::NotTls(head))) => Some(head),
         Ok(Some(FirstBytes::Nothing)) => {
+            metrics::handshake_failed(Failure::ClosedBeforeHello);
             info_limited!(Kind::Probe, "{who} end=\"closed before sending anything\"");
             return None;
         }
         Ok(Some(FirstBytes::PlainHttp)) => {
             let answered = sniff::answer_plain_http(&mut tcp).await;
+            metrics::handshake_failed(Failure::PlainHttp);
             info_limited!(
                 Kind::PlainHttp,
                 "{who} duration={} end=\"plain HTTP on the TLS port: {}\"",
@@ -345,6 +353,7 @@ async fn handshake_here(
             return None;
         }
         Ok(None) => {
+            metrics::handshake_failed(Failure::Timeout);
             info_limited!(
                 Kind::HandshakeFailed,
                 "{who} duration={} end=\"handshake failed: no bytes within {}\"",
@@ -354,6 +363,7 @@ async fn handshake_here(
             return None;
         }
         Err(e) => {
+            metrics::handshake_failed(Failure::of(&e));
             info_limited!(
                 Kind::HandshakeFailed,
                 "{who} duration={} end=\"client error: {e}\"",
@@ -456,8 +466,12 @@ async fn handshake_here(
         Ok(Admit::Done(client, route))
     };
     match timeout_at(deadline, accept).await {
-        Ok(Ok(Admit::Done(client, route))) => Some(Admitted::Tls { client, route }),
+        Ok(Ok(Admit::Done(client, route))) => {
+            metrics::handshake_done(started.elapsed());
+            Some(Admitted::Tls { client, route })
+        }
         Ok(Ok(Admit::Pass(stream, sni, route))) => {
+            metrics::passed_through();
             let (tcp, hello) = stream.into_raw();
             Some(Admitted::Raw {
                 tcp,
@@ -467,6 +481,11 @@ async fn handshake_here(
             })
         }
         Ok(Err(Stop::Alert(mut tcp, alert, why))) => {
+            metrics::handshake_failed(match alert {
+                _ if not_tls.is_some() => Failure::NotTls,
+                AlertDescription::UnrecognizedName => Failure::Unrouted,
+                _ => Failure::Malformed,
+            });
             // No TLS state to speak from: the one alert record, then close.
             let _ = timeout(
                 GOODBYE_TIMEOUT,
@@ -484,6 +503,10 @@ async fn handshake_here(
             None
         }
         Ok(Err(Stop::Refused(Refused { error, mut tcp }))) => {
+            metrics::handshake_failed(match &not_tls {
+                Some(_) => Failure::NotTls,
+                None => Failure::of(&error),
+            });
             info_limited!(
                 kind,
                 "{who} duration={} end=\"{}\"",
@@ -501,6 +524,7 @@ async fn handshake_here(
             None
         }
         Err(_) => {
+            metrics::handshake_failed(Failure::Timeout);
             info_limited!(
                 kind,
                 "{who} duration={} end=\"{}\"",
@@ -556,6 +580,7 @@ async fn open(
                 elapsed(started)
             );
             let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            metrics::ended(Ended::BackendFailed);
             return None;
         }
     };
@@ -579,6 +604,7 @@ async fn open(
             lease.addr()
         );
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+        metrics::ended(Ended::BackendFailed);
         return None;
     }
     Some(Box::new(Session {
@@ -621,6 +647,7 @@ async fn open_passed(
             );
             // No TLS here to close: a FIN, as the server would have had.
             let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            metrics::ended(Ended::BackendFailed);
             return None;
         }
     };
@@ -661,6 +688,7 @@ async fn open_passed(
             elapsed(started),
             lease.addr()
         );
+        metrics::ended(Ended::BackendFailed);
         return None;
     }
     Some(Box::new(Passed {
@@ -737,6 +765,12 @@ fn relay<'a>(
         } else {
             outcome.end.to_string()
         };
+        metrics::session_ended(
+            &outcome.end,
+            outcome.to_backend,
+            to_client,
+            session.started.elapsed(),
+        );
         info!(
             "{who} {} backend={} to_backend={}B to_client={}B duration={} end=\"{end}\"",
             session.facts.describe(),
@@ -798,6 +832,12 @@ fn relay_passed<'a>(
                 debug!("{who}: cannot set SO_LINGER to reset a connection: {e}");
             }
         }
+        metrics::session_ended(
+            &outcome.end,
+            outcome.to_backend + passed.hello_len,
+            outcome.to_client,
+            passed.started.elapsed(),
+        );
         info!(
             "{who} mode=passthrough sni={} backend={} to_backend={}B to_client={}B duration={} end=\"{}\"",
             passed
@@ -949,8 +989,9 @@ pub fn check_backend_at_start(routes: &Routes, limit: Duration) {
 
 /// [`check_backend_at_start`] for one route's backends (`flag`: `--to`, or
 /// the route's flag and name, for the warning).
-fn check_pool_at_start(pool: &Pool, flag: String, limit: Duration) {
+fn check_pool_at_start(pool: &Arc<Pool>, flag: String, limit: Duration) {
     for peer in &pool.selection().peers {
+        let (pool, peer) = (pool.clone(), peer.clone());
         let addr = peer.addr.clone();
         let begun = match &addr {
             backend::Addr::Tcp(tcp) => Some(begin_connect(*tcp)),
@@ -974,6 +1015,8 @@ fn check_pool_at_start(pool: &Pool, flag: String, limit: Duration) {
             let why = match timeout(limit, attempt).await {
                 Ok(Ok(())) => {
                     debug!("backend {addr} accepts connections");
+                    // Up for /readyz from now on.
+                    pool.succeeded(&peer);
                     return;
                 }
                 Ok(Err(e)) => e.to_string(),

@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::conn_id::{ConnId, Peer, Who};
 use crate::connection::{self, Shared};
 use crate::error::StartupError;
+use crate::observe::metrics::{self, Limit, ListenerStats};
 use crate::port_holder;
 use crate::ratelog::{Kind, info_limited};
 use crate::settings::{ListenAddr, format_duration};
@@ -49,6 +50,8 @@ pub struct Bound {
     pub local_addr: Local,
     /// `(IPv4 and IPv6)` or similar, for the startup line.
     pub scope: &'static str,
+    /// Its connection counts (metrics).
+    pub stats: &'static ListenerStats,
 }
 
 /// A listening socket: TCP, or UNIX with the file it made (removed when
@@ -138,6 +141,7 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
                     listener: Listener::Unix(bound, name),
                     local_addr: Local::Unix(name),
                     scope: "",
+                    stats: ListenerStats::register(name.to_string()),
                 })
             }
             Err(failure) => Err(BindError {
@@ -167,6 +171,7 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
         listener: Listener::Tcp(listener),
         local_addr: Local::Tcp(local_addr),
         scope,
+        stats: ListenerStats::register(local_addr.to_string()),
     })
 }
 
@@ -277,6 +282,8 @@ pub struct Held {
     pub guard: ConnectionGuard,
     /// Its place in its address's count, when that is limited.
     pub per_ip: Option<IpSlot>,
+    /// Its place in its listener's open count (metrics).
+    pub open: metrics::Open,
 }
 
 /// Accepts until the drain starts.
@@ -289,6 +296,7 @@ pub async fn accept_loop(
     let Bound {
         listener,
         local_addr,
+        stats,
         ..
     } = bound;
     let mut phase = coordinator.watch();
@@ -298,7 +306,7 @@ pub async fn accept_loop(
     let mut conns_full = None;
     let mut handshakes_full = None;
     loop {
-        let Some(permit) = take(&gates.conns, &mut phase, &mut conns_full, || {
+        let Some(permit) = take(&gates.conns, Limit::MaxConns, &mut phase, &mut conns_full, || {
             warn!(
                 "{local_addr}: connection limit reached (--max-conns {}); new clients wait until a connection ends",
                 gates.max_conns
@@ -313,7 +321,7 @@ pub async fn accept_loop(
         // whole (see `connection`), and waiting in line behind
         // connections that want theirs back (the semaphore is fair) keeps
         // the loop from holding a slot idle in accept() meanwhile.
-        let Some(room) = take(&gates.handshakes, &mut phase, &mut handshakes_full, || {
+        let Some(room) = take(&gates.handshakes, Limit::Handshakes, &mut phase, &mut handshakes_full, || {
             warn!(
                 "{local_addr}: handshake limit reached (--max-handshakes {}); new clients wait until a handshake ends",
                 gates.max_handshakes
@@ -357,6 +365,7 @@ pub async fn accept_loop(
                     permit,
                     guard: coordinator.guard(),
                     per_ip,
+                    open: stats.opened(),
                 };
                 let task = connection::serve(
                     tcp,
@@ -418,6 +427,7 @@ pub async fn accept_loop(
 /// drain starts first.
 async fn take(
     gate: &Arc<Semaphore>,
+    limit: Limit,
     phase: &mut watch::Receiver<Phase>,
     last_full: &mut Option<tokio::time::Instant>,
     report: impl FnOnce(),
@@ -425,6 +435,7 @@ async fn take(
     if let Ok(permit) = gate.clone().try_acquire_owned() {
         return Some(permit);
     }
+    metrics::limit_hit(limit);
     let now = tokio::time::Instant::now();
     if last_full.is_none_or(|at| now - at >= LIMIT_REPORT_QUIET) {
         report();
@@ -445,6 +456,7 @@ fn refuse(tcp: Socket, who: Who, ip: IpAddr, open: usize, limit: usize) {
         debug!("{who}: cannot set SO_LINGER for the refusal: {e}");
     }
     drop(tcp);
+    metrics::limit_hit(Limit::PerIp);
     info_limited!(
         Kind::PerIpRefused,
         "{who} end=\"refused: {open} connections already open from {ip} (--max-conns-per-ip {limit})\""
