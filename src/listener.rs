@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::conn_id::{ConnId, Peer, Who};
 use crate::connection::{self, Shared};
 use crate::error::StartupError;
-use crate::observe::metrics::{self, Limit, ListenerStats};
+use crate::observe::metrics::{self, Limit};
 use crate::port_holder;
 use crate::ratelog::{Kind, info_limited};
 use crate::settings::{ListenAddr, format_duration};
@@ -50,8 +50,8 @@ pub struct Bound {
     pub local_addr: Local,
     /// `(IPv4 and IPv6)` or similar, for the startup line.
     pub scope: &'static str,
-    /// Its connection counts (metrics).
-    pub stats: &'static ListenerStats,
+    /// Its place in the metrics' per-listener counts.
+    pub stats: u16,
 }
 
 /// A listening socket: TCP, or UNIX with the file it made (removed when
@@ -141,7 +141,7 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
                     listener: Listener::Unix(bound, name),
                     local_addr: Local::Unix(name),
                     scope: "",
-                    stats: ListenerStats::register(name.to_string()),
+                    stats: metrics::register_listener(name.to_string()),
                 })
             }
             Err(failure) => Err(BindError {
@@ -171,7 +171,7 @@ pub fn try_bind(addr: &ListenAddr) -> Result<Bound, BindError> {
         listener: Listener::Tcp(listener),
         local_addr: Local::Tcp(local_addr),
         scope,
-        stats: ListenerStats::register(local_addr.to_string()),
+        stats: metrics::register_listener(local_addr.to_string()),
     })
 }
 
@@ -280,10 +280,9 @@ pub struct Held {
     pub permit: OwnedSemaphorePermit,
     /// Its place in the drain's count.
     pub guard: ConnectionGuard,
-    /// Its place in its address's count, when that is limited.
-    pub per_ip: Option<IpSlot>,
-    /// Its place in its listener's open count (metrics).
-    pub open: metrics::Open,
+    /// Its place in its listener's open count (metrics), and in its
+    /// address's count when that is limited.
+    pub place: IpSlot,
 }
 
 /// Accepts until the drain starts.
@@ -351,21 +350,20 @@ pub async fn accept_loop(
                 }
                 backoff = BACKOFF_MIN;
                 // A UNIX client has no address to count.
-                let per_ip = match (&gates.per_ip, peer.addr()) {
+                let place = match (&gates.per_ip, peer.addr()) {
                     (Some(per_ip), Some(addr)) => match per_ip.admit(addr.ip()) {
-                        Ok(slot) => Some(slot),
+                        Ok(slot) => slot,
                         Err(open) => {
                             refuse(tcp, who, addr.ip(), open, per_ip.limit);
                             continue;
                         }
                     },
-                    _ => None,
+                    _ => IpSlot::default(),
                 };
                 let held = Held {
                     permit,
                     guard: coordinator.guard(),
-                    per_ip,
-                    open: stats.opened(),
+                    place: place.opened_on(stats),
                 };
                 let task = connection::serve(
                     tcp,
@@ -475,11 +473,38 @@ pub struct PerIp {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One open connection's place in its address's count; dropping it gives
-/// the place back, and forgets the address with its last connection.
+/// One open connection's place in its address's count (when
+/// `--max-conns-per-ip` is set) and in its listener's open count (metrics);
+/// dropping it gives both back, and forgets the address with its last
+/// connection. One struct, so the listener's index sits in what was the
+/// address slot's padding: every idle connection holds one, and the
+/// connection task keeps its size (an 8-byte handle would have pushed it
+/// over tokio's next 128-byte step in a release build).
 pub struct IpSlot {
-    map: Arc<PerIp>,
+    map: Option<Arc<PerIp>>,
     ip: IpAddr,
+    /// Its listener's index in the metrics; `u16::MAX`: none.
+    listener: u16,
+}
+
+impl Default for IpSlot {
+    /// No address counted, no listener.
+    fn default() -> IpSlot {
+        IpSlot {
+            map: None,
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            listener: u16::MAX,
+        }
+    }
+}
+
+impl IpSlot {
+    /// Counts the connection as open on `listener` until dropped.
+    pub fn opened_on(mut self, listener: u16) -> IpSlot {
+        metrics::listener_opened(listener);
+        self.listener = listener;
+        self
+    }
 }
 
 impl PerIp {
@@ -501,8 +526,9 @@ impl PerIp {
         }
         *count += 1;
         Ok(IpSlot {
-            map: self.clone(),
+            map: Some(self.clone()),
             ip,
+            listener: u16::MAX,
         })
     }
 
@@ -520,7 +546,13 @@ impl PerIp {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut open = self.map.lock();
+        if self.listener != u16::MAX {
+            metrics::listener_closed(self.listener);
+        }
+        let Some(map) = &self.map else {
+            return;
+        };
+        let mut open = map.lock();
         if let Some(count) = open.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
             if *count == 0 {

@@ -431,49 +431,36 @@ pub fn reload(taken: bool) {
     counter.fetch_add(1, Relaxed);
 }
 
-/// One listener's counts, registered once at bind and kept for the
-/// process's life: every connection it accepts holds a `&'static` to it
-/// (one pointer, no reference count).
-pub struct ListenerStats {
-    /// As the startup line names it (`127.0.0.1:9300`, `unix:/path`).
-    pub name: String,
-    accepted: AtomicU64,
-    open: AtomicI64,
+/// Listeners counted apart; past this many, the last index counts the
+/// rest together.
+const MAX_LISTENERS: usize = 256;
+/// Connections accepted and open now, by listener index.
+static ACCEPTED: [AtomicU64; MAX_LISTENERS] = [const { AtomicU64::new(0) }; MAX_LISTENERS];
+static OPEN: [AtomicI64; MAX_LISTENERS] = [const { AtomicI64::new(0) }; MAX_LISTENERS];
+/// Listener names by index, as the startup line names them.
+static LISTENERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Registers a listener by the name its startup line gives it
+/// (`127.0.0.1:9300`, `unix:/path`); its index is what each of its
+/// connections keeps (two bytes, see `listener::IpSlot`).
+pub fn register_listener(name: String) -> u16 {
+    let mut names = LISTENERS.lock().unwrap_or_else(PoisonError::into_inner);
+    if names.len() < MAX_LISTENERS {
+        names.push(name);
+    }
+    (names.len() - 1) as u16
 }
 
-/// Every listener registered, for the scrape.
-static LISTENERS: Mutex<Vec<&'static ListenerStats>> = Mutex::new(Vec::new());
-
-impl ListenerStats {
-    /// Registers a listener. Leaked: there are as many as `--listen` flags.
-    pub fn register(name: String) -> &'static ListenerStats {
-        let stats: &'static ListenerStats = Box::leak(Box::new(ListenerStats {
-            name,
-            accepted: AtomicU64::new(0),
-            open: AtomicI64::new(0),
-        }));
-        LISTENERS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(stats);
-        stats
-    }
-
-    /// A connection was accepted and is served: open until [`Open`] drops.
-    pub fn opened(&'static self) -> Open {
-        self.accepted.fetch_add(1, Relaxed);
-        self.open.fetch_add(1, Relaxed);
-        Open(self)
-    }
+/// A connection was accepted on this listener and is open.
+pub fn listener_opened(index: u16) {
+    let i = usize::from(index).min(MAX_LISTENERS - 1);
+    ACCEPTED[i].fetch_add(1, Relaxed);
+    OPEN[i].fetch_add(1, Relaxed);
 }
 
-/// A connection's place in its listener's open count.
-pub struct Open(&'static ListenerStats);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Relaxed);
-    }
+/// A connection of this listener ended.
+pub fn listener_closed(index: u16) {
+    OPEN[usize::from(index).min(MAX_LISTENERS - 1)].fetch_sub(1, Relaxed);
 }
 
 /// What a scrape reads beyond the counters: live state owned elsewhere.
@@ -562,12 +549,12 @@ pub fn render(sources: &Sources) -> String {
         "Connections accepted and served, per listener.",
         "counter",
     );
-    for l in &listeners {
+    for (i, name) in listeners.iter().enumerate() {
         let _ = writeln!(
             out,
             "wssify_connections_total{{listener=\"{}\"}} {}",
-            escape(&l.name),
-            l.accepted.load(Relaxed)
+            escape(name),
+            ACCEPTED[i].load(Relaxed)
         );
     }
     header(
@@ -576,12 +563,12 @@ pub fn render(sources: &Sources) -> String {
         "Connections open now (handshakes included), per listener.",
         "gauge",
     );
-    for l in &listeners {
+    for (i, name) in listeners.iter().enumerate() {
         let _ = writeln!(
             out,
             "wssify_connections_open{{listener=\"{}\"}} {}",
-            escape(&l.name),
-            l.open.load(Relaxed).max(0)
+            escape(name),
+            OPEN[i].load(Relaxed).max(0)
         );
     }
     header(
