@@ -544,3 +544,114 @@ async fn a_real_prometheus_scrapes_the_admin_port() {
     })
     .await;
 }
+
+/// The `key=value` fields of a text connection line, keys only, in order.
+fn text_keys(line: &str) -> Vec<String> {
+    let msg = &line[line.find("conn=").expect("a connection line")..];
+    let mut keys = Vec::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut word = String::new();
+    for c in msg.chars().chain([' ']) {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            ' ' if !in_quotes => {
+                if let Some((key, _)) = word.split_once('=') {
+                    keys.push(key.to_string());
+                }
+                word.clear();
+                continue;
+            }
+            _ => {}
+        }
+        word.push(c);
+    }
+    keys
+}
+
+#[tokio::test]
+async fn json_log_lines_parse_and_carry_the_text_lines_facts() {
+    bounded(WAIT * 2, async {
+        let backend = echo_backend().await;
+        let mut lines = Vec::new();
+        for format in ["text", "json"] {
+            let mut w = Wssify::start(&[
+                "--to",
+                &backend.to_string(),
+                "--self-signed",
+                "--alpn",
+                "http/1.1",
+                "--log-format",
+                format,
+            ])
+            .await;
+            // Any certificate: the JSON startup line's fingerprint is not
+            // where the text helper looks for it.
+            let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(any_cert_verifier())
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            echo_once(&w, std::sync::Arc::new(config), "localhost").await;
+            let line = w.wait_for_log("client closed").await;
+            lines.push((w.log(), line));
+        }
+        let (_, text) = &lines[0];
+        let (json_log, json) = &lines[1];
+
+        // Every line is one JSON object, startup and warnings included.
+        for line in json_log.lines() {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            for key in ["ts", "level", "target", "msg"] {
+                assert!(value[key].is_string(), "{key} in {line}");
+            }
+        }
+        assert!(json_log.contains("listening on "), "{json_log}");
+
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        // The same fields as the text line, in the same order.
+        let keys: Vec<String> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !["ts", "level", "target", "msg"].contains(&k.as_str()))
+            .cloned()
+            .collect();
+        let mut want = text_keys(text);
+        want.sort();
+        let mut got = keys.clone();
+        got.sort();
+        assert_eq!(got, want, "text: {text}\njson: {json}");
+        // Typed: numbers of bytes and seconds, strings otherwise.
+        assert_eq!(value["to_backend"], 5, "{json}");
+        assert_eq!(value["to_client"], 5, "{json}");
+        assert!(
+            value["duration"].as_f64().is_some_and(|d| d >= 0.0),
+            "{json}"
+        );
+        assert_eq!(value["sni"], "localhost", "{json}");
+        assert_eq!(value["alpn"], "http/1.1", "{json}");
+        assert_eq!(value["tls"], "TLSv1.3", "{json}");
+        assert_eq!(value["backend"], backend.to_string(), "{json}");
+        assert!(
+            value["end"].as_str().unwrap().starts_with("client closed"),
+            "{json}"
+        );
+        assert!(
+            value["cipher"].is_string() && value["kx"].is_string(),
+            "{json}"
+        );
+        assert!(
+            text.contains(&format!("backend={backend} to_backend=5B to_client=5B")),
+            "{text}"
+        );
+    })
+    .await;
+}

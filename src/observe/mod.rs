@@ -1,12 +1,14 @@
 //! What an operator watches wssify by: Prometheus metrics, `/healthz` and
-//! `/readyz` on the `--admin` port. It reads what connections report and
+//! `/readyz` on the `--admin` port, and log lines as JSON. It reads what connections report and
 //! the state other parts keep; it never blocks a connection.
 //!
 //! - [`metrics`]: every metric name, the counters, the text exposition.
 //! - [`admin`]: the small, bounded HTTP server behind `--admin`.
 //! - [`ready`]: what `/readyz` waits for.
+//! - [`json_log`]: `--log-format json`.
 
 pub mod admin;
+pub mod json_log;
 pub mod metrics;
 pub mod ready;
 
