@@ -507,7 +507,15 @@ async fn a_real_prometheus_scrapes_the_admin_port() {
         );
         let api: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
         let query = |q: &str| {
-            let q = q.replace('{', "%7B").replace('}', "%7D").replace('"', "%22");
+            let q: String = q
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    b => format!("%{b:02X}"),
+                })
+                .collect();
             format!("/api/v1/query?query={q}")
         };
         // Waits for the first scrape to land (Prometheus' API answers once
@@ -541,6 +549,42 @@ async fn a_real_prometheus_scrapes_the_admin_port() {
         let labels = &build["data"]["result"][0]["metric"];
         assert_eq!(labels["provider"], "aws-lc-rs", "{build}");
         assert_eq!(labels["instance"], admin.to_string(), "{build}");
+
+        // Every query of the Grafana dashboard is one this Prometheus
+        // takes, and the ones about what just happened find series.
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/grafana/wssify.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let mut checked = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$instance", ".*")
+                    .replace("$__rate_interval", "1m");
+                let (status, _, body) = get(api, &query(&expr)).await;
+                let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                assert_eq!(
+                    (status, &answer["status"]),
+                    (200, &serde_json::Value::from("success")),
+                    "{expr}: {body}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "{checked} queries");
+        let (_, _, days) = get(
+            api,
+            &query("(wssify_certificate_not_after_seconds - time()) / 86400"),
+        )
+        .await;
+        let days: serde_json::Value = serde_json::from_str(&days).unwrap();
+        assert!(days["data"]["result"][0]["value"][1].is_string(), "{days}");
     })
     .await;
 }
