@@ -10,10 +10,10 @@ use argh::FromArgs;
 use crate::dev_ca;
 use crate::error::StartupError;
 use crate::settings::{
-    Backend, Balance, CertPair, CertSettings, DevCert, ListenAddr, MAX_BUSY_POLL, MAX_CONNS,
-    MAX_MAX_MEMORY, MAX_THREADS, MIN_MAX_MEMORY, Route, Settings, TlsMin, ValueError, Way,
-    default_threads, format_duration, format_size, listen_overlap, parse_backend, parse_duration,
-    parse_listen, parse_route, parse_size,
+    Backend, Balance, CertPair, CertSettings, DevCert, ListenAddr, LogFormat, MAX_BUSY_POLL,
+    MAX_CONNS, MAX_MAX_MEMORY, MAX_THREADS, MIN_MAX_MEMORY, Route, Settings, TlsMin, ValueError,
+    Way, default_threads, format_duration, format_size, listen_overlap, parse_admin, parse_backend,
+    parse_duration, parse_listen, parse_route, parse_size,
 };
 use crate::wire::proxy_header::Version as ProxyVersion;
 
@@ -524,15 +524,13 @@ impl Args {
         }
         settings.low_priority_handshakes = self.low_priority_handshakes;
         if let Some(text) = &self.admin {
-            settings.admin = Some(
-                crate::settings::parse_admin(text)
-                    .map_err(|why| flag_error("--admin", text, &why))?,
-            );
+            settings.admin =
+                Some(parse_admin(text).map_err(|why| flag_error("--admin", text, &why))?);
         }
         if let Some(text) = &self.log_format {
             settings.log_format = match text.trim() {
-                "text" => crate::settings::LogFormat::Text,
-                "json" => crate::settings::LogFormat::Json,
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
                 _ => return Err(flag_error("--log-format", text, "expected text or json")),
             };
         }
@@ -1012,6 +1010,28 @@ mod tests {
         assert_eq!(s.busy_poll, Some(std::time::Duration::from_micros(200)));
         let s = parse(&["-l", "1", "-t", "h:1", "--busy-poll", "0"]).unwrap();
         assert_eq!(s.busy_poll, None);
+    }
+
+    #[test]
+    fn admin_address_and_log_format() {
+        let s = parse(&["-l", "1", "-t", "h:1"]).unwrap();
+        assert_eq!((s.admin, s.log_format), (None, LogFormat::Text));
+        let s = parse(&["-l", "1", "-t", "h:1", "--admin", "9100"]).unwrap();
+        assert_eq!(s.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        let s = parse(&["-l", "1", "-t", "h:1", "--admin", "[::]:9100"]).unwrap();
+        assert_eq!(s.admin, Some("[::]:9100".parse().unwrap()));
+        let s = parse(&["-l", "1", "-t", "h:1", "--log-format", "json"]).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        for (flag, value) in [
+            ("--admin", "localhost:9100"),
+            ("--admin", "70000"),
+            ("--log-format", "yaml"),
+        ] {
+            let err = parse(&["-l", "1", "-t", "h:1", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(flag), "{err}");
+        }
     }
 
     #[test]
