@@ -10,10 +10,10 @@ use argh::FromArgs;
 use crate::dev_ca;
 use crate::error::StartupError;
 use crate::settings::{
-    Backend, Balance, CertPair, CertSettings, DevCert, ListenAddr, MAX_BUSY_POLL, MAX_CONNS,
-    MAX_MAX_MEMORY, MAX_THREADS, MIN_MAX_MEMORY, Route, Settings, TlsMin, ValueError, Way,
-    default_threads, format_duration, format_size, listen_overlap, parse_backend, parse_duration,
-    parse_listen, parse_route, parse_size,
+    Backend, Balance, CertPair, CertSettings, DevCert, ListenAddr, LogFormat, MAX_BUSY_POLL,
+    MAX_CONNS, MAX_MAX_MEMORY, MAX_THREADS, MIN_MAX_MEMORY, Route, Settings, TlsMin, ValueError,
+    Way, default_threads, format_duration, format_size, listen_overlap, parse_admin, parse_backend,
+    parse_duration, parse_listen, parse_route, parse_size,
 };
 use crate::wire::proxy_header::Version as ProxyVersion;
 
@@ -269,6 +269,15 @@ pub struct Args {
     #[argh(switch)]
     pub reuse_port: bool,
 
+    /// serve plain-HTTP /metrics (Prometheus), /healthz and /readyz on this
+    /// address; a bare port means 127.0.0.1 (default: off)
+    #[argh(option, arg_name = "ADDR")]
+    pub admin: Option<String>,
+
+    /// log lines as text or json, one object per line (default: text)
+    #[argh(option, arg_name = "FORMAT")]
+    pub log_format: Option<String>,
+
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
@@ -278,7 +287,7 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 37] = [
+const VALUE_FLAGS: [(&str, &str); 39] = [
     ("--listen", "ADDR"),
     ("--unix-mode", "MODE"),
     ("--to", "HOST:PORT"),
@@ -316,6 +325,8 @@ const VALUE_FLAGS: [(&str, &str); 37] = [
     ("--proxy-protocol", "VERSION"),
     ("--threads", "N"),
     ("--busy-poll", "DURATION"),
+    ("--admin", "ADDR"),
+    ("--log-format", "FORMAT"),
 ];
 /// The short names of flags that take a value.
 const SHORT_VALUE_FLAGS: [&str; 2] = ["-l", "-t"];
@@ -586,6 +597,17 @@ impl Args {
         }
         settings.low_priority_handshakes = self.low_priority_handshakes;
         settings.reuse_port = self.reuse_port;
+        if let Some(text) = &self.admin {
+            settings.admin =
+                Some(parse_admin(text).map_err(|why| flag_error("--admin", text, &why))?);
+        }
+        if let Some(text) = &self.log_format {
+            settings.log_format = match text.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(flag_error("--log-format", text, "expected text or json")),
+            };
+        }
         if let Some(text) = &self.busy_poll {
             let too_long = || {
                 let why = format!(
@@ -1191,6 +1213,28 @@ mod tests {
         assert_eq!(s.busy_poll, Some(std::time::Duration::from_micros(200)));
         let s = parse(&["-l", "1", "-t", "h:1", "--busy-poll", "0"]).unwrap();
         assert_eq!(s.busy_poll, None);
+    }
+
+    #[test]
+    fn admin_address_and_log_format() {
+        let s = parse(&["-l", "1", "-t", "h:1"]).unwrap();
+        assert_eq!((s.admin, s.log_format), (None, LogFormat::Text));
+        let s = parse(&["-l", "1", "-t", "h:1", "--admin", "9100"]).unwrap();
+        assert_eq!(s.admin, Some("127.0.0.1:9100".parse().unwrap()));
+        let s = parse(&["-l", "1", "-t", "h:1", "--admin", "[::]:9100"]).unwrap();
+        assert_eq!(s.admin, Some("[::]:9100".parse().unwrap()));
+        let s = parse(&["-l", "1", "-t", "h:1", "--log-format", "json"]).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        for (flag, value) in [
+            ("--admin", "localhost:9100"),
+            ("--admin", "70000"),
+            ("--log-format", "yaml"),
+        ] {
+            let err = parse(&["-l", "1", "-t", "h:1", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(flag), "{err}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::certs::CertAlgs;
 use crate::conn_id::{Peer, Who};
 use crate::listener::Held;
 use crate::logsafe;
+use crate::observe::metrics::{self, Ended, Failure};
 use crate::proxy::{self, End, Timeouts};
 use crate::ratelog::{Kind, info_limited};
 use crate::route::Routes;
@@ -241,6 +242,7 @@ async fn opening(
         if !registered || changed.has_changed().unwrap_or(true) {
             registered = true;
             if cut.as_mut().poll(cx).is_ready() {
+                metrics::ended(Ended::Cut);
                 // Rate-limited like any other line about a handshake: a
                 // client can hold thousands of them open (the count left
                 // over is logged before the process exits).
@@ -273,6 +275,7 @@ async fn handshake_on(
         Ok(moved) => moved,
         Err(e) => {
             debug!("{who} end=\"cannot hand the socket to the handshake threads: {e}\"");
+            metrics::handshake_failed(Failure::Other);
             return None;
         }
     };
@@ -282,6 +285,7 @@ async fn handshake_on(
             Ok(tcp) => tcp,
             Err(e) => {
                 debug!("{who} end=\"cannot watch the socket on the handshake threads: {e}\"");
+                metrics::handshake_failed(Failure::Other);
                 return None;
             }
         };
@@ -291,6 +295,7 @@ async fn handshake_on(
         Ok(admitted) => admitted?,
         Err(e) => {
             debug!("{who} end=\"the handshake task ended without a result: {e}\"");
+            metrics::handshake_failed(Failure::Other);
             return None;
         }
     };
@@ -300,6 +305,7 @@ async fn handshake_on(
     };
     if let Err(e) = rebound {
         debug!("{who} end=\"cannot take the socket back from the handshake threads: {e}\"");
+        metrics::handshake_failed(Failure::Other);
         return None;
     }
     Some(admitted)
@@ -332,11 +338,13 @@ async fn handshake_here(
         Ok(Some(FirstBytes::Tls)) => None,
         Ok(Some(FirstBytes::NotTls(head))) => Some(head),
         Ok(Some(FirstBytes::Nothing)) => {
+            metrics::handshake_failed(Failure::ClosedBeforeHello);
             info_limited!(Kind::Probe, "{who} end=\"closed before sending anything\"");
             return None;
         }
         Ok(Some(FirstBytes::PlainHttp)) => {
             let answered = sniff::answer_plain_http(&mut tcp).await;
+            metrics::handshake_failed(Failure::PlainHttp);
             info_limited!(
                 Kind::PlainHttp,
                 "{who} duration={} end=\"plain HTTP on the TLS port: {}\"",
@@ -349,6 +357,7 @@ async fn handshake_here(
             return None;
         }
         Ok(None) => {
+            metrics::handshake_failed(Failure::Timeout);
             info_limited!(
                 Kind::HandshakeFailed,
                 "{who} duration={} end=\"handshake failed: no bytes within {}\"",
@@ -358,6 +367,7 @@ async fn handshake_here(
             return None;
         }
         Err(e) => {
+            metrics::handshake_failed(Failure::of(&e));
             info_limited!(
                 Kind::HandshakeFailed,
                 "{who} duration={} end=\"client error: {e}\"",
@@ -473,8 +483,12 @@ async fn handshake_here(
         Ok(Admit::Done(client, route))
     };
     match timeout_at(deadline, accept).await {
-        Ok(Ok(Admit::Done(client, route))) => Some(Admitted::Tls { client, route }),
+        Ok(Ok(Admit::Done(client, route))) => {
+            metrics::handshake_done(started.elapsed());
+            Some(Admitted::Tls { client, route })
+        }
         Ok(Ok(Admit::Pass(stream, sni, route))) => {
+            metrics::passed_through();
             let (tcp, hello) = stream.into_raw();
             Some(Admitted::Raw {
                 tcp,
@@ -496,6 +510,11 @@ async fn handshake_here(
             None
         }
         Ok(Err(Stop::Alert(mut tcp, alert, why))) => {
+            metrics::handshake_failed(match alert {
+                _ if not_tls.is_some() => Failure::NotTls,
+                AlertDescription::UnrecognizedName => Failure::Unrouted,
+                _ => Failure::Malformed,
+            });
             // No TLS state to speak from: the one alert record, then close.
             let _ = timeout(
                 GOODBYE_TIMEOUT,
@@ -513,6 +532,10 @@ async fn handshake_here(
             None
         }
         Ok(Err(Stop::Refused(Refused { error, mut tcp }))) => {
+            metrics::handshake_failed(match &not_tls {
+                Some(_) => Failure::NotTls,
+                None => Failure::of(&error),
+            });
             info_limited!(
                 kind,
                 "{who} duration={} end=\"{}\"",
@@ -530,6 +553,7 @@ async fn handshake_here(
             None
         }
         Err(_) => {
+            metrics::handshake_failed(Failure::Timeout);
             info_limited!(
                 kind,
                 "{who} duration={} end=\"{}\"",
@@ -589,6 +613,7 @@ async fn open(
                 elapsed(started)
             );
             let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            metrics::ended(Ended::BackendFailed);
             return None;
         }
     };
@@ -612,6 +637,7 @@ async fn open(
             lease.addr()
         );
         let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+        metrics::ended(Ended::BackendFailed);
         return None;
     }
     Some(Box::new(Session {
@@ -654,6 +680,7 @@ async fn open_passed(
             );
             // No TLS here to close: a FIN, as the server would have had.
             let _ = timeout(GOODBYE_TIMEOUT, client.shutdown()).await;
+            metrics::ended(Ended::BackendFailed);
             return None;
         }
     };
@@ -694,6 +721,7 @@ async fn open_passed(
             elapsed(started),
             lease.addr()
         );
+        metrics::ended(Ended::BackendFailed);
         return None;
     }
     Some(Box::new(Passed {
@@ -755,6 +783,12 @@ fn relay<'a>(
         } else {
             outcome.end.to_string()
         };
+        metrics::session_ended(
+            &outcome.end,
+            outcome.to_backend,
+            to_client,
+            session.started.elapsed(),
+        );
         info!(
             "{who} {} backend={} to_backend={}B to_client={}B duration={} end=\"{end}\"",
             session.facts.describe(),
@@ -804,6 +838,12 @@ fn relay_passed<'a>(
         // No TLS of ours to close on a backend error: the client's TLS
         // peer must see the loss too, so it gets a reset.
         reset_where_lost(&outcome.end, client.tcp(), backend.tcp(), true, who);
+        metrics::session_ended(
+            &outcome.end,
+            outcome.to_backend + passed.hello_len,
+            outcome.to_client,
+            passed.started.elapsed(),
+        );
         info!(
             "{who} mode=passthrough sni={} backend={} to_backend={}B to_client={}B duration={} end=\"{}\"",
             passed
@@ -981,8 +1021,9 @@ pub fn check_backend_at_start(routes: &Routes, limit: Duration) {
 
 /// [`check_backend_at_start`] for one route's backends (`flag`: `--to`, or
 /// the route's flag and name, for the warning).
-fn check_pool_at_start(pool: &Pool, flag: String, limit: Duration) {
+fn check_pool_at_start(pool: &Arc<Pool>, flag: String, limit: Duration) {
     for peer in &pool.selection().peers {
+        let (pool, peer) = (pool.clone(), peer.clone());
         let addr = peer.addr.clone();
         let begun = match &addr {
             backend::Addr::Tcp(tcp) => Some(begin_connect(*tcp)),
@@ -1006,6 +1047,8 @@ fn check_pool_at_start(pool: &Pool, flag: String, limit: Duration) {
             let why = match timeout(limit, attempt).await {
                 Ok(Ok(())) => {
                     debug!("backend {addr} accepts connections");
+                    // Up for /readyz from now on.
+                    pool.succeeded(&peer);
                     return;
                 }
                 Ok(Err(e)) => e.to_string(),

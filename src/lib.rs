@@ -25,6 +25,7 @@ pub mod limits;
 pub mod listener;
 pub mod loader;
 pub mod logsafe;
+pub mod observe;
 pub mod port_holder;
 pub mod proxy;
 pub mod ratelog;
@@ -67,6 +68,8 @@ pub struct Server {
     max_handshakes: usize,
     max_conns_per_ip: Option<usize>,
     drain_timeout: std::time::Duration,
+    /// The `--admin` server's state: readiness ends when the drain starts.
+    admin: Option<Arc<observe::admin::Admin>>,
 }
 
 impl Server {
@@ -80,6 +83,8 @@ impl Server {
         fd_limit: Option<u64>,
         handshakes: Option<tokio::runtime::Handle>,
     ) -> Result<Server, StartupError> {
+        observe::metrics::start_time();
+        let admin = observe::start(settings.admin)?;
         let options = tls::TlsOptions {
             provider: tls::provider(),
             tls_min: settings.tls_min,
@@ -104,6 +109,9 @@ impl Server {
         let (mut loader, config) = loader::Loader::start(&certs, options)?;
         if let Some(status) = &acme {
             loader.report_acme_to(status.clone());
+        }
+        if let Some(admin) = &admin {
+            admin.ready.certificates_loaded();
         }
         // Logged once the ports are bound, so the example commands name one.
         let development = loader
@@ -158,6 +166,9 @@ impl Server {
         // Once the port the CA validates on is bound.
         if let (Some(status), Some(acme)) = (&acme, &settings.certs.acme) {
             acme::spawn(acme, status.clone(), reloader.clone());
+        }
+        if let Some(admin) = &admin {
+            admin.ready.listeners_bound();
         }
         if let Some(development) = development {
             let port = bound
@@ -265,6 +276,25 @@ impl Server {
             budget: Arc::new(budget::Budget::new(max_memory)),
             acme,
         });
+        if let Some(admin) = &admin {
+            let pools: Vec<_> = shared
+                .routes
+                .targets()
+                .iter()
+                .map(|t| (t.name.clone(), t.pool.clone()))
+                .collect();
+            admin.ready.set_pools(pools.clone());
+            let ready = admin.ready.clone();
+            let _ = admin.sources.set(observe::metrics::Sources {
+                pools,
+                budget: shared.budget.clone(),
+                certs: Box::new(move || match terminates {
+                    true => reloader.certificates(),
+                    false => Vec::new(),
+                }),
+                ready: Box::new(move || ready.check().is_ok()),
+            });
+        }
         Ok(Server {
             bound,
             shared,
@@ -272,6 +302,7 @@ impl Server {
             max_handshakes,
             max_conns_per_ip: settings.max_conns_per_ip,
             drain_timeout: settings.drain_timeout,
+            admin,
         })
     }
 
@@ -331,6 +362,10 @@ impl Server {
         // Without a sender (closed channel) there is nothing to wait for.
         let _ = shutdown.recv().await;
         systemd::stopping();
+        // Not ready from this moment: a Service stops sending new clients.
+        if let Some(admin) = &self.admin {
+            admin.ready.draining();
+        }
         // Listeners close as their loops end, refusing new clients at once.
         coordinator.stop_accepting();
         let drain = async {

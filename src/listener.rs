@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::conn_id::{ConnId, Peer, Who};
 use crate::connection::{self, Shared};
 use crate::error::StartupError;
+use crate::observe::metrics::{self, Limit};
 use crate::port_holder;
 use crate::ratelog::{Kind, info_limited};
 use crate::settings::{ListenAddr, format_duration};
@@ -50,6 +51,8 @@ pub struct Bound {
     pub local_addr: Local,
     /// `(IPv4 and IPv6)` or similar, for the startup line.
     pub scope: &'static str,
+    /// Its place in the metrics' per-listener counts.
+    pub stats: u16,
 }
 
 /// A listening socket: TCP, or UNIX with the file it made (removed when
@@ -202,6 +205,7 @@ fn adopt(fd: std::os::fd::OwnedFd, name: &str) -> io::Result<Bound> {
             listener: Listener::Tcp(listener),
             local_addr: Local::Tcp(addr),
             scope: " (from systemd)",
+            stats: metrics::register_listener(addr.to_string()),
         });
     }
     let path = local
@@ -222,6 +226,7 @@ fn adopt(fd: std::os::fd::OwnedFd, name: &str) -> io::Result<Bound> {
         listener: Listener::PassedUnix(listener, shown),
         local_addr: Local::Unix(shown),
         scope: " (from systemd)",
+        stats: metrics::register_listener(shown.to_string()),
     })
 }
 
@@ -261,6 +266,7 @@ pub fn try_bind(addr: &ListenAddr, reuse_port: bool) -> Result<Bound, BindError>
                     listener: Listener::Unix(bound, name),
                     local_addr: Local::Unix(name),
                     scope: "",
+                    stats: metrics::register_listener(name.to_string()),
                 })
             }
             Err(failure) => Err(BindError {
@@ -300,6 +306,7 @@ pub fn try_bind(addr: &ListenAddr, reuse_port: bool) -> Result<Bound, BindError>
         listener: Listener::Tcp(listener),
         local_addr: Local::Tcp(local_addr),
         scope,
+        stats: metrics::register_listener(local_addr.to_string()),
     })
 }
 
@@ -457,8 +464,9 @@ pub struct Held {
     pub permit: OwnedSemaphorePermit,
     /// Its place in the drain's count.
     pub guard: ConnectionGuard,
-    /// Its place in its address's count, when that is limited.
-    pub per_ip: Option<IpSlot>,
+    /// Its place in its listener's open count (metrics), and in its
+    /// address's count when that is limited.
+    pub place: IpSlot,
 }
 
 /// Accepts until the drain starts.
@@ -471,6 +479,7 @@ pub async fn accept_loop(
     let Bound {
         listener,
         local_addr,
+        stats,
         ..
     } = bound;
     let mut phase = coordinator.watch();
@@ -481,7 +490,7 @@ pub async fn accept_loop(
     let mut handshakes_full = None;
     let mut sweeping = false;
     loop {
-        let Some(permit) = take(&gates.conns, &mut phase, &mut conns_full, || {
+        let Some(permit) = take(&gates.conns, Limit::MaxConns, &mut phase, &mut conns_full, || {
             warn!(
                 "{local_addr}: connection limit reached (--max-conns {}); new clients wait until a connection ends",
                 gates.max_conns
@@ -496,7 +505,7 @@ pub async fn accept_loop(
         // whole (see `connection`), and waiting in line behind
         // connections that want theirs back (the semaphore is fair) keeps
         // the loop from holding a slot idle in accept() meanwhile.
-        let Some(room) = take(&gates.handshakes, &mut phase, &mut handshakes_full, || {
+        let Some(room) = take(&gates.handshakes, Limit::Handshakes, &mut phase, &mut handshakes_full, || {
             warn!(
                 "{local_addr}: handshake limit reached (--max-handshakes {}); new clients wait until a handshake ends",
                 gates.max_handshakes
@@ -542,20 +551,20 @@ pub async fn accept_loop(
                 }
                 backoff = BACKOFF_MIN;
                 // A UNIX client has no address to count.
-                let per_ip = match (&gates.per_ip, peer.addr()) {
+                let place = match (&gates.per_ip, peer.addr()) {
                     (Some(per_ip), Some(addr)) => match per_ip.admit(addr.ip()) {
-                        Ok(slot) => Some(slot),
+                        Ok(slot) => slot,
                         Err(open) => {
                             refuse(tcp, who, addr.ip(), open, per_ip.limit);
                             continue;
                         }
                     },
-                    _ => None,
+                    _ => IpSlot::default(),
                 };
                 let held = Held {
                     permit,
                     guard: coordinator.guard(),
-                    per_ip,
+                    place: place.opened_on(stats),
                 };
                 let task = connection::serve(
                     tcp,
@@ -618,6 +627,7 @@ pub async fn accept_loop(
 /// drain starts first.
 async fn take(
     gate: &Arc<Semaphore>,
+    limit: Limit,
     phase: &mut watch::Receiver<Phase>,
     last_full: &mut Option<tokio::time::Instant>,
     report: impl FnOnce(),
@@ -625,6 +635,7 @@ async fn take(
     if let Ok(permit) = gate.clone().try_acquire_owned() {
         return Some(permit);
     }
+    metrics::limit_hit(limit);
     let now = tokio::time::Instant::now();
     if last_full.is_none_or(|at| now - at >= LIMIT_REPORT_QUIET) {
         report();
@@ -645,6 +656,7 @@ fn refuse(tcp: Socket, who: Who, ip: IpAddr, open: usize, limit: usize) {
         debug!("{who}: cannot set SO_LINGER for the refusal: {e}");
     }
     drop(tcp);
+    metrics::limit_hit(Limit::PerIp);
     info_limited!(
         Kind::PerIpRefused,
         "{who} end=\"refused: {open} connections already open from {ip} (--max-conns-per-ip {limit})\""
@@ -663,11 +675,38 @@ pub struct PerIp {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One open connection's place in its address's count; dropping it gives
-/// the place back, and forgets the address with its last connection.
+/// One open connection's place in its address's count (when
+/// `--max-conns-per-ip` is set) and in its listener's open count (metrics);
+/// dropping it gives both back, and forgets the address with its last
+/// connection. One struct, so the listener's index sits in what was the
+/// address slot's padding: every idle connection holds one, and the
+/// connection task keeps its size (an 8-byte handle would have pushed it
+/// over tokio's next 128-byte step in a release build).
 pub struct IpSlot {
-    map: Arc<PerIp>,
+    map: Option<Arc<PerIp>>,
     ip: IpAddr,
+    /// Its listener's index in the metrics; `u16::MAX`: none.
+    listener: u16,
+}
+
+impl Default for IpSlot {
+    /// No address counted, no listener.
+    fn default() -> IpSlot {
+        IpSlot {
+            map: None,
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            listener: u16::MAX,
+        }
+    }
+}
+
+impl IpSlot {
+    /// Counts the connection as open on `listener` until dropped.
+    pub fn opened_on(mut self, listener: u16) -> IpSlot {
+        metrics::listener_opened(listener);
+        self.listener = listener;
+        self
+    }
 }
 
 impl PerIp {
@@ -689,8 +728,9 @@ impl PerIp {
         }
         *count += 1;
         Ok(IpSlot {
-            map: self.clone(),
+            map: Some(self.clone()),
             ip,
+            listener: u16::MAX,
         })
     }
 
@@ -708,7 +748,13 @@ impl PerIp {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut open = self.map.lock();
+        if self.listener != u16::MAX {
+            metrics::listener_closed(self.listener);
+        }
+        let Some(map) = &self.map else {
+            return;
+        };
+        let mut open = map.lock();
         if let Some(count) = open.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
             if *count == 0 {

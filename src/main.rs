@@ -42,10 +42,14 @@ fn main() -> ExitCode {
     // the like: any client can cause that at will, so by default only its
     // errors are shown (wssify logs every failed handshake itself, rate
     // limited); RUST_LOG=info,rustls=warn brings them back.
-    let logger = env_logger::Builder::from_env(
+    let mut logger = env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,rustls=error"),
-    )
-    .build();
+    );
+    // A bad value is refused with the other flags, below.
+    if args.log_format.as_deref().map(str::trim) == Some("json") {
+        logger.format(wssify::observe::json_log::format);
+    }
+    let logger = logger.build();
     let level = logger.filter();
     // rustls' lines get the id of the connection they are about.
     if log::set_boxed_logger(Box::new(wssify::conn_id::Tagged::new(logger))).is_ok() {

@@ -101,10 +101,14 @@ impl Reloader {
         for refusal in &report.refusals {
             error!("reload refused: {refusal}");
         }
+        if !report.refusals.is_empty() {
+            crate::observe::metrics::reload(false);
+        }
         for warning in &report.warnings {
             warn!("{warning}");
         }
         if let Some(config) = report.config {
+            crate::observe::metrics::reload(true);
             self.live.store(config);
             info!(
                 "reloaded ({}): {}",
@@ -120,6 +124,22 @@ impl Reloader {
         if !report.changes.is_empty() || trigger == Trigger::Signal {
             log_expiry(&loader.served());
         }
+    }
+
+    /// Each certificate served: subject, SHA-256 fingerprint and not-after
+    /// (Unix seconds), once each (for the metrics).
+    pub fn certificates(&self) -> Vec<(String, String, i64)> {
+        let mut all: Vec<(String, String, i64)> = Vec::new();
+        for (_, summary) in self.lock().served() {
+            if !all.iter().any(|(_, sha, _)| *sha == summary.fingerprint) {
+                all.push((
+                    summary.subject.clone(),
+                    summary.fingerprint.clone(),
+                    summary.not_after,
+                ));
+            }
+        }
+        all
     }
 
     /// Logs a warning or error for each certificate near or past its expiry.

@@ -88,6 +88,33 @@ pub struct Settings {
     /// TCP listeners may share their port with a newer wssify, which then
     /// takes every new client (`--reuse-port`, for upgrades).
     pub reuse_port: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`--admin`);
+    /// `None`: nowhere.
+    pub admin: Option<std::net::SocketAddr>,
+    /// How log lines are written (`--log-format`).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` text lines, as always.
+    #[default]
+    Text,
+    /// One JSON object per line, with the same fields, typed.
+    Json,
+}
+
+/// Parses `--admin`: a bare port (127.0.0.1, so metrics stay local unless
+/// asked), or `IP:PORT` (`[::]:9100` for every interface).
+pub fn parse_admin(text: &str) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return parse_port(text).map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        "expected a port (on 127.0.0.1) or IP:PORT, e.g. 9100 or 0.0.0.0:9100".to_string()
+    })
 }
 
 impl Settings {
@@ -129,6 +156,8 @@ impl Settings {
             busy_poll: None,
             low_priority_handshakes: false,
             reuse_port: false,
+            admin: None,
+            log_format: LogFormat::Text,
         }
     }
 }

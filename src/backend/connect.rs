@@ -102,6 +102,7 @@ pub async fn connect(pool: &Pool, client: IpAddr) -> Result<(Stream, Lease), Con
         let peer = &peers[i];
         // Counted from the attempt on, so least-conn sees connects under way.
         peer.open.fetch_add(1, Ordering::Relaxed);
+        peer.attempts.fetch_add(1, Ordering::Relaxed);
         let lease = Lease(peer.clone());
         let failure = match timeout(pool.connect_timeout, peer.addr.connect()).await {
             Ok(Ok(stream)) => {
@@ -112,6 +113,7 @@ pub async fn connect(pool: &Pool, client: IpAddr) -> Result<(Stream, Lease), Con
             Err(_) => Failure::TimedOut(pool.connect_timeout),
         };
         drop(lease);
+        peer.connect_failures.fetch_add(1, Ordering::Relaxed);
         pool.failed(peer, &failure.to_string());
         tried.push((peer.addr.clone(), failure));
     }

@@ -6,7 +6,7 @@
 //! logged once however many connections see it at the same moment.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,12 @@ pub struct Peer {
     /// Why it last failed; locked only when it fails and when every
     /// backend has failed a client.
     why: Mutex<String>,
+    /// A connect to it has succeeded at least once (the start check's or
+    /// a client's): until then it is not counted as up for `/readyz`.
+    reached: AtomicBool,
+    /// Connect attempts for clients, and those that failed (metrics).
+    pub(crate) attempts: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
 }
 
 impl Peer {
@@ -49,7 +55,25 @@ impl Peer {
             down_until: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
             why: Mutex::new(String::new()),
+            reached: AtomicBool::new(false),
+            attempts: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
         }
+    }
+
+    /// Up: a connect has succeeded and none has failed since.
+    pub fn up(&self) -> bool {
+        self.reached.load(Ordering::Relaxed) && self.down_until.load(Ordering::Relaxed) == 0
+    }
+
+    /// Connect attempts for clients so far.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Connect attempts for clients that failed so far.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
     }
 
     /// Why it last failed.
@@ -180,6 +204,9 @@ impl Pool {
 
     /// A connect to `peer` succeeded: it is up (again).
     pub fn succeeded(&self, peer: &Peer) {
+        if !peer.reached.load(Ordering::Relaxed) {
+            peer.reached.store(true, Ordering::Relaxed);
+        }
         if peer.failures.load(Ordering::Relaxed) == 0 {
             return;
         }
