@@ -235,7 +235,14 @@ async fn obtains_a_certificate_for_localhost_serves_it_and_a_restart_reuses_it()
         pebble.start().await;
         let state = tempfile::tempdir().unwrap();
         let backend = common::echo_backend().await.to_string();
-        let mut w = wssify(&pebble, port, state.path(), &backend, &[]).await;
+        let mut w = wssify(
+            &pebble,
+            port,
+            state.path(),
+            &backend,
+            &["--admin", "127.0.0.1:0"],
+        )
+        .await;
         let obtained = w
             .wait_for_log_matching(|l| l.contains("certificate for localhost obtained"))
             .await
@@ -247,6 +254,31 @@ async fn obtains_a_certificate_for_localhost_serves_it_and_a_restart_reuses_it()
                 )
             });
         assert!(obtained.contains("valid until"), "{obtained}");
+
+        // The order and the renewal it plans are in the metrics.
+        let admin = w.wait_for_log("admin: http://").await;
+        let admin = admin
+            .split("admin: http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no admin address in {admin}"))
+            .to_string();
+        let scrape = async {
+            let mut tcp = tokio::net::TcpStream::connect(&admin).await.unwrap();
+            tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&common::read_to_end(&mut tcp).await.unwrap()).into_owned()
+        };
+        let metrics = scrape.await;
+        assert!(
+            metrics.contains("wssify_acme_orders_total{result=\"obtained\"} 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("wssify_acme_next_order_seconds{name=\"localhost\"}"),
+            "{metrics}"
+        );
 
         // A client trusting only Pebble's root verifies the chain.
         let root = pebble.issuing_root().await;

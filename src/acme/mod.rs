@@ -339,6 +339,7 @@ impl Manager {
                 Some(h) => self.renewal_time(&name, h).await,
                 None => SystemTime::now(),
             };
+            crate::observe::metrics::acme_next(&name, due);
             if let Ok(wait) = due.duration_since(SystemTime::now()) {
                 tokio::time::sleep(wait.min(RECHECK)).await;
                 continue;
@@ -376,6 +377,7 @@ impl Manager {
             let started = std::time::Instant::now();
             let attempt = self.obtain(&name, current.as_ref()).await;
             self.status.challenges.remove(&name);
+            crate::observe::metrics::acme_order(attempt.is_ok());
             match attempt {
                 Ok(()) => {
                     failures = 0;
@@ -383,6 +385,8 @@ impl Manager {
                     self.status.set_ready(&name);
                     if let Some(h) = held(&self.store, &name) {
                         served = Some(h.fingerprint.clone());
+                        let due = self.renewal_time(&name, &h).await;
+                        crate::observe::metrics::acme_next(&name, due);
                         info!(
                             "ACME: certificate for {name} obtained in {:.1}s, valid until {}; serving it",
                             started.elapsed().as_secs_f64(),
@@ -404,6 +408,7 @@ impl Manager {
                         wait = wait.max(longer);
                     }
                     let next = SystemTime::now() + wait;
+                    crate::observe::metrics::acme_next(&name, next);
                     match &current {
                         Some(h) if h.not_after > SystemTime::now() => {
                             let left = h

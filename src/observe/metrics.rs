@@ -715,6 +715,7 @@ pub fn render(sources: &Sources) -> String {
         "wssify_certificate_reloads_total{{result=\"refused\"}} {}",
         m.reloads_refused.load(Relaxed)
     );
+    acme(&mut out);
     single(
         &mut out,
         "wssify_start_time_seconds",
@@ -723,6 +724,67 @@ pub fn render(sources: &Sources) -> String {
         start_time(),
     );
     out
+}
+
+/// ACME orders that obtained a certificate, and that failed.
+static ACME_ORDERS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+/// Per `--acme` name: when its next order (first, renewal or retry) is
+/// planned, in Unix seconds. Written by the ACME tasks only, never on a
+/// connection's path, so a lock is fine.
+static ACME_NEXT: Mutex<std::collections::BTreeMap<String, u64>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// An ACME order for a name ended: a certificate (`true`) or a failure.
+pub fn acme_order(obtained: bool) {
+    ACME_ORDERS[usize::from(!obtained)].fetch_add(1, Relaxed);
+}
+
+/// The next order for `name` is planned for `at`.
+pub fn acme_next(name: &str, at: std::time::SystemTime) {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ACME_NEXT
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(name.to_string(), secs);
+}
+
+/// The ACME families: order outcomes, and each name's next order.
+fn acme(out: &mut String) {
+    header(
+        out,
+        "wssify_acme_orders_total",
+        "ACME orders that obtained a certificate, and that failed (the reason is logged).",
+        "counter",
+    );
+    for (i, result) in ["obtained", "failed"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "wssify_acme_orders_total{{result=\"{result}\"}} {}",
+            ACME_ORDERS[i].load(Relaxed)
+        );
+    }
+    let next = ACME_NEXT
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    if next.is_empty() {
+        return;
+    }
+    header(
+        out,
+        "wssify_acme_next_order_seconds",
+        "When the next ACME order for the name (first, renewal or retry) is planned, in Unix seconds.",
+        "gauge",
+    );
+    for (name, at) in next {
+        let _ = writeln!(
+            out,
+            "wssify_acme_next_order_seconds{{name=\"{}\"}} {at}",
+            escape(&name)
+        );
+    }
 }
 
 /// Per backend: state, open connections, connect attempts and failures.
