@@ -665,11 +665,23 @@ pub fn debian_package(package: &str, program: &str) -> std::path::PathBuf {
 
 /// A port free on 127.0.0.1 now, for a program that takes its port as
 /// an argument (bound to port 0, then released).
+///
+/// Never the same port twice in one test binary: the kernel may hand a
+/// port just released to the next bind, and two calls in a row would then
+/// give one port to two programs.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port on 127.0.0.1");
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A listening socket whose accept queue is full and never drained: the
