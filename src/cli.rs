@@ -24,6 +24,8 @@ use crate::wire::proxy_header::Version as ProxyVersion;
     help_triggers("-h", "--help", "help"),
     example = "Put wss://localhost:9300 in front of a ws:// server on port 9200, with a\ndevelopment certificate signed by a local CA made once (trust it once):\n  $ {command_name} --listen 9300 --to 127.0.0.1:9200\n  $ {command_name} --dev-ca show      (where that CA is, and how to trust it in each client)",
     example = "Serve a real certificate on 443 to a backend found by name:\n  $ {command_name} --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem --idle-timeout 1d",
+    example = "Share port 443 with the site's https server (moved to 8443): wss:// for one\nname ends here, every other name passes through to the site untouched:\n  $ {command_name} --listen 443 --route ws.example.com=127.0.0.1:9200 --cert ws.pem --key ws.key --passthrough '*=127.0.0.1:8443'",
+    example = "A trusted certificate obtained and renewed by itself (Let's Encrypt, port 443):\n  $ {command_name} --listen 443 --to 127.0.0.1:9200 --acme ws.example.com --acme-email ops@example.com",
     example = "Check certificates, keys, ports and the backend before a deploy, serving nothing:\n  $ {command_name} --check --listen 443 --to ws-server:9200 --cert fullchain.pem --key privkey.pem",
     note = "Durations read like 90s, 5m, 1h30m, 1d, 250ms or plain seconds, at most 365d.\nSizes read like 64MiB or 1GiB. Counts go up to 10000000, --threads to 1024.\nRUST_LOG=debug shows more.\nCertificate files are re-read when they change, with no restart and no open\nconnection touched; SIGHUP re-reads them too. SIGTERM or SIGINT drains open\nconnections for --drain-timeout; a second signal exits at once."
 )]
@@ -42,7 +44,8 @@ pub struct Args {
 
     /// the plain backend, HOST:PORT (a bare PORT means 127.0.0.1:PORT) or
     /// unix:/path/to.sock; repeatable: several backends share the clients (--balance), and a
-    /// name counts each address it resolves to; required
+    /// name counts each address it resolves to; required unless --route and
+    /// --passthrough serve every client
     #[argh(option, short = 't', arg_name = "HOST:PORT")]
     pub to: Vec<String>,
 
