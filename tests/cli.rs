@@ -206,7 +206,7 @@ fn help_lists_every_flag_its_defaults_and_the_examples() {
         .lines()
         .filter(|l| l.trim_start().starts_with("$ wssify "))
         .count();
-    assert_eq!(examples, 4, "four example commands:\n{out}");
+    assert_eq!(examples, 6, "six example commands:\n{out}");
     assert!(
         flat.contains("$ wssify --listen 9300 --to 127.0.0.1:9200"),
         "{out}"
