@@ -1011,11 +1011,7 @@ async fn send_proxy_header(
 /// the first connection each backend accepts.
 pub fn check_backend_at_start(routes: &Routes, limit: Duration) {
     for target in routes.targets() {
-        let flag = match target.name.as_str() {
-            "--to" => "--to".to_string(),
-            name => format!("{} {name}", target.way.flag()),
-        };
-        check_pool_at_start(&target.pool, flag, limit);
+        check_pool_at_start(&target.pool, target.origin(), limit);
     }
 }
 

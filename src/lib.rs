@@ -191,8 +191,8 @@ impl Server {
                 .join(",")
         };
         let routes = route::Routes::new(settings);
-        let several = |pool: &backend::Pool, count: usize| {
-            if count > 1 {
+        let several = |pool: &backend::Pool| {
+            if pool.given() > 1 {
                 format!(
                     "{pool} ({}, each attempt {})",
                     settings.balance,
@@ -203,7 +203,7 @@ impl Server {
             }
         };
         let backends = match routes.default_backends() {
-            Some(to) => several(&to.pool, settings.backends.len()),
+            Some(to) => several(&to.pool),
             None if settings.routes.iter().any(|r| r.name == "*") => {
                 "none (names not routed are passed through: --passthrough '*')".to_string()
             }
@@ -213,11 +213,8 @@ impl Server {
             Some(version) => format!("; PROXY protocol {version} to the backend"),
             None => String::new(),
         };
-        let named = routes
-            .targets()
-            .iter()
-            .skip(usize::from(routes.default_backends().is_some()));
-        for (target, route) in named.zip(&settings.routes) {
+        // `--to` is the listening line's.
+        for target in routes.targets().iter().filter(|t| !t.is_default()) {
             let way = match target.way {
                 settings::Way::Terminate => "terminated here",
                 settings::Way::Passthrough => "passed through untouched",
@@ -225,7 +222,7 @@ impl Server {
             info!(
                 "route: SNI {} -> {} ({way})",
                 target.name,
-                several(&target.pool, route.backends.len())
+                several(&target.pool)
             );
         }
         for b in &bound {

@@ -27,6 +27,22 @@ pub struct Target {
     pub name: String,
 }
 
+impl Target {
+    /// Whether these are the default backends (`--to`), not a route's.
+    pub fn is_default(&self) -> bool {
+        self.name == "--to"
+    }
+
+    /// The flag that made it, for lines about its backends: `--to`, or
+    /// `--route NAME` / `--passthrough NAME`.
+    pub fn origin(&self) -> String {
+        match self.is_default() {
+            true => "--to".to_string(),
+            false => format!("{} {}", self.way.flag(), self.name),
+        }
+    }
+}
+
 /// Every route, indexed by name.
 pub struct Routes {
     targets: Vec<Target>,
@@ -108,7 +124,7 @@ impl Routes {
 
     /// The default backends (`--to`), if given.
     pub fn default_backends(&self) -> Option<&Target> {
-        self.targets.first().filter(|t| t.name == "--to")
+        self.targets.first().filter(|t| t.is_default())
     }
 
     /// Whether any connection is terminated here (so certificates are

@@ -154,6 +154,12 @@ impl Pool {
         pool
     }
 
+    /// How many backends were given (`--to`s, or one route's), each a
+    /// name or an address.
+    pub fn given(&self) -> usize {
+        self.names.len()
+    }
+
     /// The current selection (one lock-free load).
     pub fn selection(&self) -> Arc<Selection> {
         self.selection.load_full()
