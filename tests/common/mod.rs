@@ -483,7 +483,7 @@ pub fn pinned_client(fingerprint: &str) -> Arc<rustls::ClientConfig> {
 /// A verifier that accepts exactly the certificate with this fingerprint.
 pub fn pinned_verifier(fingerprint: &str) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
     Arc::new(Pinned {
-        fingerprint: Some(fingerprint.to_string()),
+        accept: Accept::Only(fingerprint.to_string()),
         provider: provider(),
     })
 }
@@ -492,7 +492,19 @@ pub fn pinned_verifier(fingerprint: &str) -> Arc<dyn rustls::client::danger::Ser
 /// so a test can look at what the server chose.
 pub fn any_cert_verifier() -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
     Arc::new(Pinned {
-        fingerprint: None,
+        accept: Accept::Any,
+        provider: provider(),
+    })
+}
+
+/// A verifier that refuses every certificate with `error`, as a client
+/// that does not trust it does: rustls then sends the alert that matches
+/// (unknown_ca for UnknownIssuer, bad_certificate for a wrong name).
+pub fn refusing_verifier(
+    error: rustls::CertificateError,
+) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+    Arc::new(Pinned {
+        accept: Accept::None(error),
         provider: provider(),
     })
 }
@@ -546,11 +558,23 @@ pub fn pem(label: &str, der: &[u8]) -> String {
     wssify::dev_ca::store::pem(label, der)
 }
 
+/// A test client's certificate check: signatures are always checked, the
+/// certificate itself as `accept` says.
 #[derive(Debug)]
 struct Pinned {
-    /// `None` accepts any certificate.
-    fingerprint: Option<String>,
+    accept: Accept,
     provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+/// Which server certificates a [`Pinned`] verifier takes.
+#[derive(Debug)]
+enum Accept {
+    /// The one with this fingerprint.
+    Only(String),
+    /// Any.
+    Any,
+    /// None: each is refused with this error.
+    None(rustls::CertificateError),
 }
 
 impl rustls::client::danger::ServerCertVerifier for Pinned {
@@ -562,16 +586,15 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if self
-            .fingerprint
-            .as_ref()
-            .is_none_or(|pinned| fingerprint(end_entity) == *pinned)
-        {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ))
+        let refused = match &self.accept {
+            Accept::Any => None,
+            Accept::Only(pinned) if fingerprint(end_entity) == *pinned => None,
+            Accept::Only(_) => Some(rustls::CertificateError::UnknownIssuer),
+            Accept::None(error) => Some(error.clone()),
+        };
+        match refused {
+            None => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            Some(error) => Err(rustls::Error::InvalidCertificate(error)),
         }
     }
 
