@@ -256,21 +256,8 @@ async fn obtains_a_certificate_for_localhost_serves_it_and_a_restart_reuses_it()
         assert!(obtained.contains("valid until"), "{obtained}");
 
         // The order and the renewal it plans are in the metrics.
-        let admin = w.wait_for_log("admin: http://").await;
-        let admin = admin
-            .split("admin: http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or_else(|| panic!("no admin address in {admin}"))
-            .to_string();
-        let scrape = async {
-            let mut tcp = tokio::net::TcpStream::connect(&admin).await.unwrap();
-            tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            String::from_utf8_lossy(&common::read_to_end(&mut tcp).await.unwrap()).into_owned()
-        };
-        let metrics = scrape.await;
+        let admin = common::admin_addr(&mut w).await;
+        let (_, _, metrics) = common::http_get(admin, "/metrics").await;
         assert!(
             metrics.contains("wssify_acme_orders_total{result=\"obtained\"} 1"),
             "{metrics}"

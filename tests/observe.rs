@@ -15,40 +15,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The admin address from wssify's "admin:" startup line.
-async fn admin_addr(w: &mut Wssify) -> SocketAddr {
-    let line = w.wait_for_log("admin: http://").await;
-    line.split("admin: http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in: {line}"))
-}
-
-/// One HTTP/1.1 request on a fresh connection: the status, the head and
-/// the body (the server closes after its answer).
-async fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let raw = read_to_end(&mut tcp).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, head.to_string(), body.to_string())
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    http(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: */*\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-}
-
 /// Every sample of a scrape, by `name{labels}` as written.
 fn samples(body: &str) -> HashMap<String, f64> {
     body.lines()
@@ -91,7 +57,7 @@ fn promtool_check(body: &str) {
 async fn readyz_becomes(admin: SocketAddr, want: u16) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (status, _, body) = get(admin, "/readyz").await;
+        let (status, _, body) = http_get(admin, "/readyz").await;
         if status == want {
             return body;
         }
@@ -154,7 +120,7 @@ async fn metrics_count_a_scripted_mix_exactly_and_pass_promtool() {
         echo_once(&w, trusting.clone(), "localhost").await;
         echo_once(&w, trusting.clone(), "localhost").await;
         // Plain HTTP on the TLS port.
-        let (status, _, _) = get(w.addr, "/").await;
+        let (status, _, _) = http_get(w.addr, "/").await;
         assert_eq!(status, 400);
         // A client certificate from a CA not in --client-ca.
         let stranger = stranger_ca.client("intruder", 9, (2049, 1, 1));
@@ -189,7 +155,7 @@ async fn metrics_count_a_scripted_mix_exactly_and_pass_promtool() {
         }
         w.wait_for_lines("end=\"client closed", 2).await;
 
-        let (status, head, body) = get(admin, "/metrics").await;
+        let (status, head, body) = http_get(admin, "/metrics").await;
         assert_eq!(status, 200, "{body}");
         assert!(
             head.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
@@ -310,11 +276,11 @@ async fn readyz_waits_for_a_backend_follows_it_down_and_ends_with_the_drain() {
         ])
         .await;
         let admin = admin_addr(&mut w).await;
-        let (status, _, body) = get(admin, "/healthz").await;
+        let (status, _, body) = http_get(admin, "/healthz").await;
         assert_eq!((status, body.as_str()), (200, "ok\n"));
 
         // No backend yet: not ready, and says why in one line.
-        let (status, _, body) = get(admin, "/readyz").await;
+        let (status, _, body) = http_get(admin, "/readyz").await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(
             body,
@@ -347,10 +313,10 @@ async fn readyz_waits_for_a_backend_follows_it_down_and_ends_with_the_drain() {
         open.read_exact(&mut back).await.unwrap();
         w.signal("TERM");
         w.wait_for_log("stopped accepting").await;
-        let (status, _, body) = get(admin, "/readyz").await;
+        let (status, _, body) = http_get(admin, "/readyz").await;
         assert_eq!(status, 503, "{body}");
         assert!(body.starts_with("not ready: draining"), "{body}");
-        assert_eq!(get(admin, "/healthz").await.0, 200);
+        assert_eq!(http_get(admin, "/healthz").await.0, 200);
         drop(open);
         assert_eq!(w.wait_exit(WAIT).await, Some(0));
     })
@@ -399,7 +365,7 @@ async fn hostile_admin_requests_get_an_answer_or_a_close_and_clients_are_unaffec
 
         // Methods other than GET and HEAD, on a known path.
         for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
-            let (status, head, _) = http(
+            let (status, head, _) = http_request(
                 admin,
                 &format!("{method} /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
             )
@@ -416,13 +382,13 @@ async fn hostile_admin_requests_get_an_answer_or_a_close_and_clients_are_unaffec
             "/metrics/",
             "/",
         ] {
-            assert_eq!(get(admin, path).await.0, 404, "{path}");
+            assert_eq!(http_get(admin, path).await.0, 404, "{path}");
         }
         // Not HTTP at all.
-        let (status, _, _) = http(admin, "\x16\x03\x01\x00\x05hello\r\n\r\n").await;
+        let (status, _, _) = http_request(admin, "\x16\x03\x01\x00\x05hello\r\n\r\n").await;
         assert_eq!(status, 400);
         // HEAD: the headers of a GET, no body.
-        let (status, head, body) = http(admin, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        let (status, head, body) = http_request(admin, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
         assert_eq!((status, body.as_str()), (200, ""));
         assert!(head.contains("Content-Length: "), "{head}");
 
@@ -446,7 +412,7 @@ async fn hostile_admin_requests_get_an_answer_or_a_close_and_clients_are_unaffec
             "{waited:?}"
         );
         // And the admin port still answers.
-        assert_eq!(get(admin, "/healthz").await.0, 200);
+        assert_eq!(http_get(admin, "/healthz").await.0, 200);
     })
     .await;
 }
@@ -524,8 +490,8 @@ async fn a_real_prometheus_scrapes_the_admin_port() {
         let (up, build) = loop {
             let answer = match TcpStream::connect(api).await {
                 Ok(_) => {
-                    let (_, _, up) = get(api, &query("up{job=\"wssify\"}")).await;
-                    let (_, _, build) = get(api, &query("wssify_build_info")).await;
+                    let (_, _, up) = http_get(api, &query("up{job=\"wssify\"}")).await;
+                    let (_, _, build) = http_get(api, &query("wssify_build_info")).await;
                     Some((up, build))
                 }
                 Err(_) => None,
@@ -567,7 +533,7 @@ async fn a_real_prometheus_scrapes_the_admin_port() {
                     .unwrap()
                     .replace("$instance", ".*")
                     .replace("$__rate_interval", "1m");
-                let (status, _, body) = get(api, &query(&expr)).await;
+                let (status, _, body) = http_get(api, &query(&expr)).await;
                 let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 assert_eq!(
                     (status, &answer["status"]),
@@ -578,7 +544,7 @@ async fn a_real_prometheus_scrapes_the_admin_port() {
             }
         }
         assert!(checked >= 15, "{checked} queries");
-        let (_, _, days) = get(
+        let (_, _, days) = http_get(
             api,
             &query("(wssify_certificate_not_after_seconds - time()) / 86400"),
         )

@@ -461,6 +461,41 @@ pub async fn ws_echo_backend() -> SocketAddr {
     addr
 }
 
+/// The admin address from wssify's "admin:" startup line.
+pub async fn admin_addr(w: &mut Wssify) -> SocketAddr {
+    let line = w.wait_for_log("admin: http://").await;
+    line.split("admin: http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in: {line}"))
+}
+
+/// One HTTP/1.1 request (to the admin port) on a fresh connection: the
+/// status, the head and the body (the server closes after its answer).
+pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let raw = read_to_end(&mut tcp).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, head.to_string(), body.to_string())
+}
+
+/// `GET path` through [`http_request`].
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: */*\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
 /// Makes sure the process has a crypto provider for test-side rustls configs.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
