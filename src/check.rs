@@ -150,11 +150,7 @@ pub async fn check(settings: &Settings) -> Findings {
     }
     if let Some(path) = &certs.ticket_keys {
         let label = format!("--ticket-keys {}", path.display());
-        let read = certs::read(&label, path, "the session ticket keys file").and_then(|bytes| {
-            let text = String::from_utf8(bytes)
-                .map_err(|_| format!("{label}: not text; each line is one base64 key"))?;
-            crate::tickets::parse(&label, &text)
-        });
+        let read = crate::tickets::read_file(path).map(|file| file.keys);
         match read {
             Ok(keys) if keys.len() < 3 => found.warn(format!(
                 "{label}: {} keys; keep three (previous, current, next) so that a rotation never seals with a key another replica lacks",
@@ -163,7 +159,7 @@ pub async fn check(settings: &Settings) -> Findings {
             Ok(keys) => found.info(format!(
                 "{label}: {} keys, sealing with key {}",
                 keys.len(),
-                keys.len() - 1
+                crate::tickets::sealing_line(keys.len())
             )),
             Err(why) => found.error(why),
         }

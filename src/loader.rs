@@ -49,21 +49,12 @@ struct TicketSlot {
 }
 
 impl TicketSlot {
-    fn label(path: &Path) -> String {
-        format!("--ticket-keys {}", path.display())
-    }
-
-    /// Reads and parses the file.
     fn load(path: &Path) -> Result<TicketSlot, String> {
-        let label = Self::label(path);
-        let bytes = certs::read(&label, path, "the session ticket keys file")?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| format!("{label}: not text; each line is one base64 key"))?;
-        let keys = tickets::parse(&label, text)?;
+        let file = tickets::read_file(path)?;
         Ok(TicketSlot {
             path: path.to_path_buf(),
-            bytes,
-            keys,
+            bytes: file.bytes,
+            keys: file.keys,
         })
     }
 }
@@ -440,18 +431,18 @@ impl Loader {
         }
         let mut keys_changed = false;
         if let Some(slot) = &mut self.tickets {
-            match std::fs::read(&slot.path) {
-                Ok(bytes) if bytes == slot.bytes && !force => {}
-                _ => match TicketSlot::load(&slot.path) {
-                    Ok(fresh) if fresh.bytes == slot.bytes => {}
-                    Ok(fresh) => {
-                        *slot = fresh;
-                        keys_changed = true;
-                    }
-                    Err(e) => report.refusals.push(format!(
-                        "{e}; still sealing tickets with the keys read before"
-                    )),
-                },
+            // Read once per reload; parsed keys replace the old ones only
+            // when the file changed.
+            match tickets::read_file(&slot.path) {
+                Ok(file) if file.bytes == slot.bytes => {}
+                Ok(file) => {
+                    slot.bytes = file.bytes;
+                    slot.keys = file.keys;
+                    keys_changed = true;
+                }
+                Err(e) => report.refusals.push(format!(
+                    "{e}; still sealing tickets with the keys read before"
+                )),
             }
         }
         if client_changed || keys_changed {
@@ -464,10 +455,10 @@ impl Loader {
                     self.resumption = fresh;
                     if let Some(slot) = self.tickets.as_ref().filter(|_| keys_changed) {
                         report.changes.push(format!(
-                            "{}: {} keys, sealing with key {} (the second to last)",
-                            TicketSlot::label(&slot.path),
+                            "--ticket-keys {}: {} keys, sealing with key {} (the second to last)",
+                            slot.path.display(),
                             slot.keys.len(),
-                            slot.keys.len().saturating_sub(2) + 1
+                            tickets::sealing_line(slot.keys.len())
                         ));
                     }
                 }

@@ -60,6 +60,31 @@ impl std::fmt::Debug for SharedTicketer {
     }
 }
 
+/// A `--ticket-keys` file as read: its bytes (to see changes) and keys.
+pub struct KeyFile {
+    /// The file's contents.
+    pub bytes: Vec<u8>,
+    /// Its keys, in the file's order.
+    pub keys: Vec<[u8; KEY_BYTES]>,
+}
+
+/// Reads and parses the `--ticket-keys` file at `path`, or says in one
+/// line what is wrong with it (naming the flag and the file).
+pub fn read_file(path: &std::path::Path) -> Result<KeyFile, String> {
+    let label = format!("--ticket-keys {}", path.display());
+    let bytes = crate::certs::read(&label, path, "the session ticket keys file")?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| format!("{label}: not text; each line is one base64 key"))?;
+    let keys = parse(&label, text)?;
+    Ok(KeyFile { bytes, keys })
+}
+
+/// Which key of `count` seals, counted from 1 as the file's lines are:
+/// the second to last (one key seals itself).
+pub fn sealing_line(count: usize) -> usize {
+    count.saturating_sub(2) + 1
+}
+
 /// Reads the file's text into its keys, or says which line is wrong.
 pub fn parse(label: &str, text: &str) -> Result<Vec<[u8; KEY_BYTES]>, String> {
     let mut keys = Vec::new();
@@ -108,24 +133,12 @@ pub fn ticketer(keys: &[[u8; KEY_BYTES]], binding: &[u8]) -> Result<SharedTicket
         sealed.push(Key { name, aead });
     }
     // The second to last seals (HAProxy's rule); one key seals itself.
-    let sealing = keys.len().saturating_sub(2);
+    let sealing = sealing_line(keys.len()) - 1;
     Ok(SharedTicketer {
         keys: sealed,
         sealing,
         random: SystemRandom::new(),
     })
-}
-
-impl SharedTicketer {
-    /// Which key seals, counted from 1 as the file's lines are, and how
-    /// many there are: for the reload line.
-    pub fn describe(&self) -> String {
-        format!(
-            "{} keys, sealing with key {} (the second to last)",
-            self.keys.len(),
-            self.sealing + 1
-        )
-    }
 }
 
 impl ProducesTickets for SharedTicketer {
