@@ -191,6 +191,11 @@ impl Server {
                 .join(",")
         };
         let routes = route::Routes::new(settings);
+        // Before the listening line: from then on /readyz judges the
+        // backends, never "not set up yet".
+        if let Some(admin) = &admin {
+            admin.ready.set_pools(pools_of(&routes));
+        }
         let several = |pool: &backend::Pool| {
             if pool.given() > 1 {
                 format!(
@@ -274,13 +279,7 @@ impl Server {
             acme,
         });
         if let Some(admin) = &admin {
-            let pools: Vec<_> = shared
-                .routes
-                .targets()
-                .iter()
-                .map(|t| (t.name.clone(), t.pool.clone()))
-                .collect();
-            admin.ready.set_pools(pools.clone());
+            let pools = pools_of(&shared.routes);
             let ready = admin.ready.clone();
             let _ = admin.sources.set(observe::metrics::Sources {
                 pools,
@@ -400,6 +399,15 @@ impl Server {
         }
         exit
     }
+}
+
+/// Every route's name and backend pool, for readiness and the metrics.
+fn pools_of(routes: &route::Routes) -> Vec<(String, Arc<backend::Pool>)> {
+    routes
+        .targets()
+        .iter()
+        .map(|t| (t.name.clone(), t.pool.clone()))
+        .collect()
 }
 
 /// "1 open connection", "2 open connections".
