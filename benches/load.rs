@@ -26,7 +26,7 @@
 //! hold), `--seconds S` (per rate figure), `--bulk-mib M` (per connection),
 //! `--kx x25519` (classical key exchange only, as a client without
 //! post-quantum support), `--name NAME` (for the report), `--only
-//! memory,latency,latency-paced,throughput,full-handshake,resumed,handshake-flood,partial-record,memory-budget`
+//! memory,latency,latency-paced,throughput,full-handshake,settled-handshake,resumed,handshake-flood,partial-record,memory-budget`
 //! (only these phases, for A/B runs and profilers; `memory` is the idle
 //! figures and idle-then-busy; without `--only`, all of them), `--memory-only`
 //! (hold the idle connections until killed, for a heap profiler).
@@ -58,7 +58,13 @@
 //! - `handshake-flood`: 64-byte echo latency on one connection, quiet and
 //!   then while `--flood-stalled N` (5,000) clients hold partial
 //!   ClientHellos and 32 at a time complete `--flood-handshakes N` (5,000,
-//!   and for 5 s at least) full handshakes.
+//!   and for 5 s at least) full handshakes, from a thread in the kernel's
+//!   idle class so that they do not delay the probe on the load's core
+//!   (see `flood_clients`).
+//!
+//! `settled-handshake` is `full-handshake` beside one connection opened
+//! 2.5 s before: wssify's default runs handshakes on low-priority threads
+//! only while such a connection is open, and this is their rate then.
 //!
 //! With `--target`, partial-record and memory-budget should get a fresh
 //! process each (the script starts them).
@@ -116,6 +122,7 @@ const PHASES: &[&str] = &[
     "latency-paced",
     "throughput",
     "full-handshake",
+    "settled-handshake",
     "resumed",
     "handshake-flood",
     "partial-record",
@@ -594,6 +601,28 @@ async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) ->
         );
     }
 
+    // The same beside one connection opened 2.5 s before and kept open (a
+    // WebSocket, say): what a handshake costs where there is an open
+    // connection whose messages it could delay (wssify's default then runs
+    // handshakes on its low-priority threads; see its README).
+    if wanted("settled-handshake") {
+        let mut settled = connect(addr, full.clone()).await?;
+        settled.write_all(b"s").await?;
+        let mut one = [0u8; 1];
+        settled.read_exact(&mut one).await?;
+        tokio::time::sleep(SETTLE).await;
+        let cpu = CpuMeter::start(target.pid)?;
+        let (rate, _) = handshakes(addr, || full.clone(), 32, secs).await?;
+        println!(
+            "{:<14} per_s={rate:.0} (as full-handshake, beside one connection open for {}s) {}",
+            "settled-handshake",
+            SETTLE.as_secs_f64(),
+            cpu.report()?
+        );
+        settled.write_all(b"s").await?;
+        settled.read_exact(&mut one).await?;
+    }
+
     // Each resuming client keeps its own ticket store, as each browser does:
     // one shared store (rustls keeps 8 tickets per server) runs dry under
     // 32 concurrent clients, which measures the load client, not the server.
@@ -609,6 +638,11 @@ async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) ->
     }
     Ok(())
 }
+
+/// How long the settled-handshake phase's connection is open before its
+/// handshakes start: past the second after which wssify counts a
+/// connection as settled (checked once a second, so 2 s at most).
+const SETTLE: Duration = Duration::from_millis(2500);
 
 /// The first 3 bytes of a TLS application-data record header: type 23,
 /// version 3.3. The length that would follow never comes.
@@ -1128,27 +1162,13 @@ async fn handshake_flood(
     let failed = Arc::new(AtomicU64::new(0));
     let total = o.flood_handshakes as u64;
     let window = Instant::now();
-    let workers: Vec<_> = (0..FLOOD_CONCURRENCY)
-        .map(|_| {
-            let (config, stop) = (config.clone(), stop.clone());
-            let (done, failed) = (done.clone(), failed.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let one = async {
-                        let mut tls = connect(addr, config.clone()).await?;
-                        tls.write_all(b"h").await?;
-                        let mut one = [0u8; 1];
-                        tls.read_exact(&mut one).await?;
-                        Ok::<_, std::io::Error>(())
-                    };
-                    match tokio::time::timeout(Duration::from_secs(15), one).await {
-                        Ok(Ok(())) => done.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let workers = flood_clients(
+        addr,
+        config.clone(),
+        stop.clone(),
+        done.clone(),
+        failed.clone(),
+    );
     let probe_stop = Arc::new(AtomicBool::new(false));
     let watch = async {
         while (done.load(Ordering::Relaxed) < total || window.elapsed() < FLOOD_WINDOW_MIN)
@@ -1164,9 +1184,8 @@ async fn handshake_flood(
     let secs = window.elapsed().as_secs_f64();
     let cpu = cpu.report()?;
     let held_at_end = held.load(Ordering::Relaxed);
-    for worker in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(20), worker).await;
-    }
+    // They stop at their next connection (each is bounded by 15 s).
+    let _ = tokio::task::spawn_blocking(move || workers.join()).await;
     for staller in &stallers {
         staller.abort();
     }
@@ -1196,6 +1215,74 @@ async fn handshake_flood(
         }
     );
     Ok(())
+}
+
+/// The flood's full handshakes, [`FLOOD_CONCURRENCY`] at once in a loop
+/// until `stop`, on a thread of their own in the kernel's idle class
+/// (`SCHED_IDLE`). They share the load's core with the latency probe and
+/// the echo backend; at normal priority their client-side handshakes (a
+/// signature check and a key exchange each) held that core when the
+/// probe's or the backend's reply arrived, and the figure measured the load
+/// generator's own queue, whoever the terminator was. In the idle class
+/// they take only what the probe and the backend leave, which on this
+/// core is still far more than the terminator can serve.
+fn flood_clients(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        if std::env::var_os("FLOOD_NORMAL").is_none() {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sched_setscheduler(2) reads the one `sched_param` it is
+            // given for the length of the call; pid 0 is this thread, and
+            // moving it to SCHED_IDLE needs no privilege.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                eprintln!(
+                    "note: the flood's clients keep normal priority: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("the flood's clients cannot start: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let workers: Vec<_> = (0..FLOOD_CONCURRENCY)
+                .map(|_| {
+                    let (config, stop) = (config.clone(), stop.clone());
+                    let (done, failed) = (done.clone(), failed.clone());
+                    tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let one = async {
+                                let mut tls = connect(addr, config.clone()).await?;
+                                tls.write_all(b"h").await?;
+                                let mut one = [0u8; 1];
+                                tls.read_exact(&mut one).await?;
+                                Ok::<_, std::io::Error>(())
+                            };
+                            match tokio::time::timeout(Duration::from_secs(15), one).await {
+                                Ok(Ok(())) => done.fetch_add(1, Ordering::Relaxed),
+                                _ => failed.fetch_add(1, Ordering::Relaxed),
+                            };
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                let _ = tokio::time::timeout(Duration::from_secs(20), worker).await;
+            }
+        });
+    })
 }
 
 /// One client of the flood that opens handshakes and stalls: it sends a

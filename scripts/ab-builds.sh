@@ -34,7 +34,7 @@ for r in $(seq 1 "$ROUNDS"); do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19402) 2>/dev/null && break; sleep 0.1; done
     echo "== round $r $v ($BIN)"
     "$LOAD" run --name "$v" --target 127.0.0.1:19402 --pid "$PID" --kx x25519 --idle "$IDLE" \
-      --seconds 5 --bulk-mib 128 --only "$PHASES" 2>&1 | grep -E "^(memory|full-handshake|resumed|throughput|latency|Error)"
+      --seconds 5 --bulk-mib 128 --only "$PHASES" 2>&1 | grep -E "^(memory|full-handshake|settled-handshake|resumed|throughput|latency|handshake-flood|Error)"
     kill "$PID"; wait "$PID" 2>/dev/null || true
   done
 done

@@ -259,12 +259,13 @@ pub struct Args {
     #[argh(option, arg_name = "DURATION")]
     pub busy_poll: Option<String>,
 
-    /// run TLS handshakes on threads of their own at the lowest CPU priority
-    /// (SCHED_IDLE), so a flood of them only takes the CPU open connections
-    /// leave; only where wssify has its cores to itself: any busy program
-    /// beside it takes that CPU too (costs a quarter of the handshake rate)
-    #[argh(switch)]
-    pub low_priority_handshakes: bool,
+    /// where TLS handshakes run: auto (on threads of the lowest CPU
+    /// priority while connections have been open a second or more, so a
+    /// flood of handshakes cannot delay their messages; on the connections'
+    /// own threads while those get no CPU), low (always there: for cores
+    /// wssify has to itself), normal (never) (default: auto)
+    #[argh(option, arg_name = "MODE")]
+    pub handshake_priority: Option<String>,
 
     /// let a newer wssify started with this flag bind the same TCP port
     /// while this one runs: new clients go to the newer one at once, and
@@ -290,7 +291,7 @@ pub struct Args {
 /// argh does not take (`--listen=9300`) are rewritten only for these, so
 /// that an `=` inside a value stays where it is. A unit test holds this
 /// list to [`Args`].
-const VALUE_FLAGS: [(&str, &str); 39] = [
+const VALUE_FLAGS: [(&str, &str); 40] = [
     ("--listen", "ADDR"),
     ("--unix-mode", "MODE"),
     ("--to", "HOST:PORT"),
@@ -330,18 +331,18 @@ const VALUE_FLAGS: [(&str, &str); 39] = [
     ("--busy-poll", "DURATION"),
     ("--admin", "ADDR"),
     ("--log-format", "FORMAT"),
+    ("--handshake-priority", "MODE"),
 ];
 /// The short names of flags that take a value.
 const SHORT_VALUE_FLAGS: [&str; 2] = ["-l", "-t"];
 /// The flags that take no value.
-const SWITCHES: [&str; 9] = [
+const SWITCHES: [&str; 8] = [
     "--self-signed",
     "--reuse-port",
     "--acme-staging",
     "--strict-sni",
     "--client-ca-optional",
     "--check",
-    "--low-priority-handshakes",
     "--version",
     "-V",
 ];
@@ -598,7 +599,21 @@ impl Args {
             );
             settings.threads = count_flag("--threads", text, MAX_THREADS, &why)?;
         }
-        settings.low_priority_handshakes = self.low_priority_handshakes;
+        if let Some(text) = &self.handshake_priority {
+            use crate::priority::HandshakePriority;
+            settings.handshake_priority = match text.trim() {
+                "auto" => HandshakePriority::Auto,
+                "low" => HandshakePriority::Low,
+                "normal" => HandshakePriority::Normal,
+                _ => {
+                    return Err(flag_error(
+                        "--handshake-priority",
+                        text,
+                        "expected auto, low or normal",
+                    ));
+                }
+            };
+        }
         settings.reuse_port = self.reuse_port;
         if let Some(text) = &self.admin {
             settings.admin =

@@ -15,7 +15,6 @@ use rustls::ServerConfig;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -27,6 +26,7 @@ use crate::conn_id::{Peer, Who};
 use crate::listener::Held;
 use crate::logsafe;
 use crate::observe::metrics::{self, Ended, Failure};
+use crate::priority::{Lane, Open, Placement, Ran};
 use crate::proxy::{self, End, Timeouts};
 use crate::ratelog::{Kind, info_limited};
 use crate::route::Routes;
@@ -55,9 +55,9 @@ pub struct Shared {
     pub tls_min: TlsMin,
     /// Limit on sniffing plus the handshake.
     pub handshake_timeout: Duration,
-    /// Where sniffs and handshakes run: their own low-priority threads
-    /// (see `runtime::build_handshakes`), or `None` for the caller's.
-    pub handshakes: Option<Handle>,
+    /// The low-priority threads sniffs and handshakes may run on (see
+    /// `priority`), or `None`: always on the caller's.
+    pub handshakes: Option<crate::priority::Lane>,
     /// Limit on each attempt to connect to a backend.
     pub connect_timeout: Duration,
     /// The PROXY protocol header written to the backend first, if any.
@@ -195,8 +195,8 @@ pub fn serve(
     }
 }
 
-/// Everything before bytes flow: the handshake (on the handshake threads
-/// when there are any), then the backend connect. `None`: it failed, or a
+/// Everything before bytes flow: the handshake (on the low-priority
+/// threads when `priority` places it there), then the backend connect. `None`: it failed, or a
 /// second shutdown request cut it, and that was logged. `phase` is a view
 /// of its own, so that the task keeps none while the connection is open.
 async fn opening(
@@ -208,9 +208,17 @@ async fn opening(
 ) -> Option<Opened> {
     let started = Instant::now();
     let steps = async {
-        let admitted = match &shared.handshakes {
-            Some(pool) => handshake_on(pool, tcp, who, shared, slots, started).await,
-            None => handshake_here(tcp, who, shared, slots, started).await,
+        let lane = shared.handshakes.as_ref();
+        let placement = lane.map_or(Placement::Normal, Lane::place);
+        let admitted = match lane {
+            // Counted there: the lane may give it back.
+            Some(lane) if placement == Placement::Low => {
+                handshake_on(lane, tcp, who, shared, slots, started).await
+            }
+            _ => {
+                metrics::handshake_placed(placement);
+                handshake_here(tcp, who, shared, slots, started).await
+            }
         }?;
         match admitted {
             Admitted::Tls { client, route } => open(client, route, who, shared, started)
@@ -264,7 +272,7 @@ async fn opening(
 /// stream back to this runtime. The socket moves as a plain descriptor:
 /// each runtime's event queue watches only the sockets it registered.
 async fn handshake_on(
-    pool: &Handle,
+    lane: &Lane,
     tcp: Socket,
     who: Who,
     shared: &Arc<Shared>,
@@ -279,8 +287,9 @@ async fn handshake_on(
             return None;
         }
     };
-    let shared = shared.clone();
-    let task = pool.spawn(async move {
+    let theirs = (shared.clone(), slots.clone());
+    let ran = lane.run(moved, move |moved| async move {
+        let (shared, slots) = theirs;
         let tcp = match Socket::from_std(moved) {
             Ok(tcp) => tcp,
             Err(e) => {
@@ -291,9 +300,27 @@ async fn handshake_on(
         };
         Box::pin(handshake_here(tcp, who, &shared, slots, started)).await
     });
-    let mut admitted = match task.await {
-        Ok(admitted) => admitted?,
-        Err(e) => {
+    let mut admitted = match ran.await {
+        Ran::Lane(admitted) => {
+            metrics::handshake_placed(Placement::Low);
+            admitted?
+        }
+        Ran::TakenBack(moved) => {
+            // The lane starved before it started: here after all.
+            metrics::handshake_placed(Placement::Starved);
+            let tcp = match Socket::from_std(moved) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    debug!(
+                        "{who} end=\"cannot take the socket back from the handshake threads: {e}\""
+                    );
+                    metrics::handshake_failed(Failure::Other);
+                    return None;
+                }
+            };
+            return handshake_here(tcp, who, shared, slots, started).await;
+        }
+        Ran::Failed(e) => {
             debug!("{who} end=\"the handshake task ended without a result: {e}\"");
             metrics::handshake_failed(Failure::Other);
             return None;
@@ -748,6 +775,9 @@ fn relay<'a>(
     mut phase: watch::Receiver<Phase>,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
+        // Settled after a second (see `priority`): from then on, floods of
+        // handshakes give way to this connection's messages.
+        let _open = Open::count();
         let Session {
             client, backend, ..
         } = &mut *session;
@@ -815,6 +845,7 @@ fn relay_passed<'a>(
     mut phase: watch::Receiver<Phase>,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
+        let _open = Open::count();
         let Passed {
             client, backend, ..
         } = &mut *passed;

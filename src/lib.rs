@@ -27,6 +27,7 @@ pub mod loader;
 pub mod logsafe;
 pub mod observe;
 pub mod port_holder;
+pub mod priority;
 pub mod proxy;
 pub mod ratelog;
 pub mod reload;
@@ -76,12 +77,12 @@ impl Server {
     /// Loads the certificates, builds TLS, starts watching for certificate
     /// changes, binds every `--listen` address and logs one startup line per
     /// listener. Must run inside a tokio runtime.
-    /// `handshakes`: the runtime sniffs and TLS handshakes run on (see
-    /// [`runtime::build_handshakes`]); `None` runs them on the caller's.
+    /// `handshakes`: the low-priority threads sniffs and TLS handshakes
+    /// may run on (see [`priority`]); `None` runs them on the caller's.
     pub fn bind(
         settings: &Settings,
         fd_limit: Option<u64>,
-        handshakes: Option<tokio::runtime::Handle>,
+        handshakes: Option<priority::Lane>,
     ) -> Result<Server, StartupError> {
         observe::metrics::start_time();
         let admin = observe::start(settings.admin)?;
@@ -335,6 +336,14 @@ impl Server {
         connection::check_backend_at_start(&self.shared.routes, self.shared.connect_timeout);
         // Reports the count of rate-limited lines when a flood stops.
         let summaries = tokio::spawn(ratelog::report_held_back());
+        // Counts connections open a second or more (see `priority`).
+        let settling = tokio::spawn(async {
+            let mut ticks = tokio::time::interval(priority::TICK);
+            loop {
+                ticks.tick().await;
+                priority::tick();
+            }
+        });
         let mut loops = Vec::new();
         for bound in self.bound {
             loops.push(tokio::spawn(listener::accept_loop(
@@ -390,6 +399,7 @@ impl Server {
         };
         let exit = drain.await;
         summaries.abort();
+        settling.abort();
         ratelog::flush();
         for resolver in resolvers {
             resolver.abort();
@@ -430,7 +440,7 @@ fn from_terminal() -> bool {
 pub async fn run(
     settings: Settings,
     fd_limit: Option<u64>,
-    handshakes: Option<tokio::runtime::Handle>,
+    handshakes: Option<priority::Lane>,
 ) -> Result<Exit, StartupError> {
     let signals = shutdown::signals()?;
     let server = Server::bind(&settings, fd_limit, handshakes)?;

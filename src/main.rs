@@ -96,9 +96,12 @@ fn main() -> ExitCode {
         }
     };
     // After the main runtime, whose event queue busy polling looks for.
-    let handshakes = if settings.low_priority_handshakes {
-        match wssify::runtime::build_handshakes(settings.threads) {
-            Ok(handshakes) => Some(handshakes),
+    let priority = settings.handshake_priority;
+    let (handshakes, lane) = if priority == wssify::priority::HandshakePriority::Normal {
+        (None, None)
+    } else {
+        match wssify::priority::Lane::build(settings.threads, priority) {
+            Ok((runtime, lane)) => (Some(runtime), Some(lane)),
             Err(e) => {
                 eprintln!(
                     "wssify: cannot start the handshake threads ({e}); try a smaller --threads"
@@ -106,11 +109,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-    } else {
-        None
     };
-    let pool = handshakes.as_ref().map(|h| h.handle().clone());
-    let result = runtime.block_on(wssify::run(settings, fd_limit, pool));
+    let result = runtime.block_on(wssify::run(settings, fd_limit, lane));
     if let Some(handshakes) = handshakes {
         handshakes.shutdown_background();
     }

@@ -20,33 +20,26 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::{Builder, Runtime};
 
-/// Builds the runtime that runs first-bytes sniffs and TLS handshakes, on
-/// `threads` threads of their own under `SCHED_IDLE`, the kernel's lowest
-/// class. A handshake's key exchange and signature take a few hundred
-/// microseconds of CPU in one step that cannot be interrupted, and tokio
-/// has no task priorities: on the connections' own workers, a flood of
-/// handshakes queued every open connection's next message behind them
-/// (64-byte echo p99 34x its quiet figure in the benchmark). Under
-/// `SCHED_IDLE` a handshake thread runs only on CPU nothing else wants and
-/// yields the moment a connection's worker wakes (p99 1.3x to 2.1x). A
-/// nice value was not enough: at nice 10 the kernel let a running step
-/// finish first (p99 9x). The price: while open connections keep every
-/// core busy, new handshakes wait (up to `--handshake-timeout`). Build it
-/// after [`build`] (busy polling finds its runtime's event queue while that
-/// one is built).
-pub fn build_handshakes(threads: usize) -> io::Result<Runtime> {
+/// The builder of the runtime that runs first-bytes sniffs and TLS
+/// handshakes (see `priority`), on `threads` threads of their own, each of
+/// which must call [`lower_priority`] as it starts: under `SCHED_IDLE`, the
+/// kernel's lowest class, a handshake thread runs only on CPU nothing else
+/// wants and yields the moment a connection's worker wakes. A nice value
+/// was not enough: at nice 10 the kernel let a running step finish first
+/// (p99 9x quiet in the handshake flood). Build it after [`build`] (busy
+/// polling finds its runtime's event queue while that one is built).
+pub fn handshakes_builder(threads: usize) -> Builder {
     let mut builder = Builder::new_multi_thread();
     builder
         .worker_threads(threads.clamp(1, crate::settings::MAX_THREADS))
         .thread_name("wssify-handshake")
-        .on_thread_start(lower_priority)
         .enable_all();
-    builder.build()
+    builder
 }
 
 /// Puts the calling thread under `SCHED_IDLE`; if the system refuses,
 /// handshakes run at normal priority (said at debug).
-fn lower_priority() {
+pub fn lower_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler(2) has no wrapper in std, tokio or
     // socket2; it reads the `sched_param` we pass for the length of the

@@ -82,9 +82,8 @@ pub struct Settings {
     /// How long an idle worker checks for I/O before it sleeps; `None`
     /// sleeps at once (see `runtime`).
     pub busy_poll: Option<Duration>,
-    /// Handshakes run on threads of their own at a lower CPU priority (see
-    /// `runtime::build_handshakes`).
-    pub low_priority_handshakes: bool,
+    /// Where handshakes run (`--handshake-priority`, see `priority`).
+    pub handshake_priority: crate::priority::HandshakePriority,
     /// TCP listeners may share their port with a newer wssify, which then
     /// takes every new client (`--reuse-port`, for upgrades).
     pub reuse_port: bool,
@@ -154,7 +153,7 @@ impl Settings {
             proxy_protocol: None,
             threads: default_threads(),
             busy_poll: None,
-            low_priority_handshakes: false,
+            handshake_priority: crate::priority::HandshakePriority::Auto,
             reuse_port: false,
             admin: None,
             log_format: LogFormat::Text,

@@ -5,35 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-
-/// Sends a message through `tls` and reads the echo back.
-async fn echo(tls: &mut TlsStream<TcpStream>) {
-    let msg = b"through the terminator";
-    tls.write_all(msg).await.expect("write to wssify");
-    let mut back = [0u8; 22];
-    tokio::time::timeout(WAIT, tls.read_exact(&mut back))
-        .await
-        .expect("echo within the bound")
-        .expect("read the echo");
-    assert_eq!(&back, msg);
-}
-
-/// A TLS session through wssify to the echo backend, checked with one echo.
-async fn session(w: &Wssify, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
-    let mut tls = tokio::time::timeout(WAIT, tls_connect(w.addr, config, "localhost"))
-        .await
-        .unwrap_or_else(|_| panic!("handshake within the bound; log:\n{}", w.log()))
-        .expect("handshake");
-    echo(&mut tls).await;
-    tls
-}
 
 #[tokio::test]
 async fn past_max_handshakes_clients_wait_until_a_handshake_ends_not_a_connection() {
@@ -258,7 +234,8 @@ async fn low_priority_handshakes_run_on_idle_class_threads_and_serve_as_usual() 
         let mut w = Wssify::start(&[
             "--to",
             &backend.to_string(),
-            "--low-priority-handshakes",
+            "--handshake-priority",
+            "low",
             "--threads",
             "2",
         ])

@@ -109,7 +109,8 @@ async fn a_unix_client_handshakes_on_the_low_priority_threads() {
             &listen(&path),
             "--to",
             &backend.to_string(),
-            "--low-priority-handshakes",
+            "--handshake-priority",
+            "low",
             "--threads",
             "2",
         ])

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::priority::Placement;
 use crate::proxy::End;
 
 /// The one content type Prometheus takes for this text format (Prometheus
@@ -357,6 +358,8 @@ const CONNECTION_BOUNDS: &[u64] = &[
 pub struct Metrics {
     handshakes_ok: AtomicU64,
     handshake_failures: [AtomicU64; Failure::ALL.len()],
+    /// Where handshakes ran, by `priority::Placement`.
+    placed: [AtomicU64; Placement::ALL.len()],
     /// From accept to the end of the handshake (sniff included), for the
     /// handshakes that succeeded.
     pub handshake_seconds: Histogram,
@@ -375,6 +378,7 @@ pub struct Metrics {
 pub static METRICS: Metrics = Metrics {
     handshakes_ok: AtomicU64::new(0),
     handshake_failures: [const { AtomicU64::new(0) }; Failure::ALL.len()],
+    placed: [const { AtomicU64::new(0) }; Placement::ALL.len()],
     handshake_seconds: Histogram::new(HANDSHAKE_BOUNDS),
     connection_seconds: Histogram::new(CONNECTION_BOUNDS),
     passed_through: AtomicU64::new(0),
@@ -390,6 +394,11 @@ pub static METRICS: Metrics = Metrics {
 pub fn handshake_done(took: Duration) {
     METRICS.handshakes_ok.fetch_add(1, Relaxed);
     METRICS.handshake_seconds.observe(took);
+}
+
+/// A connection's sniff and handshake run where `placement` says.
+pub fn handshake_placed(placement: Placement) {
+    METRICS.placed[placement as usize].fetch_add(1, Relaxed);
 }
 
 /// A connection failed before or during its handshake; it has ended.
@@ -622,6 +631,31 @@ pub fn render(sources: &Sources) -> String {
             m.handshake_failures[why as usize].load(Relaxed)
         );
     }
+    header(
+        &mut out,
+        "wssify_handshake_priority_total",
+        "Where handshakes ran: low (the low-priority threads), normal (the connections' own: nothing settled, or --handshake-priority normal), starved (the connections' own, because the low-priority threads got no CPU).",
+        "counter",
+    );
+    for placement in Placement::ALL {
+        let _ = writeln!(
+            out,
+            "wssify_handshake_priority_total{{priority=\"{}\"}} {}",
+            placement.label(),
+            m.placed[placement as usize].load(Relaxed)
+        );
+    }
+    header(
+        &mut out,
+        "wssify_connections_settled",
+        "Open connections that have been open for a second or more (a flood of handshakes gives way to them).",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "wssify_connections_settled {}",
+        crate::priority::settled()
+    );
     m.handshake_seconds.render(
         &mut out,
         "wssify_handshake_duration_seconds",

@@ -496,6 +496,39 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     .await
 }
 
+/// Every sample of a scrape, by `name{labels}` as written.
+pub fn samples(body: &str) -> std::collections::HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sends a message through `tls` and reads the echo back.
+pub async fn echo(tls: &mut TlsStream<TcpStream>) {
+    let msg = b"through the terminator";
+    tls.write_all(msg).await.expect("write to wssify");
+    let mut back = [0u8; 22];
+    tokio::time::timeout(WAIT, tls.read_exact(&mut back))
+        .await
+        .expect("echo within the bound")
+        .expect("read the echo");
+    assert_eq!(&back, msg);
+}
+
+/// A TLS session through wssify to the echo backend, checked with one echo.
+pub async fn session(w: &Wssify, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
+    let mut tls = tokio::time::timeout(WAIT, tls_connect(w.addr, config, "localhost"))
+        .await
+        .unwrap_or_else(|_| panic!("handshake within the bound; log:\n{}", w.log()))
+        .expect("handshake");
+    echo(&mut tls).await;
+    tls
+}
+
 /// Makes sure the process has a crypto provider for test-side rustls configs.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
