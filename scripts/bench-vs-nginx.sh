@@ -18,8 +18,10 @@
 #
 # Then, once each: the handshake flood (echo latency while 5,000 clients
 # stall handshakes and full handshakes run in a loop) on the same nginx and
-# wssify; partial records (2,000 connections holding 3 bytes of a record
-# header) on fresh processes, plain and with MALLOC_PERTURB_ (RSS then
+# wssify, and on wssify with --handshake-priority normal and low; settled
+# handshakes beside a busy process on wssify's core, for the three;
+# partial records (2,000 connections holding 3 bytes of a record header)
+# on fresh processes, plain and with MALLOC_PERTURB_ (RSS then
 # counts allocated bytes, not only touched pages); and the memory budget
 # (2,000 clients that stop reading while their backends push) on fresh
 # processes: wssify --max-memory 64MiB, wssify with its default budget, and
@@ -101,7 +103,7 @@ run_load() { # name round target pid kx idle [load flags...] -> appended to $WOR
     --idle "$6" --seconds "$SECONDS_PER_RATE" --bulk-mib "$BULK_MIB" "${@:7}" | tee -a "$WORK/$1.$2.out"
 }
 # The rate figures (the load's phases); without --only it runs every phase.
-RATES=latency,latency-paced,throughput,full-handshake,resumed
+RATES=latency,latency-paced,throughput,full-handshake,settled-handshake,resumed
 
 # --- nginx stream, one worker on cpu 0 ---
 start_nginx() { # addr name [env VAR=VALUE...] -> NGINX_WORKER, pid file $WORK/nginx-name.pid
@@ -222,23 +224,31 @@ echo; echo "== handshake flood: nginx (worker pid $NGINX_WORKER)"
 run_load nginx 1 "$NGINX_ADDR" "$NGINX_WORKER" x25519 0 --only handshake-flood
 echo; echo "== handshake flood: wssify (pid $WSSIFY_MAIN)"
 run_load wssify 1 "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 0 --only handshake-flood
-start_wssify 127.0.0.1:19309 --low-priority-handshakes
-echo; echo "== handshake flood: wssify --low-priority-handshakes (pid $WSSIFY_PID)"
-run_load wssify-lowprio 1 127.0.0.1:19309 "$WSSIFY_PID" x25519 0 --only handshake-flood,full-handshake
+# The same flood with handshakes kept on the connections' threads
+# (--handshake-priority normal, what the default was before it placed
+# them), and always on the idle-class threads (low).
+start_wssify 127.0.0.1:19311 --handshake-priority normal
+NORMAL=$WSSIFY_PID
+echo; echo "== handshake flood: wssify --handshake-priority normal (pid $NORMAL)"
+run_load wssify-normal 1 127.0.0.1:19311 "$NORMAL" x25519 0 --only handshake-flood
+start_wssify 127.0.0.1:19309 --handshake-priority low
 LOWPRIO=$WSSIFY_PID
-# Why --low-priority-handshakes is not the default: SCHED_IDLE threads run
-# only on CPU no ordinary thread wants, so one busy process beside wssify
-# (here a shell loop on its core; in life, a busy backend on the same host)
-# takes nearly all of it from them.
+echo; echo "== handshake flood: wssify --handshake-priority low (pid $LOWPRIO)"
+run_load wssify-lowprio 1 127.0.0.1:19309 "$LOWPRIO" x25519 0 --only handshake-flood
+# Beside one busy process on wssify's core (here a shell loop; in life, a
+# busy backend on the same host), with a settled connection open: the idle
+# class gets almost none of that core, so `low` starves new handshakes, and
+# the default must notice and run them on the connections' threads.
 taskset -c 0 bash -c 'while :; do :; done' &
 HOG=$!; PIDS+=($HOG)
-echo; echo "== full handshakes beside a busy process on the same core: wssify (pid $WSSIFY_MAIN)"
-run_load wssify-neighbour 1 "$WSSIFY_ADDR" "$WSSIFY_MAIN" x25519 0 --only full-handshake
-echo; echo "== the same: wssify --low-priority-handshakes (pid $LOWPRIO)"
-# Starved handshakes time out and clients see resets: the load may give up.
-run_load wssify-lowprio-neighbour 1 127.0.0.1:19309 "$LOWPRIO" x25519 0 --only full-handshake ||
-  echo "full-handshake per_s=0 (the load gave up: its handshakes timed out)" | tee -a "$WORK/wssify-lowprio-neighbour.1.out"
-kill "$HOG" "$LOWPRIO"
+for v in wssify:$WSSIFY_ADDR:$WSSIFY_MAIN wssify-normal:127.0.0.1:19311:$NORMAL wssify-lowprio:127.0.0.1:19309:$LOWPRIO; do
+  IFS=: read -r name host port pid <<<"$v"
+  echo; echo "== settled handshakes beside a busy process on the same core: $name (pid $pid)"
+  # Starved handshakes time out and clients see resets: the load may give up.
+  run_load "$name-neighbour" 1 "$host:$port" "$pid" x25519 0 --only settled-handshake ||
+    echo "settled-handshake per_s=0 (the load gave up: its handshakes timed out)" | tee -a "$WORK/$name-neighbour.1.out"
+done
+kill "$HOG" "$LOWPRIO" "$NORMAL"
 if [ -n "$BEFORE" ]; then
   echo; echo "== handshake flood: before (pid $WSSIFY_BEFORE)"
   run_load before 1 "$BEFORE_ADDR" "$WSSIFY_BEFORE" x25519 0 --only handshake-flood
@@ -329,6 +339,7 @@ row "memory per idle connection"        "memory .*idle_conns=$IDLE" per_conn_kib
 row "  growth per connection, last step" "memory .*idle_conns=$IDLE" marginal_kib KiB
 row "bulk throughput, echoed"           throughput     mb_per_s     MB/s
 row "full handshakes/s"                 full-handshake per_s        /s
+row "  beside a settled connection"     settled-handshake per_s     /s
 row "resumed handshakes/s"              resumed        per_s        /s
 row "64-byte echo latency p50"          latency        p50_us       us
 row "64-byte echo latency p99"          latency        p99_us       us
@@ -342,21 +353,22 @@ row "handshake flood: echo p99"         handshake-flood flood_p99_us us
 row "  quiet p99, same run"             handshake-flood quiet_p99_us us
 row "  flood / quiet (target <= 2x)"    handshake-flood p99_ratio    x
 row "  full handshakes/s in the flood"  handshake-flood per_s        /s
-lowprio() { # title label key unit: wssify --low-priority-handshakes, one run
-  printf "| %-34s | %10s %-5s |\n" "$1" "$(field wssify-lowprio "$2" "$3")" "$4"
+one_run() { # title label key unit: the default, normal and low, one run each
+  printf "| %-34s | %10s %-5s | %10s %-5s | %10s %-5s |\n" "$1" "$(field wssify "$2" "$3")" "$4" \
+    "$(field wssify-normal "$2" "$3")" "$4" "$(field wssify-lowprio "$2" "$3")" "$4"
 }
 echo
-echo "wssify --low-priority-handshakes (one run, after the rounds):"
+echo "--handshake-priority (one run each, after the rounds; the default is auto):"
 echo
-echo "| per core                           | wssify           |"
-echo "|------------------------------------|------------------|"
-lowprio "handshake flood: echo p99"         handshake-flood flood_p99_us us
-lowprio "  quiet p99, same run"             handshake-flood quiet_p99_us us
-lowprio "  flood / quiet (target <= 2x)"    handshake-flood p99_ratio    x
-lowprio "  full handshakes/s in the flood"  handshake-flood per_s        /s
-lowprio "full handshakes/s, no flood"       full-handshake  per_s        /s
-echo
-echo "Beside one busy process on the same core (full handshakes/s, one run): wssify $(field wssify-neighbour full-handshake per_s), wssify --low-priority-handshakes $(field wssify-lowprio-neighbour full-handshake per_s)"
+echo "| per core                           | auto (default)   | normal           | low              |"
+echo "|------------------------------------|------------------|------------------|------------------|"
+one_run "handshake flood: echo p99"         handshake-flood flood_p99_us us
+one_run "  quiet p99, same run"             handshake-flood quiet_p99_us us
+one_run "  flood / quiet (target <= 2x)"    handshake-flood p99_ratio    x
+one_run "  full handshakes/s in the flood"  handshake-flood per_s        /s
+printf "| %-34s | %10s %-5s | %10s %-5s | %10s %-5s |\n" "settled handshakes/s, busy core" \
+  "$(field wssify-neighbour settled-handshake per_s)" /s "$(field wssify-normal-neighbour settled-handshake per_s)" /s \
+  "$(field wssify-lowprio-neighbour settled-handshake per_s)" /s
 echo
 echo "ratio = wssify / nginx within each round, median over the rounds: higher is better for throughput and handshakes, lower for memory, latency and CPU."
 echo "partial record and handshake flood: one run each (fresh processes for partial records; the flood after the rounds)."
