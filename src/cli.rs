@@ -1256,6 +1256,26 @@ mod tests {
     }
 
     #[test]
+    fn handshake_priority_modes() {
+        use crate::priority::HandshakePriority;
+        let s = parse(&["-l", "1", "-t", "h:1"]).unwrap();
+        assert_eq!(s.handshake_priority, HandshakePriority::Auto);
+        for mode in [
+            HandshakePriority::Auto,
+            HandshakePriority::Low,
+            HandshakePriority::Normal,
+        ] {
+            let s = parse(&["-l", "1", "-t", "h:1", "--handshake-priority", mode.name()]).unwrap();
+            assert_eq!(s.handshake_priority, mode);
+        }
+        let err = parse(&["-l", "1", "-t", "h:1", "--handshake-priority", "high"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--handshake-priority"), "{err}");
+        assert!(err.contains("auto, low or normal"), "{err}");
+    }
+
+    #[test]
     fn the_largest_values_are_taken() {
         let s = parse(&[
             "-l",

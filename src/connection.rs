@@ -196,8 +196,9 @@ pub fn serve(
 }
 
 /// Everything before bytes flow: the handshake (on the low-priority
-/// threads when `priority` places it there), then the backend connect. `None`: it failed, or a
-/// second shutdown request cut it, and that was logged. `phase` is a view
+/// threads when `priority` places it there), then the backend connect.
+/// `None`: it failed, or a second shutdown request cut it, and that was
+/// logged. `phase` is a view
 /// of its own, so that the task keeps none while the connection is open.
 async fn opening(
     tcp: Socket,
@@ -268,8 +269,9 @@ async fn opening(
     .await
 }
 
-/// Runs [`handshake_here`] on the handshake threads, then brings the
-/// stream back to this runtime. The socket moves as a plain descriptor:
+/// Runs [`handshake_here`] on the low-priority threads, then brings the
+/// stream back to this runtime; or here, if those threads are found
+/// starved before they start it. The socket moves as a plain descriptor:
 /// each runtime's event queue watches only the sockets it registered.
 async fn handshake_on(
     lane: &Lane,

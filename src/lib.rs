@@ -244,13 +244,14 @@ impl Server {
             );
         }
         info!(
-            "limits: at most {max_conns} connections ({}), {} handshakes at once, {} per IP; buffer memory {} ({memory_origin}); idle timeout {}, stall {}, handshake {}, connect {}, drain {}",
+            "limits: at most {max_conns} connections ({}), {} handshakes at once (priority {}), {} per IP; buffer memory {} ({memory_origin}); idle timeout {}, stall {}, handshake {}, connect {}, drain {}",
             match settings.max_conns {
                 Some(_) => "--max-conns",
                 None if by_memory < by_fds => "what --max-memory carries",
                 None => "what the open-file limit carries",
             },
             max_handshakes,
+            settings.handshake_priority.name(),
             settings
                 .max_conns_per_ip
                 .map_or("no limit".to_string(), |n| n.to_string()),

@@ -6,7 +6,7 @@
 //! queues every open connection's next message behind them (64-byte echo
 //! p99 35 to 49x its quiet figure in the benchmark). On threads of their
 //! own in the kernel's idle class (`SCHED_IDLE`, see
-//! `runtime::build_handshakes`), handshakes run only on CPU nothing else
+//! `runtime::handshakes_builder`), handshakes run only on CPU nothing else
 //! wants and give way the moment a connection's thread wakes (p99 0.9 to
 //! 1.5x quiet).
 //!
@@ -20,9 +20,11 @@
 //!   reconnect storm) gets the full rate.
 //! - The idle class is the whole machine's: a busy program beside wssify
 //!   takes the lane's CPU too (full handshakes fell to 9 a second beside
-//!   one). A watch reads the CPU time the lane's threads get: while
-//!   handshakes wait there and the threads get almost none, handshakes run
-//!   on the connections' threads, as without a lane.
+//!   one). A watch reads the CPU time the lane's threads get: while they
+//!   have work and get almost none, handshakes run on the connections'
+//!   threads, as without a lane, and those handed over but not started
+//!   yet are taken back. The lane is tried again after a hold that grows
+//!   while it keeps starving.
 //!
 //! The settled count is kept on process-wide statics, like the metrics: a
 //! connection adds itself when its bytes start to flow and takes itself
@@ -103,6 +105,10 @@ const WATCH_EVERY_IDLE: Duration = Duration::from_millis(250);
 /// core they get most of it; beside one busy ordinary process, the idle
 /// class gets about 0.3%.
 const FED_SHARE: f64 = 0.1;
+/// The lane is starved by someone else only while the whole process uses
+/// less than this share of the cores it may run on: beside one busy
+/// process on its one core, wssify's connection threads get about half.
+const BUSY_SHARE: f64 = 0.75;
 /// The shortest and longest a starved lane is left alone before it gets
 /// handshakes again.
 const HOLD_MIN: Duration = Duration::from_secs(1);
@@ -136,7 +142,7 @@ struct Watch {
 
 impl Lane {
     /// Builds the lane's runtime (`threads` threads in the idle class, see
-    /// `runtime::build_handshakes`) and, for `Auto`, the thread that
+    /// `runtime::handshakes_builder`) and, for `Auto`, the thread that
     /// watches whether they get CPU. `priority` is `Auto` or `Low`.
     pub fn build(threads: usize, priority: HandshakePriority) -> io::Result<(Runtime, Lane)> {
         let watch = Arc::new(Watch {
@@ -262,16 +268,20 @@ impl Drop for Waiting {
     }
 }
 
-/// The watch: every [`WATCH_EVERY`], the CPU the lane's threads got since
-/// the last look. While the lane has work (handshakes waiting to start, or
-/// a thread not parked) and its threads got under [`FED_SHARE`] of a core,
-/// it is starved; with no work, or with that much CPU, it is fed. The lane's own CPU is what counts, not a
+/// The watch: every [`WATCH_EVERY`], the CPU the lane's threads and the
+/// whole process got since the last look. While the lane has work
+/// (handshakes waiting to start, or a thread not parked), its threads got
+/// under [`FED_SHARE`] of a core and the process under [`BUSY_SHARE`] of
+/// its cores, it is starved; otherwise it is fed (with no work, once the
+/// hold after its last starvation is over). The lane's own CPU is what counts, not a
 /// test of the idle class: a thread that has slept is given a slice at
 /// once even beside a busy process, so only threads that keep asking see
 /// the starvation.
 fn watch_lane(watch: &Watch) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
     let mut last_look = Instant::now();
-    let mut last_cpu = lane_cpu(watch);
+    let mut last_lane = lane_cpu(watch);
+    let mut last_process = clock_time(libc::CLOCK_PROCESS_CPUTIME_ID).unwrap_or_default();
     let mut agreeing = 0;
     // After a starvation, the lane has no work to show it is fed again
     // (every handshake goes elsewhere), so it is tried again only after a
@@ -287,12 +297,22 @@ fn watch_lane(watch: &Watch) {
             WATCH_EVERY_IDLE
         });
         let now = Instant::now();
-        let cpu = lane_cpu(watch);
-        let wall = now.saturating_duration_since(last_look).as_secs_f64();
-        let share = cpu.saturating_sub(last_cpu).as_secs_f64() / wall.max(f64::MIN_POSITIVE);
-        (last_look, last_cpu) = (now, cpu);
+        let lane = lane_cpu(watch);
+        let process = clock_time(libc::CLOCK_PROCESS_CPUTIME_ID).unwrap_or_default();
+        let wall = now
+            .saturating_duration_since(last_look)
+            .as_secs_f64()
+            .max(f64::MIN_POSITIVE);
+        let share = |now: Duration, then: Duration| now.saturating_sub(then).as_secs_f64() / wall;
+        let (lane_share, process_share) = (share(lane, last_lane), share(process, last_process));
+        (last_look, last_lane, last_process) = (now, lane, process);
         let wanting = watch.waiting.load(Relaxed) > 0 || watch.active.load(Relaxed) > 0;
-        let fed = (!wanting && now >= held_until) || share >= FED_SHARE;
+        // Starved by someone else: the lane wants CPU and gets next to
+        // none, and the process as a whole is not using the cores either.
+        // A lane starved by wssify's own connections (an accept burst,
+        // bulk transfers) is what the priority is for: it keeps its work.
+        let starved = wanting && lane_share < FED_SHARE && process_share < BUSY_SHARE * cores;
+        let fed = if wanting { !starved } else { now >= held_until };
         if fed == watch.fed.load(Relaxed) {
             agreeing = 0;
             continue;
@@ -317,7 +337,7 @@ fn watch_lane(watch: &Watch) {
             held_until = now + hold;
         }
         log::debug!(
-            "handshake threads {} (CPU share {share:.3}; next try in {} at the earliest)",
+            "handshake threads {} (their CPU share {lane_share:.3}, the process's {process_share:.2} of {cores} cores; next try in {} at the earliest)",
             if fed { "fed again" } else { "starved" },
             crate::settings::format_duration(hold)
         );
