@@ -320,7 +320,9 @@ async fn handshake_on(
                     return None;
                 }
             };
-            return handshake_here(tcp, who, shared, slots, started).await;
+            // Boxed: inline, its state would size every opening that
+            // went to the lane, not only the few taken back.
+            return Box::pin(handshake_here(tcp, who, shared, slots, started)).await;
         }
         Ran::Failed(e) => {
             debug!("{who} end=\"the handshake task ended without a result: {e}\"");

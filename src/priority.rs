@@ -12,7 +12,7 @@
 //!
 //! That lane has two costs, and `auto` (the default) pays each only where
 //! it buys something:
-//! - Handing a connection to the lane and back costs about a quarter of
+//! - Handing a connection to the lane and back costs about a third of
 //!   the handshake rate when both share a core. A handshake goes to the
 //!   lane only while some connection is **settled** (open for a second or
 //!   more, as a WebSocket is): with none, there is no one whose latency a
