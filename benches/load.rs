@@ -63,8 +63,9 @@
 //!   (see `flood_clients`).
 //!
 //! `settled-handshake` is `full-handshake` beside one connection opened
-//! 2.5 s before: wssify's default runs handshakes on low-priority threads
-//! only while such a connection is open, and this is their rate then.
+//! 2.5 s before that echoes every 50 ms: wssify's default runs handshakes
+//! on low-priority threads only while such a connection carries messages,
+//! and this is their rate then.
 //!
 //! With `--target`, partial-record and memory-budget should get a fresh
 //! process each (the script starts them).
@@ -601,26 +602,38 @@ async fn rates(o: &Options, target: &Target, full: Arc<rustls::ClientConfig>) ->
         );
     }
 
-    // The same beside one connection opened 2.5 s before and kept open (a
-    // WebSocket, say): what a handshake costs where there is an open
-    // connection whose messages it could delay (wssify's default then runs
-    // handshakes on its low-priority threads; see its README).
+    // The same beside one connection opened 2.5 s before that echoes 64
+    // bytes every 50 ms meanwhile (a WebSocket carrying messages): what a
+    // handshake costs where there are messages it could delay (wssify's
+    // default then runs handshakes on its low-priority threads; see its
+    // README).
     if wanted("settled-handshake") {
         let mut settled = connect(addr, full.clone()).await?;
         settled.write_all(b"s").await?;
         let mut one = [0u8; 1];
         settled.read_exact(&mut one).await?;
         tokio::time::sleep(SETTLE).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let talking = tokio::spawn(async move {
+            let mut back = [0u8; 64];
+            while !stopped.load(Ordering::Relaxed) {
+                settled.write_all(&[0x42u8; 64]).await?;
+                settled.read_exact(&mut back).await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, std::io::Error>(())
+        });
         let cpu = CpuMeter::start(target.pid)?;
         let (rate, _) = handshakes(addr, || full.clone(), 32, secs).await?;
         println!(
-            "{:<14} per_s={rate:.0} (as full-handshake, beside one connection open for {}s) {}",
+            "{:<14} per_s={rate:.0} (as full-handshake, beside one connection open for {}s echoing every 50 ms) {}",
             "settled-handshake",
             SETTLE.as_secs_f64(),
             cpu.report()?
         );
-        settled.write_all(b"s").await?;
-        settled.read_exact(&mut one).await?;
+        stop.store(true, Ordering::Relaxed);
+        talking.await??;
     }
 
     // Each resuming client keeps its own ticket store, as each browser does:

@@ -260,10 +260,10 @@ pub struct Args {
     pub busy_poll: Option<String>,
 
     /// where TLS handshakes run: auto (on threads of the lowest CPU
-    /// priority while connections have been open a second or more, so a
-    /// flood of handshakes cannot delay their messages; on the connections'
-    /// own threads while those get no CPU), low (always there: for cores
-    /// wssify has to itself), normal (never) (default: auto)
+    /// priority while connections open a second or more carry messages, so
+    /// a flood of handshakes cannot delay them; on the connections' own
+    /// threads while those get no CPU), low (always there: for cores wssify
+    /// has to itself), normal (never) (default: auto)
     #[argh(option, arg_name = "MODE")]
     pub handshake_priority: Option<String>,
 

@@ -779,9 +779,6 @@ fn relay<'a>(
     mut phase: watch::Receiver<Phase>,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
-        // Settled after a second (see `priority`): from then on, floods of
-        // handshakes give way to this connection's messages.
-        let _open = Open::count();
         let Session {
             client, backend, ..
         } = &mut *session;
@@ -792,7 +789,18 @@ fn relay<'a>(
         let mut outcome = {
             // Pinned here and lent to `pipe`, so the future is stored only once.
             let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
-            proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await
+            // Settled after a second (see `priority`): from then on,
+            // floods of handshakes give way to this connection's messages.
+            let open = Open::count();
+            proxy::pipe(
+                client,
+                backend,
+                timeouts,
+                &shared.budget,
+                open,
+                stop.as_mut(),
+            )
+            .await
         };
         if matches!(outcome.end, End::Drained) && *phase.borrow() == Phase::Cut {
             outcome.end = End::Cut;
@@ -849,7 +857,6 @@ fn relay_passed<'a>(
     mut phase: watch::Receiver<Phase>,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
-        let _open = Open::count();
         let Passed {
             client, backend, ..
         } = &mut *passed;
@@ -859,7 +866,18 @@ fn relay_passed<'a>(
         };
         let mut outcome = {
             let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
-            proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await
+            // Settled after a second (see `priority`): from then on,
+            // floods of handshakes give way to this connection's messages.
+            let open = Open::count();
+            proxy::pipe(
+                client,
+                backend,
+                timeouts,
+                &shared.budget,
+                open,
+                stop.as_mut(),
+            )
+            .await
         };
         if matches!(outcome.end, End::Drained) && *phase.borrow() == Phase::Cut {
             outcome.end = End::Cut;

@@ -13,11 +13,14 @@
 //! That lane has two costs, and `auto` (the default) pays each only where
 //! it buys something:
 //! - Handing a connection to the lane and back costs about a third of
-//!   the handshake rate when both share a core. A handshake goes to the
-//!   lane only while some connection is **settled** (open for a second or
-//!   more, as a WebSocket is): with none, there is no one whose latency a
-//!   handshake could hurt, and a burst of new clients (a restart's
-//!   reconnect storm) gets the full rate.
+//!   the handshake rate when both share a core, and the heap holds about
+//!   0.2 KiB more per connection whose handshake ran there. A handshake
+//!   goes to the lane only while the process is **active**: some
+//!   **settled** connection (open for a second or more, as a WebSocket
+//!   is) moved bytes in the last second or two. Otherwise there is no
+//!   message a handshake could delay, and a burst of new clients (a
+//!   restart's reconnect storm, or clients joining thousands of quiet
+//!   WebSockets) gets the full rate.
 //! - The idle class is the whole machine's: a busy program beside wssify
 //!   takes the lane's CPU too (full handshakes fell to 9 a second beside
 //!   one). A watch reads the CPU time the lane's threads get: while they
@@ -30,7 +33,9 @@
 //! connection adds itself when its bytes start to flow and takes itself
 //! out when it ends (two relaxed atomic operations), and a once-a-second
 //! tick promotes the connections of two ticks ago, so no connection needs
-//! a timer of its own.
+//! a timer of its own. Activity is the tick in which a settled connection
+//! last moved bytes: two relaxed loads each time bytes move, a store once
+//! a tick.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering::Relaxed};
@@ -43,8 +48,9 @@ use tokio::sync::Notify;
 /// `--handshake-priority`: where handshakes run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HandshakePriority {
-    /// On the low-priority threads while a connection is settled and those
-    /// threads get CPU; otherwise on the connections' own.
+    /// On the low-priority threads while the process is active (a settled
+    /// connection moved bytes lately) and those threads get CPU; otherwise
+    /// on the connections' own.
     #[default]
     Auto,
     /// Always on the low-priority threads, even when a busy program beside
@@ -72,8 +78,8 @@ impl HandshakePriority {
 pub enum Placement {
     /// On the low-priority threads.
     Low,
-    /// On the connections' own threads: no connection was settled, or
-    /// `--handshake-priority normal`.
+    /// On the connections' own threads: no settled connection moved bytes
+    /// lately, or `--handshake-priority normal`.
     Normal,
     /// On the connections' own threads because the low-priority threads
     /// were getting no CPU (a busy program beside wssify, or its own
@@ -95,7 +101,7 @@ impl Placement {
     }
 }
 
-/// How often the watch looks at the lane while a connection is settled.
+/// How often the watch looks at the lane while the process is active.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 /// How often while none is (the answer is not needed then, and an idle
 /// process stays nearly asleep).
@@ -192,7 +198,7 @@ impl Lane {
         match self.priority {
             HandshakePriority::Low => Placement::Low,
             HandshakePriority::Normal => Placement::Normal,
-            HandshakePriority::Auto if !any_settled() => Placement::Normal,
+            HandshakePriority::Auto if !any_active() => Placement::Normal,
             HandshakePriority::Auto if self.watch.fed.load(Relaxed) => Placement::Low,
             HandshakePriority::Auto => Placement::Starved,
         }
@@ -291,7 +297,7 @@ fn watch_lane(watch: &Watch) {
     let mut held_until = last_look;
     let mut fed_since = last_look;
     loop {
-        std::thread::sleep(if any_settled() {
+        std::thread::sleep(if any_active() {
             WATCH_EVERY
         } else {
             WATCH_EVERY_IDLE
@@ -405,6 +411,19 @@ pub fn any_settled() -> bool {
     SETTLED.load(Relaxed) > 0
 }
 
+/// The generation in which a settled connection last moved bytes
+/// ([`NEVER`] until one has).
+static ACTIVE: AtomicU32 = AtomicU32::new(NEVER);
+/// [`ACTIVE`] before any settled connection has moved a byte.
+const NEVER: u32 = u32::MAX;
+
+/// Whether a settled connection moved bytes in this tick or the one
+/// before: there are messages a flood of handshakes could delay.
+pub fn any_active() -> bool {
+    let active = ACTIVE.load(Relaxed);
+    active != NEVER && GENERATION.load(Relaxed).wrapping_sub(active) <= 1
+}
+
 /// Open connections that are settled (for `/metrics`). A connection that
 /// ends while the tick promotes its generation may be counted for up to
 /// two more ticks (the counts are corrected at the next promotion).
@@ -425,6 +444,16 @@ impl Open {
         let generation = GENERATION.load(Relaxed);
         YOUNG[(generation & 1) as usize].fetch_add(1, Relaxed);
         Open { generation }
+    }
+
+    /// Bytes moved on this connection. Once it is settled, that makes the
+    /// process active for this tick and the next: two relaxed loads per
+    /// call, and a store once a tick, so the cache line stays shared.
+    pub fn moved(&self) {
+        let now = GENERATION.load(Relaxed);
+        if now.wrapping_sub(self.generation) >= 2 && ACTIVE.load(Relaxed) != now {
+            ACTIVE.store(now, Relaxed);
+        }
     }
 }
 
@@ -501,6 +530,12 @@ mod tests {
         tick();
         tick();
         assert!(any_settled());
+        // Settled but quiet: nothing to protect.
+        if !any_active() {
+            assert_eq!(auto.place(), Placement::Normal);
+        }
+        settled.moved();
+        assert!(any_active());
         assert_eq!(auto.place(), Placement::Starved);
         assert_eq!(low.place(), Placement::Low);
         assert_eq!(normal.place(), Placement::Normal);
@@ -508,12 +543,12 @@ mod tests {
         // the real binary).
         auto.watch.fed.store(true, Relaxed);
         assert_eq!(auto.place(), Placement::Low);
+        // Two ticks without a byte moved: quiet again.
+        tick();
+        tick();
+        assert!(!any_active());
+        assert_eq!(auto.place(), Placement::Normal);
         drop(settled);
-        tick();
-        tick();
-        if !any_settled() {
-            assert_eq!(auto.place(), Placement::Normal);
-        }
     }
 
     #[test]

@@ -130,7 +130,10 @@ pub struct Timeouts {
 }
 
 /// Copies both ways until both directions are finished, an error occurs, a
-/// timeout passes, or `stop` completes. Copy buffers are granted by `budget`.
+/// timeout passes, or `stop` completes. Copy buffers are granted by `budget`;
+/// `open` counts the connection as open while bytes may flow, and is told
+/// when they move (see `priority`); it is held here rather than by the
+/// caller, where it would cost every idle connection's task more bytes.
 ///
 /// Every idle connection holds this future, so it is an `async` block: an
 /// `async fn` would store its parameters twice.
@@ -143,6 +146,7 @@ pub fn pipe<C, B, S>(
     backend: &mut B,
     timeouts: Timeouts,
     budget: &Budget,
+    open: crate::priority::Open,
     mut stop: S,
 ) -> impl Future<Output = Outcome>
 where
@@ -198,6 +202,7 @@ where
             }
             if moved {
                 last_activity = Instant::now();
+                open.moved();
             }
             let Some(mut timer) = timer.as_mut().as_pin_mut() else {
                 return Poll::Pending;

@@ -30,6 +30,43 @@ fn placed(samples: &HashMap<String, f64>, priority: &str) -> f64 {
     samples.get(&key).copied().unwrap_or(0.0)
 }
 
+/// A connection that echoes every 50 ms until told to stop: a WebSocket
+/// carrying messages. Its task returns the echoes done, or the first error.
+struct Talking {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<std::io::Result<usize>>,
+}
+
+impl Talking {
+    async fn start(w: &Wssify, config: &Arc<rustls::ClientConfig>) -> Talking {
+        let mut tls = session(w, config.clone()).await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut echoes = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                tls.write_all(b"ping").await?;
+                let mut back = [0u8; 4];
+                tls.read_exact(&mut back).await?;
+                echoes += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(echoes)
+        });
+        Talking { stop, task }
+    }
+
+    /// Stops it; every echo it tried came back.
+    async fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task
+            .await
+            .unwrap()
+            .expect("the talking connection kept echoing")
+    }
+}
+
 /// Waits (bounded by the caller) until wssify counts a settled connection.
 async fn until_settled(admin: SocketAddr) {
     while scrape(admin)
@@ -104,13 +141,14 @@ async fn handshakes_move_to_the_idle_class_once_a_connection_has_settled() {
 
         // Nothing settled yet: the first handshake runs on the connections'
         // own threads, at full speed.
-        let mut settled = session(&w, config.clone()).await;
+        let talking = Talking::start(&w, &config).await;
         let first = scrape(admin).await;
         assert_eq!(placed(&first, "normal"), 1.0);
         assert_eq!(placed(&first, "low"), 0.0);
 
-        // Once that one has been open a second, handshakes run on the
-        // idle-class threads, whose CPU time shows they did the work.
+        // Once that one has been open a second and carries messages,
+        // handshakes run on the idle-class threads, whose CPU time shows
+        // they did the work.
         until_settled(admin).await;
         let (threads, before) = handshake_threads_cpu(w.pid());
         assert!(threads >= 1, "no handshake threads by default");
@@ -120,9 +158,13 @@ async fn handshakes_move_to_the_idle_class_once_a_connection_has_settled() {
             after > before,
             "the handshake threads did no work: {before} -> {after} ns"
         );
+        assert!(talking.stop().await > 0);
 
-        // The settled connection is untouched.
-        echo(&mut settled).await;
+        // Settled but quiet (a WebSocket with nothing to say): handshakes
+        // go back to the connections' threads, at full speed.
+        let _quiet = session(&w, config.clone()).await;
+        let normal = placed(&scrape(admin).await, "normal");
+        handshakes_until(&w, admin, &config, "normal", normal + 8.0).await;
     })
     .await;
 }
@@ -189,7 +231,7 @@ async fn beside_a_busy_process_handshakes_come_back_to_the_connections_threads()
             .expect("taskset (util-linux) pins wssify");
         assert!(pinned.success());
 
-        let mut settled = session(&w, config.clone()).await;
+        let talking = Talking::start(&w, &config).await;
         until_settled(admin).await;
         // With that CPU to itself, the idle class takes the handshakes.
         handshakes_until(&w, admin, &config, "low", 3.0).await;
@@ -201,8 +243,8 @@ async fn beside_a_busy_process_handshakes_come_back_to_the_connections_threads()
         let hog = Hog::on(&cpu);
         let opened = handshakes_until(&w, admin, &config, "starved", 20.0).await;
         assert!(opened >= 20);
-        echo(&mut settled).await;
         drop(hog);
+        assert!(talking.stop().await > 0);
 
         // The watch says so at debug level only (the metric is the
         // operator's view): nothing at info or above.

@@ -634,7 +634,7 @@ pub fn render(sources: &Sources) -> String {
     header(
         &mut out,
         "wssify_handshake_priority_total",
-        "Where handshakes ran: low (the low-priority threads), normal (the connections' own: nothing settled, or --handshake-priority normal), starved (the connections' own, because the low-priority threads got no CPU).",
+        "Where handshakes ran: low (the low-priority threads), normal (the connections' own: no connection open a second or more moved bytes lately, or --handshake-priority normal), starved (the connections' own, because the low-priority threads got no CPU).",
         "counter",
     );
     for placement in Placement::ALL {
