@@ -17,7 +17,7 @@
 //!   0.2 KiB more per connection whose handshake ran there. A handshake
 //!   goes to the lane only while the process is **active**: some
 //!   **settled** connection (open for a second or more, as a WebSocket
-//!   is) moved bytes in the last second or two. Otherwise there is no
+//!   is) moved bytes in the last half second. Otherwise there is no
 //!   message a handshake could delay, and a burst of new clients (a
 //!   restart's reconnect storm, or clients joining thousands of quiet
 //!   WebSockets) gets the full rate.
@@ -31,11 +31,11 @@
 //!
 //! The settled count is kept on process-wide statics, like the metrics: a
 //! connection adds itself when its bytes start to flow and takes itself
-//! out when it ends (two relaxed atomic operations), and a once-a-second
-//! tick promotes the connections of two ticks ago, so no connection needs
-//! a timer of its own. Activity is the tick in which a settled connection
-//! last moved bytes: two relaxed loads each time bytes move, a store once
-//! a tick.
+//! out when it ends (two relaxed atomic operations), and once a second a
+//! tick promotes the connections of two seconds ago, so no connection
+//! needs a timer of its own. Activity is the quarter-second tick in which
+//! a settled connection last moved bytes: two relaxed loads each time
+//! bytes move, a store once a tick.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering::Relaxed};
@@ -101,10 +101,10 @@ impl Placement {
     }
 }
 
-/// How often the watch looks at the lane while the process is active.
+/// How often the watch looks at the lane while the lane has work.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
-/// How often while none is (the answer is not needed then, and an idle
-/// process stays nearly asleep).
+/// How long it sleeps while the lane has none, unless a handshake handed
+/// to the lane wakes it (so a process without handshakes stays asleep).
 const WATCH_EVERY_IDLE: Duration = Duration::from_millis(250);
 /// A lane with handshakes waiting is starved while its threads get less
 /// CPU than this (a tenth of a core): in a flood on an otherwise quiet
@@ -144,6 +144,9 @@ struct Watch {
     clocks: Mutex<Vec<libc::clockid_t>>,
     /// Told when the lane is found starved.
     starved: Notify,
+    /// The watch's thread, woken when the lane gets work after a quiet
+    /// spell.
+    thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Lane {
@@ -157,6 +160,7 @@ impl Lane {
             fed: AtomicBool::new(false),
             clocks: Mutex::new(Vec::new()),
             starved: Notify::new(),
+            thread: std::sync::OnceLock::new(),
         });
         let (started, parks, unparks) = (watch.clone(), watch.clone(), watch.clone());
         let runtime = crate::runtime::handshakes_builder(threads)
@@ -181,9 +185,10 @@ impl Lane {
             .build()?;
         if priority == HandshakePriority::Auto {
             let watched = watch.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("wssify-lanewatch".to_string())
                 .spawn(move || watch_lane(&watched))?;
+            let _ = watch.thread.set(thread.thread().clone());
         }
         let lane = Lane {
             handle: runtime.handle().clone(),
@@ -217,7 +222,11 @@ impl Lane {
     {
         let cell = Arc::new(Mutex::new(Some(input)));
         let theirs = cell.clone();
-        self.watch.waiting.fetch_add(1, Relaxed);
+        if self.watch.waiting.fetch_add(1, Relaxed) == 0
+            && let Some(watch) = self.watch.thread.get()
+        {
+            watch.unpark();
+        }
         let ticket = Waiting(self.watch.clone());
         let mut task = self.handle.spawn(async move {
             drop(ticket);
@@ -297,11 +306,17 @@ fn watch_lane(watch: &Watch) {
     let mut held_until = last_look;
     let mut fed_since = last_look;
     loop {
-        std::thread::sleep(if any_active() {
-            WATCH_EVERY
+        if wanting(watch) || agreeing > 0 {
+            std::thread::sleep(WATCH_EVERY);
         } else {
-            WATCH_EVERY_IDLE
-        });
+            // Quiet: asleep until a handshake is handed to the lane (or the
+            // hold may have ended), then a fresh measure from that moment.
+            std::thread::park_timeout(WATCH_EVERY_IDLE);
+            last_look = Instant::now();
+            last_lane = lane_cpu(watch);
+            last_process = clock_time(libc::CLOCK_PROCESS_CPUTIME_ID).unwrap_or_default();
+            std::thread::sleep(WATCH_EVERY);
+        }
         let now = Instant::now();
         let lane = lane_cpu(watch);
         let process = clock_time(libc::CLOCK_PROCESS_CPUTIME_ID).unwrap_or_default();
@@ -312,7 +327,7 @@ fn watch_lane(watch: &Watch) {
         let share = |now: Duration, then: Duration| now.saturating_sub(then).as_secs_f64() / wall;
         let (lane_share, process_share) = (share(lane, last_lane), share(process, last_process));
         (last_look, last_lane, last_process) = (now, lane, process);
-        let wanting = watch.waiting.load(Relaxed) > 0 || watch.active.load(Relaxed) > 0;
+        let wanting = wanting(watch);
         // Starved by someone else: the lane wants CPU and gets next to
         // none, and the process as a whole is not using the cores either.
         // A lane starved by wssify's own connections (an accept burst,
@@ -348,6 +363,12 @@ fn watch_lane(watch: &Watch) {
             crate::settings::format_duration(hold)
         );
     }
+}
+
+/// Whether the lane has work: handshakes waiting to start, or a thread not
+/// parked.
+fn wanting(watch: &Watch) -> bool {
+    watch.waiting.load(Relaxed) > 0 || watch.active.load(Relaxed) > 0
 }
 
 /// The CPU time the lane's threads have used, together.
@@ -392,13 +413,29 @@ static YOUNG: [AtomicI64; 2] = [AtomicI64::new(0), AtomicI64::new(0)];
 /// Open connections older than that: settled.
 static SETTLED: AtomicI64 = AtomicI64::new(0);
 
-/// How often [`tick`] should run: a connection is settled one to two ticks
-/// after it opened.
-pub const TICK: Duration = Duration::from_secs(1);
+/// How often [`tick`] should run: the grain of "active" (see
+/// [`any_active`]).
+pub const TICK: Duration = Duration::from_millis(250);
+/// Ticks to a generation: a connection is settled one to two generations
+/// (seconds) after it opened.
+const TICKS_PER_GENERATION: u32 = 4;
+/// The tick count, for [`ACTIVE`].
+static BEAT: AtomicU32 = AtomicU32::new(0);
 
-/// Promotes the connections opened two ticks ago to settled. Run every
-/// [`TICK`] by one task.
+/// Counts a tick, and every [`TICKS_PER_GENERATION`] promotes the
+/// connections opened two generations ago to settled. Run every [`TICK`]
+/// by one task.
 pub fn tick() {
+    let beat = BEAT.load(Relaxed).wrapping_add(1);
+    BEAT.store(beat, Relaxed);
+    if beat.is_multiple_of(TICKS_PER_GENERATION) {
+        promote();
+    }
+}
+
+/// Starts a generation: the connections of the one before the last are
+/// settled now.
+fn promote() {
     let next = GENERATION.load(Relaxed).wrapping_add(1);
     // The slot `next` reuses holds the generation before the current one.
     let promoted = YOUNG[(next & 1) as usize].swap(0, Relaxed);
@@ -411,17 +448,19 @@ pub fn any_settled() -> bool {
     SETTLED.load(Relaxed) > 0
 }
 
-/// The generation in which a settled connection last moved bytes
-/// ([`NEVER`] until one has).
+/// The tick in which a settled connection last moved bytes ([`NEVER`]
+/// until one has).
 static ACTIVE: AtomicU32 = AtomicU32::new(NEVER);
 /// [`ACTIVE`] before any settled connection has moved a byte.
 const NEVER: u32 = u32::MAX;
 
 /// Whether a settled connection moved bytes in this tick or the one
-/// before: there are messages a flood of handshakes could delay.
+/// before (the last quarter to half second): there are messages a flood of
+/// handshakes could delay. Short, so that handshakes soon after the last
+/// message of a busy spell (a bulk transfer, say) run at the full rate.
 pub fn any_active() -> bool {
     let active = ACTIVE.load(Relaxed);
-    active != NEVER && GENERATION.load(Relaxed).wrapping_sub(active) <= 1
+    active != NEVER && BEAT.load(Relaxed).wrapping_sub(active) <= 1
 }
 
 /// Open connections that are settled (for `/metrics`). A connection that
@@ -450,9 +489,11 @@ impl Open {
     /// process active for this tick and the next: two relaxed loads per
     /// call, and a store once a tick, so the cache line stays shared.
     pub fn moved(&self) {
-        let now = GENERATION.load(Relaxed);
-        if now.wrapping_sub(self.generation) >= 2 && ACTIVE.load(Relaxed) != now {
-            ACTIVE.store(now, Relaxed);
+        let beat = BEAT.load(Relaxed);
+        if ACTIVE.load(Relaxed) != beat
+            && GENERATION.load(Relaxed).wrapping_sub(self.generation) >= 2
+        {
+            ACTIVE.store(beat, Relaxed);
         }
     }
 }
@@ -483,16 +524,16 @@ mod tests {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let before = SETTLED.load(Relaxed);
         let young = Open::count();
-        tick();
+        promote();
         assert_eq!(SETTLED.load(Relaxed), before, "one tick: still young");
-        tick();
+        promote();
         assert_eq!(SETTLED.load(Relaxed), before + 1, "two ticks: settled");
         let fresh = Open::count();
         drop(young);
         assert_eq!(SETTLED.load(Relaxed), before);
         drop(fresh);
-        tick();
-        tick();
+        promote();
+        promote();
         assert_eq!(
             SETTLED.load(Relaxed),
             before,
@@ -519,6 +560,7 @@ mod tests {
                 fed: AtomicBool::new(false),
                 clocks: Mutex::new(Vec::new()),
                 starved: Notify::new(),
+                thread: std::sync::OnceLock::new(),
             }),
         };
         let (auto, low, normal) = (
@@ -527,8 +569,8 @@ mod tests {
             lane(HandshakePriority::Normal),
         );
         let settled = Open::count();
-        tick();
-        tick();
+        promote();
+        promote();
         assert!(any_settled());
         // Settled but quiet: nothing to protect.
         if !any_active() {
