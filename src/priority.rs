@@ -12,7 +12,7 @@
 //!
 //! That lane has two costs, and `auto` (the default) pays each only where
 //! it buys something:
-//! - Handing a connection to the lane and back costs about a third of
+//! - Handing a connection to the lane and back costs a quarter to a third of
 //!   the handshake rate when both share a core, and the heap holds about
 //!   0.2 KiB more per connection whose handshake ran there. A handshake
 //!   goes to the lane only while the process is **active**: some
