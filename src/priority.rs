@@ -154,14 +154,7 @@ impl Lane {
     /// `runtime::handshakes_builder`) and, for `Auto`, the thread that
     /// watches whether they get CPU. `priority` is `Auto` or `Low`.
     pub fn build(threads: usize, priority: HandshakePriority) -> io::Result<(Runtime, Lane)> {
-        let watch = Arc::new(Watch {
-            waiting: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
-            fed: AtomicBool::new(false),
-            clocks: Mutex::new(Vec::new()),
-            starved: Notify::new(),
-            thread: std::sync::OnceLock::new(),
-        });
+        let watch = Arc::new(Watch::new());
         let (started, parks, unparks) = (watch.clone(), watch.clone(), watch.clone());
         let runtime = crate::runtime::handshakes_builder(threads)
             .on_thread_start(move || {
@@ -271,6 +264,21 @@ pub enum Ran<R, T> {
     /// The lane's task ended without a result (it panicked, or the
     /// runtime is shutting down).
     Failed(String),
+}
+
+impl Watch {
+    /// Nothing waiting, no thread known yet, and starved until the watch
+    /// says otherwise.
+    fn new() -> Watch {
+        Watch {
+            waiting: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            fed: AtomicBool::new(false),
+            clocks: Mutex::new(Vec::new()),
+            starved: Notify::new(),
+            thread: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// A handshake handed to the lane and not started yet (also dropped if the
@@ -554,14 +562,7 @@ mod tests {
         let lane = |priority| Lane {
             handle: runtime.handle().clone(),
             priority,
-            watch: Arc::new(Watch {
-                waiting: AtomicUsize::new(0),
-                active: AtomicUsize::new(0),
-                fed: AtomicBool::new(false),
-                clocks: Mutex::new(Vec::new()),
-                starved: Notify::new(),
-                thread: std::sync::OnceLock::new(),
-            }),
+            watch: Arc::new(Watch::new()),
         };
         let (auto, low, normal) = (
             lane(HandshakePriority::Auto),
