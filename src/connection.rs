@@ -26,7 +26,7 @@ use crate::conn_id::{Peer, Who};
 use crate::listener::Held;
 use crate::logsafe;
 use crate::observe::metrics::{self, Ended, Failure};
-use crate::priority::{Lane, Open, Placement, Ran};
+use crate::priority::{Lane, Placement, Ran};
 use crate::proxy::{self, End, Timeouts};
 use crate::ratelog::{Kind, info_limited};
 use crate::route::Routes;
@@ -789,18 +789,7 @@ fn relay<'a>(
         let mut outcome = {
             // Pinned here and lent to `pipe`, so the future is stored only once.
             let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
-            // Settled after a second (see `priority`): from then on,
-            // floods of handshakes give way to this connection's messages.
-            let open = Open::count();
-            proxy::pipe(
-                client,
-                backend,
-                timeouts,
-                &shared.budget,
-                open,
-                stop.as_mut(),
-            )
-            .await
+            proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await
         };
         if matches!(outcome.end, End::Drained) && *phase.borrow() == Phase::Cut {
             outcome.end = End::Cut;
@@ -866,18 +855,7 @@ fn relay_passed<'a>(
         };
         let mut outcome = {
             let mut stop = std::pin::pin!(reached(&mut phase, Phase::Closing));
-            // Settled after a second (see `priority`): from then on,
-            // floods of handshakes give way to this connection's messages.
-            let open = Open::count();
-            proxy::pipe(
-                client,
-                backend,
-                timeouts,
-                &shared.budget,
-                open,
-                stop.as_mut(),
-            )
-            .await
+            proxy::pipe(client, backend, timeouts, &shared.budget, stop.as_mut()).await
         };
         if matches!(outcome.end, End::Drained) && *phase.borrow() == Phase::Cut {
             outcome.end = End::Cut;

@@ -130,10 +130,10 @@ pub struct Timeouts {
 }
 
 /// Copies both ways until both directions are finished, an error occurs, a
-/// timeout passes, or `stop` completes. Copy buffers are granted by `budget`;
-/// `open` counts the connection as open while bytes may flow, and is told
-/// when they move (see `priority`); it is held here rather than by the
-/// caller, where it would cost every idle connection's task more bytes.
+/// timeout passes, or `stop` completes. Copy buffers are granted by `budget`.
+/// The connection counts as open for `priority` while bytes may flow, and
+/// tells it when they move: once settled, floods of handshakes give way to
+/// its messages.
 ///
 /// Every idle connection holds this future, so it is an `async` block: an
 /// `async fn` would store its parameters twice.
@@ -146,7 +146,6 @@ pub fn pipe<C, B, S>(
     backend: &mut B,
     timeouts: Timeouts,
     budget: &Budget,
-    open: crate::priority::Open,
     mut stop: S,
 ) -> impl Future<Output = Outcome>
 where
@@ -155,6 +154,7 @@ where
     S: Future<Output = ()> + Unpin,
 {
     async move {
+        let open = crate::priority::Open::count();
         let mut halves = Halves {
             up: Half::default(),
             down: Half::default(),
