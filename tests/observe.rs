@@ -314,16 +314,7 @@ async fn readyz_waits_for_a_backend_follows_it_down_and_ends_with_the_drain() {
 #[tokio::test]
 async fn hostile_admin_requests_get_an_answer_or_a_close_and_clients_are_unaffected() {
     bounded(WAIT * 2, async {
-        let backend = echo_backend().await;
-        let mut w = Wssify::start(&[
-            "--to",
-            &backend.to_string(),
-            "--self-signed",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .await;
-        let admin = admin_addr(&mut w).await;
+        let (mut w, admin) = with_admin(&["--self-signed"]).await;
 
         // A slowloris: half a request head, then nothing. Held open while
         // everything else runs, then answered 408 and closed.
@@ -419,16 +410,7 @@ impl Drop for Prometheus {
 async fn a_real_prometheus_scrapes_the_admin_port() {
     bounded(WAIT * 3, async {
         let prometheus = debian_package("prometheus", "prometheus");
-        let backend = echo_backend().await;
-        let mut w = Wssify::start(&[
-            "--to",
-            &backend.to_string(),
-            "--self-signed",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .await;
-        let admin = admin_addr(&mut w).await;
+        let (mut w, admin) = with_admin(&["--self-signed"]).await;
         // One connection, so that a counter has moved.
         let mut tls = dev_connect(&mut w).await;
         tls.write_all(b"x").await.unwrap();

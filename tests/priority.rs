@@ -134,9 +134,7 @@ fn handshake_threads_cpu(pid: u32) -> (usize, u64) {
 async fn handshakes_move_to_the_idle_class_once_a_connection_has_settled() {
     let _serial = SERIAL.lock().await;
     bounded(WAIT * 3, async {
-        let backend = echo_backend().await;
-        let mut w = Wssify::start(&["--to", &backend.to_string(), "--admin", "127.0.0.1:0"]).await;
-        let admin = admin_addr(&mut w).await;
+        let (mut w, admin) = with_admin(&[]).await;
         let config = pinned_client(&w.fingerprint().await);
 
         // Nothing settled yet: the first handshake runs on the connections'
@@ -210,17 +208,7 @@ fn first_cpu(pid: u32) -> String {
 async fn beside_a_busy_process_handshakes_come_back_to_the_connections_threads() {
     let _serial = SERIAL.lock().await;
     bounded(WAIT * 4, async {
-        let backend = echo_backend().await;
-        let mut w = Wssify::start(&[
-            "--to",
-            &backend.to_string(),
-            "--admin",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-        ])
-        .await;
-        let admin = admin_addr(&mut w).await;
+        let (mut w, admin) = with_admin(&["--threads", "1"]).await;
         let config = pinned_client(&w.fingerprint().await);
         // Every thread of wssify on one CPU, as a container with one core.
         let cpu = first_cpu(w.pid());

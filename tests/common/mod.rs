@@ -471,6 +471,17 @@ pub async fn admin_addr(w: &mut Wssify) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address in: {line}"))
 }
 
+/// `wssify --to <a new echo backend> --admin 127.0.0.1:0 <extra>`, and its
+/// admin address.
+pub async fn with_admin(extra: &[&str]) -> (Wssify, SocketAddr) {
+    let backend = echo_backend().await.to_string();
+    let mut args = vec!["--to", backend.as_str(), "--admin", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut w = Wssify::start(&args).await;
+    let admin = admin_addr(&mut w).await;
+    (w, admin)
+}
+
 /// One HTTP/1.1 request (to the admin port) on a fresh connection: the
 /// status, the head and the body (the server closes after its answer).
 pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String, String) {
