@@ -84,6 +84,11 @@ async fn a_new_wssify_takes_over_the_port_and_the_old_one_drains_with_no_client_
 
         // The upgrade: the new one binds the same port beside the old one.
         let mut new = start(port, &backend, cert, key).await;
+        // The client is sequential: the one connection it may have had in
+        // flight as the new one started was the old one's to accept. Every
+        // connection after it begins with the new one listening.
+        let in_flight = done.load(Ordering::Relaxed) + 1;
+        wait_for(in_flight).await;
         let before = done.load(Ordering::Relaxed);
         let accepted_by_old = old.lines_with(" accepted").len();
         wait_for(before + 30).await;
