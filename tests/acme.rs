@@ -441,7 +441,11 @@ async fn with_the_ca_down_at_start_other_names_are_served_and_the_name_comes_onc
         .await
         .expect("other names are served while ACME waits");
         echo(&mut tls, b"other name").await;
-        // The waiting name is refused before any handshake, saying why.
+        // The waiting name is refused before any handshake, saying why
+        // (and when the next attempt is, once the first one has failed:
+        // before that, the line says an order is under way).
+        w.wait_for_lines("ACME: no certificate for localhost yet", 1)
+            .await;
         let refused =
             tls_connect(local(port), trusting_client(&[other_ca.der()]), "localhost").await;
         assert!(
